@@ -31,9 +31,10 @@ Sampling. Two exact constructions:
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -42,10 +43,6 @@ from ._checks import as_tensor, check_finite, check_positive, check_times
 TimeLike = Union[float, int, torch.Tensor]
 
 __all__ = ["KacProcess", "KacPaths", "bessel_ratio_term", "kac_density_scaled"]
-
-# Gauss–Legendre nodes/weights on [0, 1] (3 points, exact for polynomials of degree 5).
-_GL3_NODES = (0.5 - math.sqrt(15.0) / 10.0, 0.5, 0.5 + math.sqrt(15.0) / 10.0)
-_GL3_WEIGHTS = (5.0 / 18.0, 8.0 / 18.0, 5.0 / 18.0)
 
 
 def _i1e_over_z(z: torch.Tensor) -> torch.Tensor:
@@ -94,6 +91,83 @@ def kac_density_scaled(
     return torch.where(inside, val, torch.zeros_like(val))
 
 
+# The rowwise_icdf sampler tabulates the quantile of |K_t| in ζ = α(1 - ρ) - β log ρ, where ρ ∈ (0, 1] is
+# the continuous mass beyond |K| = y divided by 1 - e^{-at}; ζ runs over [0, ζ(ρ_min)], ρ_min = e^{-23}.
+_ZETA_ALPHA = 10.0
+_ZETA_BETA = 1.0
+_ZETA_LOG_RHO_MIN = 23.0
+
+
+@functools.lru_cache(maxsize=8)
+def _zeta_levels(cells: int) -> Tuple[Tuple[float, ...], Tuple[float, ...], float, float]:
+    """Levels of the ``ζ``-grid ``ζ_k = k hz``, ``k = 0..cells``, ``hz = ζ(ρ_min) / cells``.
+
+    ``ρ_k`` solves ``ζ(ρ) = α(1 - ρ) - β log ρ = ζ_k``, by Newton for ``x = -log ρ`` on
+    ``α(1 - e^{-x}) + β x = ζ_k`` (increasing, concave). Returns ``(1 - ρ_k)``, ``hz ρ_k / (αρ_k + β)``
+    (``dρ``-to-``dζ`` weights), ``hz`` and ``ρ_min e^{-1.5 hz / β}`` (the floor of ``ρ``, at position
+    ``cells + 1.5``).
+    """
+    a, b, xmax = _ZETA_ALPHA, _ZETA_BETA, _ZETA_LOG_RHO_MIN
+    hz = (a * -math.expm1(-xmax) + b * xmax) / cells
+    one_minus_rho, weight = [], []
+    for k in range(cells + 1):
+        zeta = k * hz
+        x = zeta / (a + b)
+        for _ in range(100):
+            step = (a * -math.expm1(-x) + b * x - zeta) / (a * math.exp(-x) + b)
+            x -= step
+            if abs(step) < 1e-15 * (1.0 + x):
+                break
+        rho = math.exp(-x)
+        one_minus_rho.append(-math.expm1(-x))
+        weight.append(hz * rho / (a * rho + b))
+    return tuple(one_minus_rho), tuple(weight), hz, math.exp(-xmax - 1.5 * hz / b)
+
+
+class _QuantileTable(NamedTuple):
+    """Per-row tables of the ``rowwise_icdf`` sampler (see ``KacProcess._quantile_table``)."""
+
+    coef: torch.Tensor  # (4, R * cells) cubic coefficients b0..b3 of each cell, output dtype
+    half: torch.Tensor  # (R, 1) (1 - e^{-at}) / 2
+    u_floor: torch.Tensor  # (R, 1) floor of the one-sided mass u (its position is cells - 0.5)
+    c0: torch.Tensor  # (R, 1) pos = c0 + c1 u + c2 log u
+    c1: torch.Tensor  # (R, 1)
+    c2: float
+    cells: int  # cells per row: quantile_cells + 2 (far tail, atom)
+
+
+def _kac_density_and_slope(a: float, c: float, t: torch.Tensor, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``p(t, x)`` and ``∂p/∂x`` on the closed cone ``|x| ≤ ct`` (``t``, ``x`` broadcast; 0 is not assumed outside).
+
+    ``∂p/∂x = -(a/(2c)) (a/c)² x e^{-at} [I1(z)/z + at I2(z)/z²]`` (from ``dz/dx = -(a/c)² x / z``,
+    ``I0' = I1``, ``(I1/z)' = I2/z``), evaluated scaled as ``e^{z - at}`` times ``i1e(z)/z`` and
+    ``e^{-z} I2(z)/z² = (i0e(z) - 2 i1e(z)/z)/z²``; below ``z = 0.1`` the latter is the series
+    ``(1/8 + z²/96 + z⁴/3072 + z⁶/184320) e^{-z}`` (no cancellation). At the cone ``z = 0``.
+    """
+    ax = x.abs()
+    ct = c * t
+    r2 = ((ct - ax) * (ct + ax)).clamp_min(0.0)
+    z = (a / c) * torch.sqrt(r2)
+    at = a * t
+    pref = (a / (2.0 * c)) * torch.exp(z - at)
+    small = z < 0.1
+    zs = torch.where(small, torch.ones_like(z), z)
+    i0 = torch.special.i0e(z)
+    i1z = torch.special.i1e(zs) / zs
+    z2 = z * z
+    ez = torch.exp(-z)
+    # series of e^{-z} I1(z)/z and e^{-z} I2(z)/z² below z = 0.1 (relative error < 1e-13)
+    i1z = torch.where(small, (0.5 + z2 * (1.0 / 16.0 + z2 * (1.0 / 384.0 + z2 / 18432.0))) * ez, i1z)
+    i2z2 = torch.where(
+        small,
+        (0.125 + z2 * (1.0 / 96.0 + z2 * (1.0 / 3072.0 + z2 / 184320.0))) * ez,
+        (i0 - 2.0 * i1z) / (zs * zs),
+    )
+    p = pref * (i0 + at * i1z)
+    dp = -pref * ((a / c) ** 2) * x * (i1z + at * i2z2)
+    return p, dp
+
+
 @dataclass(frozen=True)
 class KacPaths:
     """Event-driven Kac paths on a time grid.
@@ -127,10 +201,10 @@ class KacProcess:
     (``x`` for the law, ``shape`` for sampling; e.g. ``(B, 1)`` for one time per row).
     """
 
-    #: cells of the per-row CDF table used by the ``rowwise_icdf`` sampler
-    table_cells: int = 256
-    #: Newton steps on the cubic Hermite interpolant in the ``rowwise_icdf`` sampler
-    newton_steps: int = 3
+    #: cells of the per-row quantile table (cubic Hermite in ζ) of the ``rowwise_icdf`` sampler
+    quantile_cells: int = 96
+    #: cells of the per-row CDF table (quintic Hermite in y) from which the quantile table is built
+    cdf_cells: int = 64
 
     def __init__(self, a: float = 9.0, c: float = 3.0):
         self.a = check_positive("a (switching rate)", a)
@@ -141,7 +215,11 @@ class KacProcess:
 
     # ------------------------------------------------------------------ helpers
     def _time(self, t: TimeLike, like: Optional[torch.Tensor] = None, name: str = "t") -> torch.Tensor:
-        tt = as_tensor(t, like=like) if like is not None else as_tensor(t)
+        if like is not None:
+            tt = as_tensor(t, like=like)
+        else:
+            # a Python number is evaluated in float64 (the law's scalar summaries should not lose digits)
+            tt = as_tensor(t, dtype=None if torch.is_tensor(t) else torch.float64)
         if not tt.is_floating_point():
             tt = tt.to(torch.get_default_dtype())
         check_times(name, tt, 0.0, math.inf)
@@ -282,6 +360,10 @@ class KacProcess:
 
         Returns:
             ``K`` with the given shape, and the atom mask if ``return_atoms``.
+
+        ``rowwise_icdf`` uses one uniform per coordinate and maps it through the per-row quantile table
+        of :meth:`_icdf_rows` (sup-norm CDF error below 1e-6, atoms exact); ``poisson_beta`` draws
+        ``n ~ Poisson(at)``, a sign and two gammas per coordinate.
         """
         shape = tuple(int(s) for s in shape)
         if any(s < 0 for s in shape):
@@ -290,6 +372,8 @@ class KacProcess:
             dtype = dtype or (t.dtype if t.is_floating_point() else torch.get_default_dtype())
             device = device if device is not None else t.device
         dtype = dtype or torch.get_default_dtype()
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         device = torch.device(device) if device is not None else torch.device("cpu")
         tt = self._time(t, like=torch.empty((), dtype=dtype, device=device))
         if tt.dim() > len(shape):
@@ -315,8 +399,9 @@ class KacProcess:
                 t_rows = tpad.reshape(-1)
                 flat = (shape[0], math.prod(shape[1:]))
             v = torch.rand(flat, generator=generator, dtype=dtype, device=device)
-            k, atoms = self._icdf_rows(t_rows, v)
-            k, atoms = k.reshape(shape), atoms.reshape(shape)
+            k, atoms = self._icdf_rows(t_rows, v, return_atoms=return_atoms, overwrite=True)
+            k = k.reshape(shape)
+            atoms = atoms.reshape(shape) if atoms is not None else None
         return (k, atoms) if return_atoms else k
 
     def _sample_poisson_beta(self, t: torch.Tensor, generator: Optional[torch.Generator]):
@@ -338,70 +423,201 @@ class KacProcess:
         k = torch.where(atoms, sign * ct, k)
         return k, atoms
 
-    def _abs_table(self, t_rows: torch.Tensor):
-        """Per-row table of ``C(y) = P(0 < |K_t| ≤ y)`` on ``y_j = j·ymax/G`` (float64).
+    # The rowwise_icdf sampler in three layers, all per row (one t per row, R rows):
+    #   _abs_table          C(y) = P(0 < |K_t| <= y) on a uniform y-grid (float64, quintic Hermite data)
+    #   _invert_abs_table   y = C^{-1}(level) by Newton on that quintic (float64)
+    #   _quantile_table     cubic Hermite of the quantile in the variable ζ (see _zeta_levels), output dtype
+    # and _icdf_rows maps uniforms through the last one with a handful of elementwise passes.
 
-        Returns ``(ymax (R,), C (R, G+1), D (R, G+1))`` with ``D = dC/dy = 2p``.
+    def _abs_table(self, t_rows: torch.Tensor):
+        """Per-row table of ``C(y) = P(0 < |K_t| ≤ y)`` on ``y_j = j h``, ``h = ymax / G`` (float64).
+
+        ``ymax = min(ct, 10σ)`` (beyond ``10σ`` the mass is below ``e^{-50}``), ``G = cdf_cells`` (even).
+        ``C_j`` comes from the corrected trapezoid rule
+        ``C_{j+1} - C_j ≈ h (D_j + D_{j+1}) / 2 + h² (D'_j - D'_{j+1}) / 12`` with ``D = 2p``, ``D' = 2p'``,
+        whose accumulated error is ``-h⁴ D⁽³⁾(y_j) / 720 + O(h⁶)`` (Euler–Maclaurin; ``D⁽³⁾(0) = 0`` as ``D`` is
+        even). Richardson with the same rule on ``2h`` removes the ``h⁴`` term at even nodes; the correction
+        is interpolated to odd nodes. Finally ``C`` is scaled so that ``C_G = 1 - e^{-at}``.
+
+        Args:
+            t_rows: ``(R,)`` times.
+
+        Returns:
+            ``(h (R,), C (R, G+1), D (R, G+1), D1 (R, G+1))``.
         """
-        G = self.table_cells
+        G = self.cdf_cells
         t64 = t_rows.double()
-        ct = self.c * t64
-        ymax = torch.minimum(ct, 10.0 * self.std(t64))  # tail beyond 10σ: mass < e^{-50}
+        cont_mass = -torch.expm1(-self.a * t64)
+        ymax = torch.minimum(self.c * t64, 10.0 * self.std(t64))
         h = ymax / G
         j = torch.arange(G + 1, dtype=torch.float64, device=t64.device)
         y = torch.minimum(j[None, :] * h[:, None], ymax[:, None])
-        tcol = t64[:, None]
-        # closed cone: where ymax = ct the last node takes the interior limit of the density
-        D = 2.0 * kac_density_scaled(self.a, self.c, tcol, y, closed=True)
-        cell = torch.zeros_like(y[:, 1:])
-        for node, w in zip(_GL3_NODES, _GL3_WEIGHTS):
-            yn = y[:, :-1] + node * h[:, None]
-            cell = cell + w * 2.0 * kac_density_scaled(self.a, self.c, tcol, yn)
-        cell = cell * h[:, None]
-        C = torch.cat([torch.zeros_like(y[:, :1]), torch.cumsum(cell, dim=1)], dim=1)
-        return ymax, C, D
+        p, dp = _kac_density_and_slope(self.a, self.c, t64[:, None], y)
+        D, D1 = 2.0 * p, 2.0 * dp
+        hc = h[:, None]
+        fine = 0.5 * hc * (D[:, :-1] + D[:, 1:]) + (hc * hc / 12.0) * (D1[:, :-1] - D1[:, 1:])
+        coarse = hc * (D[:, :-2:2] + D[:, 2::2]) + (hc * hc / 3.0) * (D1[:, :-2:2] - D1[:, 2::2])
+        zero = torch.zeros_like(y[:, :1])
+        C = torch.cat([zero, torch.cumsum(fine, dim=1)], dim=1)
+        corr = torch.cat([zero, (C[:, 2::2] - torch.cumsum(coarse, dim=1)) / 15.0], dim=1)  # even nodes
+        full = torch.empty_like(C)
+        full[:, 0::2] = corr
+        full[:, 1::2] = 0.5 * (corr[:, :-1] + corr[:, 1:])
+        C = C + full
+        total = C[:, -1:]
+        C = C * torch.where(total > 0, cont_mass[:, None] / total.clamp_min(1e-300), torch.zeros_like(total))
+        return h, C, D, D1
 
-    def _icdf_rows(self, t_rows: torch.Tensor, v: torch.Tensor):
-        """Invert the exact CDF row by row: ``v: (R, N)`` uniforms in [0, 1), ``t_rows: (R,)``.
+    @staticmethod
+    def _invert_abs_table(h, C, D, D1, level):
+        """Solve ``C(y) = level`` row by row through the quintic Hermite interpolant of the inverse ``y(C)``.
 
-        The full law's quantile at ``v``: sign from ``v < 1/2``, ``w = |2v - 1|`` is the quantile level of
-        ``|K|``; ``w ≥ 1 - e^{-at}`` is an atom, otherwise ``w`` is inverted through the cubic Hermite
-        interpolant of the per-row table. Returns ``(K, atom_mask)`` shaped like ``v``.
+        On cell ``j`` (``y ∈ [y_j, y_j + h]``, found by ``searchsorted``) ``Y = (y - y_j)/h`` is a quintic in
+        ``σ = (C - C_j)/ΔC_j`` matching ``Y``, ``dY/dσ = ΔC_j/(hD)`` and ``d²Y/dσ² = -(dY/dσ)² h D'/D`` at both
+        ends: no iteration. Its error, weighted by the density, is of the order of the forward quintic's
+        (``h⁶``); where ``D`` varies a lot across a cell (the far tail, negligible mass) the end derivatives
+        are capped and ``Y`` is kept in ``[0, 1]``.
+
+        Needs ``D > 0`` on the grid and ``0 ≤ level < C_G`` (every row a positive continuous mass).
+
+        Args:
+            h: ``(R,)``; C, D, D1: ``(R, G+1)`` from :meth:`_abs_table`; level: ``(R, L)``.
+
+        Returns:
+            ``(y, dydC)`` both ``(R, L)``: the solution and the interpolant's ``dy/dC = 1/(2p)`` there.
         """
-        dtype = v.dtype
-        R = t_rows.shape[0]
-        ymax, C, D = self._abs_table(t_rows)
-        G = self.table_cells
+        G = C.shape[1] - 1
+        idx = torch.searchsorted(C, level, right=True).clamp_(1, G).sub_(1)
+        hc = h[:, None]
+        c0 = torch.gather(C, 1, idx)
+        dc = torch.gather(C, 1, idx + 1).sub_(c0)
+        Da = torch.gather(D, 1, idx)
+        Db = torch.gather(D, 1, idx + 1)
+        r = dc / hc
+        u0 = (r / Da).clamp_(max=8.0)
+        u1 = (r / Db).clamp_(max=8.0)
+        e0 = (u0 * u0 * hc * torch.gather(D1, 1, idx) / Da).clamp_(-32.0, 32.0).neg_()
+        e1 = (u1 * u1 * hc * torch.gather(D1, 1, idx + 1) / Db).clamp_(-32.0, 32.0).neg_()
+        q3 = 10.0 - 6.0 * u0 - 4.0 * u1 - 1.5 * e0 + 0.5 * e1
+        q4 = -15.0 + 8.0 * u0 + 7.0 * u1 + 1.5 * e0 - e1
+        q5 = 6.0 - 3.0 * u0 - 3.0 * u1 - 0.5 * e0 + 0.5 * e1
+        s = ((level - c0) / dc).clamp_(0.0, 1.0)
+        Y = ((((q5 * s + q4) * s + q3) * s + 0.5 * e0) * s + u0) * s
+        dY = (((5.0 * q5 * s + 4.0 * q4) * s + 3.0 * q3) * s + e0) * s + u0
+        y = (idx + Y.clamp_(0.0, 1.0)) * hc
+        return y, dY * hc / dc
+
+    def _quantile_table(self, t_rows: torch.Tensor, dtype: torch.dtype) -> "_QuantileTable":
+        """Per-row cubic Hermite table of the quantile of ``|K_t|`` in the variable ``ζ``.
+
+        With ``ρ = 1 - C(y)/(1 - e^{-at})`` (the normalised mass beyond ``y``; ``ρ = 2u/(1 - e^{-at})`` for
+        the one-sided mass ``u``), ``ζ = α(1 - ρ) - β log ρ`` is uniform-in-mass in the bulk and logarithmic
+        in the tail, where the quantile is smooth in ``ζ`` (Gaussian-like tails become ``~sqrt(ζ)``, the
+        approach to the cone ``~e^{-ζ/β}``). Cells ``k < M`` hold the cubic Hermite of ``y(ζ)`` on
+        ``[ζ_k, ζ_{k+1}]`` in ``s ∈ [0, 1)`` (nodes from :meth:`_invert_abs_table`, slopes
+        ``dy/dζ = (1 - e^{-at}) ρ / (2p (αρ + β))``, clamped to ``[0, 3Δy]`` so every cell is monotone);
+        cell ``M`` is the far tail (``ρ < ρ_min ≈ 1e-10``, constant), cell ``M + 1`` the atom ``ct``
+        (coefficients ``(ct, 0, 0, 0)`` so its value is ``ct`` exactly, computed in ``dtype``).
+
+        Args:
+            t_rows: ``(R,)`` times; dtype: of the table (the output dtype).
+        """
+        M = self.quantile_cells
+        device = t_rows.device
+        one_minus_rho, weight, hz, floor_ratio = _zeta_levels(M)
         t64 = t_rows.double()
-        cont_mass = -torch.expm1(-self.a * t64)  # 1 - e^{-at}
-        Cd = C.to(dtype)
-        w = (2.0 * v - 1.0).abs()
-        neg = v < 0.5
-        ct = (self.c * t_rows.to(dtype))[:, None]
-        atoms = w >= cont_mass.to(dtype)[:, None]
-        # cell index j with C_j <= w < C_{j+1}
-        idx = torch.searchsorted(Cd.contiguous(), w.contiguous(), right=True).clamp_(1, G) - 1
-        c0 = torch.gather(Cd, 1, idx)
-        c1 = torch.gather(Cd, 1, idx + 1)
-        hd = (ymax / G).to(dtype)[:, None]
-        Dd = (D * (ymax / G)[:, None]).to(dtype)  # slopes in units of the cell parameter s
-        m0 = torch.gather(Dd, 1, idx)
-        m1 = torch.gather(Dd, 1, idx + 1)
-        dc = c1 - c0
-        s = ((w - c0) / torch.where(dc > 0, dc, torch.ones_like(dc))).clamp_(0.0, 1.0)
-        # Hermite cubic H(s) = c0 + m0 s + (3dc - 2m0 - m1) s² + (m0 + m1 - 2dc) s³
-        q2 = 3.0 * dc - 2.0 * m0 - m1
-        q3 = m0 + m1 - 2.0 * dc
-        target = w - c0
-        for _ in range(self.newton_steps):
-            f = ((q3 * s + q2) * s + m0) * s - target
-            fp = (3.0 * q3 * s + 2.0 * q2) * s + m0
-            s = (s - f / torch.where(fp > 0, fp, torch.ones_like(fp))).clamp_(0.0, 1.0)
-        y = (idx.to(dtype) + s) * hd
-        y = torch.minimum(y, ct)
-        y = torch.where(atoms, ct.expand_as(y), y)
-        k = torch.where(neg, -y, y)
-        return k, atoms
+        R = t64.shape[0]
+        cont_mass = -torch.expm1(-self.a * t64)
+        dead = cont_mass < 1e-20  # t = 0 (or at < 1e-20): every draw is an atom
+        # dead rows only ever use their atom cell; build them with t = 1 so that nothing degenerates
+        t_build = torch.where(dead, torch.ones_like(t64), t64)
+        mass_build = -torch.expm1(-self.a * t_build)[:, None]
+        h, C, D, D1 = self._abs_table(t_build)
+        level = mass_build * torch.tensor(one_minus_rho, dtype=torch.float64, device=device)
+        y, dydc = self._invert_abs_table(h, C, D, D1, level)
+        # dy/dζ · hz = dy/dC · dC/dζ · hz with dC/dζ = (1 - e^{-at}) ρ / (αρ + β)
+        slope = (mass_build * torch.tensor(weight, dtype=torch.float64, device=device)).mul_(dydc).clamp_(min=0.0)
+        dy = y[:, 1:] - y[:, :-1]
+        dy3 = 3.0 * dy
+        m0 = torch.minimum(slope[:, :-1], dy3)
+        m1 = torch.minimum(slope[:, 1:], dy3)
+        coef = torch.zeros(4, R, M + 2, dtype=torch.float64, device=device)
+        coef[0, :, : M + 1] = y  # cell M: constant y_M
+        coef[1, :, :M] = m0
+        coef[2, :, :M] = dy3 - 2.0 * m0 - m1
+        coef[3, :, :M] = m0 + m1 - 2.0 * dy
+        coef = coef.to(dtype)
+        coef[0, :, M + 1] = self.c * t_rows.to(dtype)  # cell M + 1: the atom, exactly ct in dtype
+        # position in cells: pos = ζ/hz = c0 + c1 u + c2 log u for the one-sided mass u = (1 - e^{-at})/2 - |v - 1/2|
+        half = 0.5 * cont_mass
+        safe_half = torch.where(dead, torch.ones_like(half), half)
+        c0 = torch.where(dead, torch.full_like(half, M + 1.0), (_ZETA_ALPHA + _ZETA_BETA * torch.log(safe_half)) / hz)
+        c1 = torch.where(dead, torch.zeros_like(half), -_ZETA_ALPHA / (hz * safe_half))
+        # u is floored at u_floor (position M + 1.5): the tail cell M ends at ρ = ρ_min e^{-hz/β}, and every
+        # u ≤ 0 (an atom) lands in cell M + 1; on dead rows u_floor = 1 puts every draw at pos = M + 1.
+        u_floor = torch.where(dead, torch.ones_like(half), safe_half * floor_ratio)
+        col = lambda x: x.to(dtype)[:, None]
+        return _QuantileTable(
+            coef=coef.reshape(4, R * (M + 2)),
+            half=col(half),
+            u_floor=col(u_floor),
+            c0=col(c0),
+            c1=col(c1),
+            c2=-_ZETA_BETA / hz,
+            cells=M + 2,
+        )
+
+    #: elements per piece in :meth:`_icdf_rows` (keeps the temporaries in cache)
+    _piece_elems: int = 1 << 16
+
+    def _icdf_rows(self, t_rows: torch.Tensor, v: torch.Tensor, return_atoms: bool = True, overwrite: bool = False):
+        """Quantile map of the law of ``K_t`` row by row: ``v: (R, N)`` uniforms in [0, 1), ``t_rows: (R,)``.
+
+        ``K(v) = sign(v - 1/2) y(ζ(u))`` with the one-sided mass ``u = (1 - e^{-at})/2 - |v - 1/2|``:
+        ``u ≤ 0`` is an atom (``K = ±ct`` exactly), otherwise ``y`` is read off the per-row cubic Hermite
+        table of :meth:`_quantile_table` at ``pos = ζ/hz = c0 + c1 u + c2 log u``: one table lookup
+        (four gathers) and about a dozen elementwise passes per coordinate. The map differs from the
+        exact quantile function by less than 1e-6 in CDF (measured without sampling noise).
+
+        Args:
+            t_rows: ``(R,)`` one time per row.
+            v: ``(R, N)`` uniforms (float32 or float64; sets the output dtype).
+            return_atoms: also return the atom mask (else ``None`` in its place).
+            overwrite: reuse ``v``'s storage for the output (``v`` is destroyed).
+
+        Returns:
+            ``(K (R, N), atom_mask (R, N) or None)``.
+        """
+        R, N = v.shape
+        tab = self._quantile_table(t_rows, v.dtype)
+        out = v if overwrite else v.clone()
+        atoms = torch.empty(v.shape, dtype=torch.bool, device=v.device) if return_atoms else None
+        cells = tab.cells
+        step_rows = max(1, self._piece_elems // max(N, 1))
+        step_cols = N if step_rows > 1 or N <= self._piece_elems else self._piece_elems
+        for r0 in range(0, R, step_rows):
+            r1 = min(R, r0 + step_rows)
+            off = (torch.arange(r0, r1, dtype=torch.int32, device=v.device) * cells)[:, None]
+            sl = slice(r0, r1)
+            for c0 in range(0, N, step_cols):
+                cs = slice(c0, min(N, c0 + step_cols))
+                d = out[sl, cs].sub_(0.5)
+                u = torch.sub(tab.half[sl], d.abs())
+                u = u.clamp_min_(tab.u_floor[sl])
+                lu = torch.log(u)
+                pos = torch.addcmul(tab.c0[sl], tab.c1[sl], u, out=u)
+                pos.add_(lu, alpha=tab.c2)
+                k = pos.to(torch.int32)  # pos >= 0 up to rounding (truncation gives cell 0 then)
+                s = pos.frac_()
+                if atoms is not None:
+                    torch.eq(k, cells - 1, out=atoms[sl, cs])
+                idx = k.add_(off).view(-1)
+                y = tab.coef[3].index_select(0, idx).view_as(s)
+                y = torch.addcmul(tab.coef[2].index_select(0, idx).view_as(s), s, y, out=lu)
+                y = torch.addcmul(tab.coef[1].index_select(0, idx).view_as(s), s, y, out=lu)
+                y = torch.addcmul(tab.coef[0].index_select(0, idx).view_as(s), s, y, out=lu)
+                torch.copysign(y, d, out=d)
+        return out, atoms
 
     # ------------------------------------------------------------------ reference paths
     def simulate_paths(
