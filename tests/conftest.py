@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 # Two cores: keep intra-op threads small so that test workers do not oversubscribe.
-torch.set_num_threads(int(os.environ.get("KACNUM_TEST_THREADS", "2")))
+torch.set_num_threads(int(os.environ.get("KACNUM_TEST_THREADS", "1")))
 
 settings.register_profile(
     "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
