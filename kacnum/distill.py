@@ -1,0 +1,852 @@
+"""Endpoint distillation of a (guided) flow into few-step students (SPEC §7, DistillKac).
+
+Student grid ``T = t_0 > t_1 > ... > t_K = t_end`` (uniform: ``t_k = T + (k/K)(t_end - T)``).
+A student is a velocity network of the teacher's architecture, initialised from its teacher, that
+takes ONE Euler step per interval:
+
+    Ŷ = x + (t_{k+1} - t_k) s_θ(x, t_k, y)                       (parameterization="velocity")
+    Ŷ = s_θ(x, t_k, y)                                             (parameterization="endpoint")
+
+and is trained on the endpoint loss (mean over coordinates ``d``, batch mean over ``(k, x)``)
+
+    L(θ) = E_{k ~ U{0..K-1}, x} (1/d) ‖Ŷ - stopgrad(Φ_teacher(x; t_k → t_{k+1}))‖².
+
+Staged schedule ``stages = (K_0, K_1, ..., K_S)``, e.g. ``(100, 20, 4, 2, 1)``: ``K_0`` is the step
+count of the continuous-time teacher, and stage ``i >= 1`` trains a ``K_i``-step student whose
+teacher takes ``N_i = K_{i-1} / K_i`` sub-steps per student interval (5, 5, 2, 2 here; each count
+must divide the previous one). The teacher of stage 1 is the frozen (optionally guided) teacher
+field integrated with ``N_1`` steps of ``teacher_method`` (AB-2 by default) over the interval; the
+teacher of stage ``i >= 2`` is the stage ``i-1`` student (its EMA), used as its own ``K_{i-1}``-step
+Euler map, i.e. ``N_i`` of its steps on its own (finer, nested) grid. One-shot distillation is
+``stages = (100, 1)``.
+
+Guidance (SPEC §5): with labels and ``guidance_scale = s``, the stage-1 teacher is the guided field
+``u_s = u_∅ + s (u_y - u_∅)`` (2 network evaluations per call unless ``s`` is 0 or 1); the student
+is conditional on ``y`` and learns the guided map, so it needs one evaluation per step. Labels are
+replaced by the null label with probability ``p_uncond`` during distillation (the guided field at
+the null label is the unconditional one), so the students keep the null-label capability.
+
+Source of ``x`` at ``t_k`` (``source``):
+
+* ``"forward"``: forward-noised data ``path.sample(x0, t_k).x_t`` (cheap; the teacher map is run
+  on every batch, ``N`` teacher steps per target);
+* ``"rollout"``: teacher roll-outs from the latent, as at inference. A pool of ``rollout_pool``
+  latents is pushed through the stage's teacher map interval by interval; the state at ``t_{k+1}``
+  is then the target of the state at ``t_k`` (no further teacher call). The pool is re-drawn every
+  ``rollout_refresh`` steps from a seed derived from ``(seed, stage, refresh index)``, so a resumed
+  run rebuilds exactly the pool it lost.
+
+Time reparameterisation. A batch mixes intervals, while :func:`kacnum.solvers.integrate` takes one
+grid. :func:`interval_flow` therefore integrates in ``τ ∈ [0, 1]`` with per-row
+``t(τ) = (1 - τ) t_from + τ t_to`` and ``dx/dτ = (t_to - t_from) u(x, t(τ))``; every method of
+``solvers`` is invariant under this affine change of time, so ``N`` uniform steps in ``τ`` are
+exactly ``N`` uniform steps of the same method on each row's own interval. AB-2 restarts (Euler
+first sub-step) in every interval: the target does not depend on history from earlier intervals.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from kacnum._checks import check_in_range, check_nonnegative, check_positive
+from kacnum.checkpoint import load_checkpoint, save_checkpoint, save_json
+from kacnum.guidance import GuidedField
+from kacnum.solvers import METHODS, NFE_PER_STEP, SolveResult, integrate, uniform_grid
+
+__all__ = [
+    "DistillConfig",
+    "DistillBatch",
+    "Distiller",
+    "EMA",
+    "FlowTeacher",
+    "StudentTeacher",
+    "RolloutPool",
+    "Sampler",
+    "validate_stages",
+    "stage_substeps",
+    "student_step",
+    "interval_flow",
+    "endpoint_loss",
+    "SOURCES",
+    "PARAMETERIZATIONS",
+]
+
+SOURCES = ("forward", "rollout")
+PARAMETERIZATIONS = ("velocity", "endpoint")
+LR_SCHEDULES = ("constant", "cosine")
+CHECKPOINT_FORMAT = "kacnum.distill/1"
+#: config fields that may change between a run and its resumption
+_RESUMABLE_FIELDS = ("checkpoint_every", "log_every")
+
+
+# ---------------------------------------------------------------------------------------------
+# schedules
+
+
+def validate_stages(stages: Sequence[int]) -> tuple[int, ...]:
+    """Check a staged schedule ``(K_0, K_1, ..., K_S)`` and return it as a tuple of ints.
+
+    Requires ``S >= 1``, integers ``K_i >= 1``, strictly decreasing, and each count dividing the
+    previous one (``N_i = K_{i-1} / K_i`` teacher sub-steps per student interval).
+    """
+    try:
+        st = tuple(stages)
+    except TypeError:
+        raise ValueError(f"stages must be a sequence of step counts such as (100, 20, 4, 2, 1), "
+                         f"got {stages!r}") from None
+    if len(st) < 2:
+        raise ValueError(f"stages must hold at least 2 step counts (teacher, then students), got {st!r}")
+    for k in st:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"stages must hold integers >= 1, got {st!r}")
+    for prev, cur in zip(st, st[1:]):
+        if cur >= prev:
+            raise ValueError(f"stages must be strictly decreasing, got {prev} -> {cur} in {st!r}")
+        if prev % cur:
+            raise ValueError(f"stages: each step count must divide the previous one (the ratio is the "
+                             f"teacher's sub-steps per student interval); {prev} -> {cur} in {st!r} "
+                             f"gives {prev}/{cur}, not an integer")
+    return st
+
+
+def stage_substeps(stages: Sequence[int]) -> tuple[int, ...]:
+    """Teacher sub-steps per student interval ``N_i = K_{i-1} / K_i``, ``i = 1..S``."""
+    st = validate_stages(stages)
+    return tuple(prev // cur for prev, cur in zip(st, st[1:]))
+
+
+# ---------------------------------------------------------------------------------------------
+# one-step maps, teachers, the loss
+
+
+def _rows(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` -> ``(B, 1, ..., 1)`` broadcasting against ``x: (B, ...)``."""
+    return v.reshape((x.shape[0],) + (1,) * (x.dim() - 1))
+
+
+def _check_param(parameterization: str) -> str:
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+    return parameterization
+
+
+def student_step(model: Callable, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
+                 y: Optional[torch.Tensor] = None, parameterization: str = "velocity") -> torch.Tensor:
+    """One student step from ``t`` to ``t_next`` (per row), 1 network evaluation.
+
+    ``velocity``: ``x + (t_next - t) model(x, t, y)``; ``endpoint``: ``model(x, t, y)``.
+    Shapes: ``x: (B, ...)``, ``t, t_next: (B,)``, ``y: (B,)`` long or None. Autograd stays on.
+    """
+    out = model(x, t, y)
+    if _check_param(parameterization) == "endpoint":
+        return out
+    return x + _rows(t_next - t, x) * out
+
+
+class _IntervalField:
+    """``dx/dτ = (t_to - t_from) u(x, (1 - τ) t_from + τ t_to)``, per row; τ is ``(B,)``, all equal."""
+
+    def __init__(self, field: Callable, t_from: torch.Tensor, t_to: torch.Tensor):
+        self.field, self.t_from, self.t_to = field, t_from, t_to
+        self.nfe_per_call = int(getattr(field, "nfe_per_call", 1))
+
+    def __call__(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        # exact at both ends: τ = 0 gives t_from, τ = 1 gives t_to
+        t = (1.0 - tau) * self.t_from + tau * self.t_to
+        return _rows(self.t_to - self.t_from, x) * self.field(x, t)
+
+
+def interval_flow(field: Callable, x: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor,
+                  n_substeps: int, method: str = "ab2") -> SolveResult:
+    """Integrate ``dx/dt = field(x, t)`` over a per-row interval with ``n_substeps`` uniform steps.
+
+    Row ``b`` goes from ``t_from[b]`` to ``t_to[b]`` (any signs, ``t_from != t_to``) with
+    ``n_substeps`` steps of ``method`` (one of :data:`kacnum.solvers.METHODS`), via the affine time
+    change described in the module docstring and :func:`kacnum.solvers.integrate`. ``field(x, t)``
+    with ``t: (B,)``; ``field.nfe_per_call`` is honoured in ``nfe_model``. Returns the
+    :class:`~kacnum.solvers.SolveResult` (its ``time_grid`` is the ``τ`` grid). Autograd stays on.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    b = x.shape[0]
+    for name, v in (("t_from", t_from), ("t_to", t_to)):
+        if not torch.is_tensor(v) or v.shape != (b,):
+            raise ValueError(f"{name} must be a tensor of shape ({b},)")
+    if bool((t_from == t_to).any()):
+        raise ValueError("t_from and t_to must differ in every row")
+    tau = uniform_grid(0.0, 1.0, n_substeps, dtype=x.dtype, device=x.device)
+    wrapped = _IntervalField(field, t_from.to(x.dtype), t_to.to(x.dtype))
+    return integrate(wrapped, x, tau, method)
+
+
+def endpoint_loss(student: Callable, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
+                  target: torch.Tensor, y: Optional[torch.Tensor] = None,
+                  parameterization: str = "velocity") -> dict:
+    """Endpoint distillation loss ``mean_b (1/d) ‖Ŷ_b - target_b‖²`` with ``Ŷ = student_step(...)``.
+
+    ``target`` is detached here (stop-gradient). Returns a dict of named terms:
+    ``loss`` (scalar, differentiable), ``endpoint_mse`` (the same value, detached),
+    ``per_sample`` ``(B,)`` detached, ``endpoint_rmse`` (scalar, detached).
+    """
+    if target.shape != x.shape:
+        raise ValueError(f"target must have x's shape {tuple(x.shape)}, got {tuple(target.shape)}")
+    pred = student_step(student, x, t, t_next, y, parameterization)
+    per = (pred - target.detach()).pow(2).reshape(x.shape[0], -1).mean(dim=1)
+    loss = per.mean()
+    mse = loss.detach()
+    return {"loss": loss, "endpoint_mse": mse, "endpoint_rmse": mse.sqrt(), "per_sample": per.detach()}
+
+
+class _PlainField:
+    """``field(x, t) = model(x, t, y)`` (no guidance), 1 evaluation per call."""
+
+    nfe_per_call = 1
+
+    def __init__(self, model: Callable, y: Optional[torch.Tensor]):
+        self.model, self.y = model, y
+
+    def __call__(self, x, t):
+        return self.model(x, t, self.y)
+
+
+class FlowTeacher:
+    """Stage-1 teacher: the (guided) teacher field over each student interval, ``N`` sub-steps.
+
+    ``teacher(x, k, y) -> (x_end, nfe)`` with ``x: (B, ...)`` at ``t_k = grid[k]``, ``k: (B,)`` long
+    interval indices, ``y: (B,)`` long or None; ``x_end`` approximates the flow at ``t_{k+1}`` and
+    ``nfe`` is the number of network evaluations per target (``N`` steps of ``method`` times 2 for a
+    guided call). With ``y`` given the field is ``GuidedField(model, guidance_scale, null_label)``;
+    rows with the null label get the unconditional field.
+    """
+
+    def __init__(self, model: Callable, grid: torch.Tensor, n_substeps: int, method: str = "ab2",
+                 guidance_scale: float = 1.0, null_label: Optional[int] = None):
+        self.model, self.grid, self.n_substeps, self.method = model, grid, int(n_substeps), method
+        self.guided = None
+        if null_label is not None:
+            self.guided = GuidedField(model, guidance_scale, null_label=null_label)
+
+    def field(self, y: Optional[torch.Tensor]):
+        if y is None or self.guided is None:
+            return _PlainField(self.model, None if self.guided is None else y)
+        return self.guided.field(y)
+
+    def __call__(self, x: torch.Tensor, k: torch.Tensor, y: Optional[torch.Tensor]):
+        res = interval_flow(self.field(y), x, self.grid[k], self.grid[k + 1], self.n_substeps, self.method)
+        return res.x, res.nfe_model
+
+
+class StudentTeacher:
+    """Teacher of stage ``i >= 2``: the stage ``i-1`` student as its own Euler map, ``N`` steps.
+
+    ``fine_grid`` is the previous student's grid ``(K_{i-1} + 1,)``; interval ``k`` of the new grid
+    spans ``fine_grid[k N : k N + N + 1]``. ``teacher(x, k, y) -> (x_end, N)``.
+    """
+
+    def __init__(self, student: Callable, fine_grid: torch.Tensor, n_substeps: int,
+                 parameterization: str = "velocity"):
+        self.student, self.fine_grid, self.n_substeps = student, fine_grid, int(n_substeps)
+        self.parameterization = _check_param(parameterization)
+
+    def __call__(self, x: torch.Tensor, k: torch.Tensor, y: Optional[torch.Tensor]):
+        n = self.n_substeps
+        for j in range(n):
+            idx = k * n + j
+            x = student_step(self.student, x, self.fine_grid[idx], self.fine_grid[idx + 1], y,
+                             self.parameterization)
+        return x, n
+
+
+# ---------------------------------------------------------------------------------------------
+# EMA
+
+
+def _check_decay(decay) -> float:
+    try:
+        d = float(decay)
+    except (TypeError, ValueError):
+        d = math.nan
+    if not 0.0 <= d < 1.0:
+        raise ValueError(f"ema_decay must be a number in [0, 1), got {decay!r}")
+    return d
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers are copied).
+
+    After the ``n``-th update (``n = 1, 2, ...``) ``θ_ema ← d_n θ_ema + (1 - d_n) θ`` with
+    ``d_n = min(decay, (1 + n) / (10 + n))`` if ``warmup`` else ``decay`` (the warm-up lets a short
+    run's average forget the initial weights). ``decay`` in ``[0, 1)``; 0 copies the model.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
+        self.decay = _check_decay(decay)
+        self.warmup = bool(warmup)
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.num_updates = 0
+
+    def current_decay(self) -> float:
+        """``d_n`` for the next update."""
+        n = self.num_updates + 1
+        return min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = self.current_decay()
+        for pe, p in zip(self.model.parameters(), model.parameters()):
+            pe.lerp_(p.detach(), 1.0 - d)
+        for be, b in zip(self.model.buffers(), model.buffers()):
+            be.copy_(b)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "num_updates": self.num_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.num_updates = int(state["num_updates"])
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Staged endpoint distillation.
+
+    Attributes:
+        stages: ``(K_0, ..., K_S)``: teacher steps, then student step counts (see
+            :func:`validate_stages`). One-shot: ``(100, 1)``.
+        steps_per_stage: optimiser steps per student stage (int, or one per stage).
+        batch_size: rows per step (pairs ``(k, x)``).
+        lr, weight_decay: AdamW.
+        lr_schedule: ``"constant"`` or ``"cosine"`` (per stage, ``lr (1 + cos(π n / steps)) / 2``
+            at step ``n``: decays to 0 at the stage's end).
+        grad_clip: max gradient norm; 0 switches clipping off.
+        ema_decay, ema_warmup: see :class:`EMA`.
+        source: ``"forward"`` or ``"rollout"`` (module docstring).
+        teacher_method: solver of the stage-1 teacher (``kacnum.solvers.METHODS``).
+        guidance_scale: ``s`` of the stage-1 teacher (used when labels are given).
+        p_uncond: probability of the null label for a row, in ``[0, 1]``.
+        parameterization: ``"velocity"`` (one Euler step) or ``"endpoint"`` (direct output).
+        t_end: last grid time (``0`` = the data end); the grids are uniform from ``T`` to ``t_end``.
+        rollout_pool: roll-outs per pool (``source="rollout"``).
+        rollout_refresh: steps between pool refreshes.
+        teacher_from_ema: stage ``i >= 2`` teacher (and initialisation) = EMA of the previous
+            student (else its raw weights).
+        seed: seeds the data, time, label and noise draws (one generator) and the roll-out pools.
+        checkpoint_every: also checkpoint every this many steps within a stage (0 = only at stage
+            ends); checkpoints need ``out_dir``.
+        log_every: keep the loss every this many steps in the history.
+    """
+
+    stages: tuple = (100, 20, 4, 2, 1)
+    steps_per_stage: Union[int, tuple] = 2000
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    source: str = "forward"
+    teacher_method: str = "ab2"
+    guidance_scale: float = 1.0
+    p_uncond: float = 0.1
+    parameterization: str = "velocity"
+    t_end: float = 0.0
+    rollout_pool: int = 4096
+    rollout_refresh: int = 500
+    teacher_from_ema: bool = True
+    seed: int = 0
+    checkpoint_every: int = 0
+    log_every: int = 50
+
+    def __post_init__(self):
+        st = validate_stages(self.stages)
+        object.__setattr__(self, "stages", st)
+        sps = self.steps_per_stage
+        if isinstance(sps, (list, tuple)):
+            sps = tuple(sps)
+            if len(sps) != len(st) - 1:
+                raise ValueError(f"steps_per_stage must be an int or hold one count per student stage "
+                                 f"({len(st) - 1}), got {len(sps)}")
+        else:
+            sps = (sps,) * (len(st) - 1)
+        for v in sps:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"steps_per_stage must hold integers >= 1, got {self.steps_per_stage!r}")
+        object.__setattr__(self, "steps_per_stage", sps)
+        for name in ("batch_size", "rollout_pool", "rollout_refresh", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        ce = self.checkpoint_every
+        if isinstance(ce, bool) or not isinstance(ce, int) or ce < 0:
+            raise ValueError(f"checkpoint_every must be an integer >= 0 (0 = stage ends only), got {ce!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        check_positive("lr", self.lr)
+        check_nonnegative("weight_decay", self.weight_decay)
+        check_nonnegative("grad_clip", self.grad_clip)
+        _check_decay(self.ema_decay)
+        check_in_range("p_uncond", self.p_uncond, 0.0, 1.0)
+        for name in ("guidance_scale", "t_end"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if self.teacher_method not in METHODS:
+            raise ValueError(f"teacher_method must be one of {METHODS}, got {self.teacher_method!r}")
+        _check_param(self.parameterization)
+
+    @property
+    def substeps(self) -> tuple[int, ...]:
+        """``N_i`` per student stage."""
+        return stage_substeps(self.stages)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# batches, pools, samplers
+
+
+@dataclass
+class DistillBatch:
+    """One training batch: ``x: (B, ...)`` at ``t = grid[k]``, ``t_next = grid[k+1]`` (``(B,)``),
+    ``k: (B,)`` long, ``y: (B,)`` long or None, ``target: (B, ...)`` the teacher's endpoint, and
+    ``teacher_nfe``: network evaluations per target (in roll-out mode: paid when the pool was built)."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+    t_next: torch.Tensor
+    k: torch.Tensor
+    y: Optional[torch.Tensor]
+    target: torch.Tensor
+    teacher_nfe: int
+
+
+@dataclass
+class RolloutPool:
+    """Teacher roll-outs: ``states: (K+1, P, ...)`` at the grid times (``states[0]`` the latents),
+    ``labels: (P,)`` or None, ``teacher_nfe``: network evaluations per interval and roll-out."""
+
+    states: torch.Tensor
+    labels: Optional[torch.Tensor]
+    teacher_nfe: int
+
+
+class Sampler:
+    """``sampler(n, y=None, generator=None, latent=None) -> x: (n, ...)`` at ``t_end``.
+
+    Attributes: ``steps`` (solver steps), ``nfe`` (network evaluations per sample: ``steps`` times
+    the calls per step and the 2 of a guided call), ``stage``.
+    Labels: ``y`` an int, a ``(n,)`` tensor, or None (drawn from the training labels' frequencies
+    with ``generator``; no labels if the data had none).
+    """
+
+    def __init__(self, distiller: "Distiller", stage: int):
+        self.d, self.stage = distiller, stage
+        self.steps = distiller.config.stages[stage]
+        if stage == 0:
+            per_call = 1
+            if distiller.labels is not None:
+                per_call = 1 if distiller.config.guidance_scale in (0.0, 1.0) else 2
+            self.nfe = self.steps * NFE_PER_STEP[distiller.config.teacher_method] * per_call
+        else:
+            self.nfe = self.steps
+
+    def __call__(self, n: int, y=None, generator: Optional[torch.Generator] = None,
+                 latent: Optional[torch.Tensor] = None) -> torch.Tensor:
+        d = self.d
+        if latent is None:
+            latent = d.path.sample_latent((n,) + d.sample_shape, generator=generator, dtype=d.dtype,
+                                          device=d.device)
+        n = latent.shape[0]
+        y = d._labels_for(n, y, generator)
+        grid = d.grid(self.stage)
+        with torch.no_grad():
+            if self.stage == 0:
+                teacher = FlowTeacher(d.teacher, grid, 1, d.config.teacher_method,
+                                      d.config.guidance_scale, d.null_label if d.labels is not None else None)
+                return integrate(teacher.field(y), latent, grid, d.config.teacher_method).x
+            student = d.student(self.stage)
+            if d.config.parameterization == "velocity":
+                return integrate(_PlainField(student, y), latent, grid, "euler").x
+            x = latent
+            for k in range(self.steps):
+                tk = grid[k].expand(n)
+                x = student_step(student, x, tk, grid[k + 1].expand(n), y, "endpoint")
+            return x
+
+
+def _derived_seed(*parts: int) -> int:
+    s = 0x9E3779B97F4A7C15
+    for p in parts:
+        s = (s * 6364136223846793005 + int(p) + 1442695040888963407) % (1 << 63)
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# the distiller
+
+
+class Distiller:
+    """Staged endpoint distillation of ``teacher`` along ``path`` (see the module docstring).
+
+    Args:
+        teacher: velocity network ``teacher(x, t, y) -> (B, ...)`` (an ``nn.Module``, copied and
+            frozen here); every student is a copy of it (same architecture).
+        path: probability path with ``path.T``, ``path.sample(x0, t, generator).x_t`` (forward
+            source) and ``path.sample_latent(shape, generator, dtype, device)``.
+        data: training data ``(n, ...)`` (its dtype and device are used throughout).
+        labels: ``(n,)`` long class labels, or None (unconditional).
+        config: :class:`DistillConfig`.
+        out_dir: where ``distill.ckpt`` and ``distill_config.json`` go (None: no checkpoints).
+        null_label: the null label (default ``teacher.null_label``); needed when labels are given.
+
+    Use :meth:`run` to train every stage, :meth:`sampler` to sample with a stage.
+    """
+
+    def __init__(self, teacher: nn.Module, path: Any, data: torch.Tensor,
+                 labels: Optional[torch.Tensor] = None, config: DistillConfig = DistillConfig(),
+                 out_dir: Union[str, Path, None] = None, null_label: Optional[int] = None):
+        if not isinstance(config, DistillConfig):
+            raise ValueError("config must be a DistillConfig")
+        if not isinstance(teacher, nn.Module):
+            raise ValueError("teacher must be a torch.nn.Module (students are copies of it)")
+        if not torch.is_tensor(data) or not data.is_floating_point() or data.dim() < 2 or data.shape[0] < 1:
+            raise ValueError("data must be a floating tensor of shape (n, ...) with n >= 1")
+        if labels is not None:
+            if not torch.is_tensor(labels) or labels.shape != (data.shape[0],) or labels.is_floating_point():
+                raise ValueError(f"labels must be None or an integer tensor of shape ({data.shape[0]},)")
+            labels = labels.to(device=data.device, dtype=torch.long)
+            if null_label is None:
+                null_label = getattr(teacher, "null_label", None)
+            if isinstance(null_label, bool) or not isinstance(null_label, int):
+                raise ValueError("null_label must be an integer (or teacher.null_label must exist) when "
+                                 "labels are given")
+        T = getattr(path, "T", None)
+        if T is None:
+            raise ValueError("path must have an attribute T (the latent time)")
+        self.T = check_positive("path.T", T)
+        if not config.t_end < self.T:
+            raise ValueError(f"config.t_end must be < path.T = {self.T}, got {config.t_end}")
+        self.config = config
+        self.path = path
+        self.data, self.labels, self.null_label = data, labels, null_label
+        self.dtype, self.device = data.dtype, data.device
+        self.sample_shape = tuple(data.shape[1:])
+        self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.students: list[nn.Module] = []  # finished stages' students (EMA or raw, frozen)
+        self.history: list[dict] = []
+        self._gen = torch.Generator(device=self.device).manual_seed(config.seed)
+
+    # -- small helpers -------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Optional[Path]:
+        return None if self.out_dir is None else self.out_dir / "distill.ckpt"
+
+    @property
+    def num_stages(self) -> int:
+        """Number of student stages ``S``."""
+        return len(self.config.stages) - 1
+
+    def _stage_index(self, stage: int, allow_teacher: bool = True) -> int:
+        s = len(self.config.stages)
+        if isinstance(stage, bool) or not isinstance(stage, int) or not -s <= stage < s:
+            raise ValueError(f"stage must be an integer in [{-s}, {s - 1}] (0 = teacher), got {stage!r}")
+        stage = stage % s
+        if stage == 0 and not allow_teacher:
+            raise ValueError("stage must be >= 1 (a student stage) here, got 0")
+        return stage
+
+    def grid(self, stage: int) -> torch.Tensor:
+        """Uniform grid ``(K + 1,)`` from ``T`` to ``t_end`` of ``stages[stage]`` steps (stage 0: teacher)."""
+        k = self.config.stages[self._stage_index(stage)]
+        return uniform_grid(self.T, self.config.t_end, k, dtype=self.dtype, device=self.device)
+
+    def student(self, stage: int) -> nn.Module:
+        """The trained student of ``stage`` (>= 1), frozen."""
+        stage = self._stage_index(stage, allow_teacher=False)
+        if stage > len(self.students):
+            raise ValueError(f"stage {stage} has not been trained yet ({len(self.students)} of "
+                             f"{self.num_stages} stages done): call run()")
+        return self.students[stage - 1]
+
+    def stage_teacher(self, stage: int) -> Union[FlowTeacher, StudentTeacher]:
+        """The endpoint map the student of ``stage`` (>= 1) learns."""
+        stage = self._stage_index(stage, allow_teacher=False)
+        n = self.config.substeps[stage - 1]
+        if stage == 1:
+            return FlowTeacher(self.teacher, self.grid(1), n, self.config.teacher_method,
+                               self.config.guidance_scale, self.null_label if self.labels is not None else None)
+        return StudentTeacher(self.student(stage - 1), self.grid(stage - 1), n, self.config.parameterization)
+
+    def _drop(self, y: Optional[torch.Tensor], gen: torch.Generator) -> Optional[torch.Tensor]:
+        if y is None or self.config.p_uncond == 0.0:
+            return y
+        u = torch.rand(y.shape, generator=gen, device=self.device)
+        return torch.where(u < self.config.p_uncond, torch.full_like(y, self.null_label), y)
+
+    def _labels_for(self, n: int, y, generator: Optional[torch.Generator]) -> Optional[torch.Tensor]:
+        if self.labels is None:
+            if y is not None:
+                raise ValueError("y must be None: the data has no labels")
+            return None
+        if y is None:
+            idx = torch.randint(self.labels.shape[0], (n,), generator=generator, device=self.device)
+            return self.labels[idx]
+        if isinstance(y, int) and not isinstance(y, bool):
+            return torch.full((n,), y, dtype=torch.long, device=self.device)
+        if not torch.is_tensor(y) or y.shape != (n,) or y.is_floating_point():
+            raise ValueError(f"y must be None, an int or an integer tensor of shape ({n},)")
+        return y.to(device=self.device, dtype=torch.long)
+
+    # -- batches -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def build_pool(self, stage: int, refresh_index: int = 0) -> RolloutPool:
+        """Roll ``rollout_pool`` latents through the teacher map of ``stage`` (seeded by
+        ``(seed, stage, refresh_index)``); chunks of ``4 batch_size`` rows."""
+        stage = self._stage_index(stage, allow_teacher=False)
+        gen = torch.Generator(device=self.device).manual_seed(
+            _derived_seed(self.config.seed, stage, refresh_index))
+        p = self.config.rollout_pool
+        teacher = self.stage_teacher(stage)
+        z = self.path.sample_latent((p,) + self.sample_shape, generator=gen, dtype=self.dtype,
+                                    device=self.device)
+        y = self._drop(self._labels_for(p, None, gen), gen)
+        kk = self.config.stages[stage]
+        states = [z]
+        nfe = 0
+        chunk = 4 * self.config.batch_size
+        for k in range(kk):
+            parts = []
+            for s in range(0, p, chunk):
+                xs = states[-1][s:s + chunk]
+                ks = torch.full((xs.shape[0],), k, dtype=torch.long, device=self.device)
+                out, nfe = teacher(xs, ks, None if y is None else y[s:s + chunk])
+                parts.append(out)
+            states.append(torch.cat(parts))
+        return RolloutPool(states=torch.stack(states), labels=y, teacher_nfe=int(nfe))
+
+    def make_batch(self, stage: int, pool: Optional[RolloutPool] = None,
+                   generator: Optional[torch.Generator] = None) -> DistillBatch:
+        """Draw one batch for ``stage`` (>= 1) with ``generator`` (default: the run's generator).
+
+        ``source="forward"``: data rows, labels (null with probability ``p_uncond``), intervals
+        ``k ~ U{0..K-1}``, ``x = path.sample(x0, t_k).x_t``, target = teacher map (no grad).
+        ``source="rollout"``: rows ``(k, p)`` of ``pool`` (built with :meth:`build_pool` if None).
+        """
+        stage = self._stage_index(stage, allow_teacher=False)
+        gen = self._gen if generator is None else generator
+        b = self.config.batch_size
+        kk = self.config.stages[stage]
+        grid = self.grid(stage)
+        if self.config.source == "rollout":
+            if pool is None:
+                pool = self.build_pool(stage)
+            pidx = torch.randint(pool.states.shape[1], (b,), generator=gen, device=self.device)
+            k = torch.randint(kk, (b,), generator=gen, device=self.device)
+            y = None if pool.labels is None else pool.labels[pidx]
+            return DistillBatch(x=pool.states[k, pidx], t=grid[k], t_next=grid[k + 1], k=k, y=y,
+                                target=pool.states[k + 1, pidx], teacher_nfe=pool.teacher_nfe)
+        idx = torch.randint(self.data.shape[0], (b,), generator=gen, device=self.device)
+        x0 = self.data[idx]
+        y = None if self.labels is None else self._drop(self.labels[idx], gen)
+        k = torch.randint(kk, (b,), generator=gen, device=self.device)
+        t, t_next = grid[k], grid[k + 1]
+        x = self.path.sample(x0, t, generator=gen).x_t
+        with torch.no_grad():
+            target, nfe = self.stage_teacher(stage)(x, k, y)
+        return DistillBatch(x=x, t=t, t_next=t_next, k=k, y=y, target=target, teacher_nfe=int(nfe))
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _rng_state(self) -> dict:
+        st = {"generator": self._gen.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            st["cuda"] = torch.cuda.get_rng_state(self.device)
+        return st
+
+    def _set_rng_state(self, st: dict) -> None:
+        self._gen.set_state(st["generator"].to("cpu"))
+        torch.set_rng_state(st["torch"].to("cpu"))
+        if "cuda" in st and self.device.type == "cuda":
+            torch.cuda.set_rng_state(st["cuda"].to("cpu"), self.device)
+
+    def _save(self, stage: int, step: int, student=None, ema=None, opt=None, sched=None,
+              losses=None) -> None:
+        if self.checkpoint_path is None:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "stage": stage,
+            "step": step,
+            "finished": [m.state_dict() for m in self.students],
+            "history": self.history,
+            "rng": self._rng_state(),
+            "student": None if student is None else student.state_dict(),
+            "ema": None if ema is None else ema.state_dict(),
+            "optimizer": None if opt is None else opt.state_dict(),
+            "scheduler": None if sched is None else sched.state_dict(),
+            "losses": list(losses or []),
+        }
+        save_checkpoint(self.checkpoint_path, state)
+
+    def _load(self) -> Optional[dict]:
+        path = self.checkpoint_path
+        if path is None:
+            raise ValueError("resume=True needs out_dir (where the checkpoint lives)")
+        if not path.is_file():
+            return None
+        ck = load_checkpoint(path, map_location=self.device)
+        if ck.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a distillation checkpoint ({CHECKPOINT_FORMAT})")
+        mine, theirs = self.config.to_dict(), dict(ck["config"])
+        diff = sorted(k for k in mine if k not in _RESUMABLE_FIELDS and
+                      _plain(mine[k]) != _plain(theirs.get(k)))
+        if diff:
+            raise ValueError(f"config differs from the checkpoint's in {diff}: resume with the same "
+                             f"configuration (only {_RESUMABLE_FIELDS} may change)")
+        self.students = []
+        for i, sd in enumerate(ck["finished"]):
+            m = self._new_student(i + 1)
+            m.load_state_dict(sd)
+            self.students.append(m.eval().requires_grad_(False))
+        self.history = list(ck["history"])
+        self._set_rng_state(ck["rng"])
+        return ck
+
+    def _new_student(self, stage: int) -> nn.Module:
+        src = self.teacher if stage == 1 else self.students[stage - 2]
+        return copy.deepcopy(src)
+
+    # -- training ------------------------------------------------------------------------------
+
+    def run(self, resume: bool = False, progress: bool = True,
+            callback: Optional[Callable[[dict], None]] = None) -> list[dict]:
+        """Train every remaining stage in order; returns :attr:`history` (one dict per stage).
+
+        Checkpoints (with ``out_dir``) after each stage and every ``checkpoint_every`` steps:
+        students, EMA, optimiser, stage, step, RNG states and config. ``resume=True`` continues from
+        the checkpoint if there is one (a fresh start otherwise); with the same config the result
+        equals that of an uninterrupted run. ``callback(info)`` after every step with
+        ``info = {"stage", "step", "loss"}`` (``step`` counts from 1 within the stage).
+        """
+        cfg = self.config
+        ck = self._load() if resume else None
+        if ck is None:
+            self.students, self.history = [], []
+            self._gen.manual_seed(cfg.seed)
+            if self.out_dir is not None:
+                save_json(self.out_dir / "distill_config.json", cfg.to_dict())
+        start = len(self.students) + 1
+        for stage in range(start, self.num_stages + 1):
+            t0 = time.perf_counter()
+            n_steps = cfg.steps_per_stage[stage - 1]
+            student = self._new_student(stage).train().requires_grad_(True)
+            ema = EMA(student, cfg.ema_decay, cfg.ema_warmup)
+            opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg.lr_schedule, n_steps))
+            step0, losses = 0, []
+            if ck is not None and ck["student"] is not None and int(ck["stage"]) == stage:
+                student.load_state_dict(ck["student"])
+                ema.load_state_dict(ck["ema"])
+                opt.load_state_dict(ck["optimizer"])
+                sched.load_state_dict(ck["scheduler"])
+                step0, losses = int(ck["step"]), list(ck["losses"])
+            ck = None
+            pool = None
+            teacher_nfe = None
+            bar = tqdm(range(step0, n_steps), total=n_steps, initial=step0, disable=None if progress else True,
+                       desc=f"distill {cfg.stages[stage - 1]}->{cfg.stages[stage]}", leave=False)
+            for step in bar:
+                if cfg.source == "rollout" and (pool is None or step % cfg.rollout_refresh == 0):
+                    pool = self.build_pool(stage, step // cfg.rollout_refresh)
+                batch = self.make_batch(stage, pool)
+                teacher_nfe = batch.teacher_nfe
+                out = endpoint_loss(student, batch.x, batch.t, batch.t_next, batch.target, batch.y,
+                                    cfg.parameterization)
+                opt.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                ema.update(student)
+                loss = float(out["endpoint_mse"])
+                losses.append(loss)
+                if step % cfg.log_every == 0 or step + 1 == n_steps:
+                    bar.set_postfix(loss=f"{loss:.3e}")
+                done = step + 1
+                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < n_steps:
+                    self._save(stage, done, student, ema, opt, sched, losses)
+                if callback is not None:
+                    callback({"stage": stage, "step": done, "loss": loss})
+            bar.close()
+            final = ema.model if cfg.teacher_from_ema else copy.deepcopy(student)
+            self.students.append(final.eval().requires_grad_(False))
+            tail = losses[-max(1, len(losses) // 10):]
+            self.history.append({
+                "stage": stage,
+                "teacher_steps": cfg.stages[stage - 1],
+                "student_steps": cfg.stages[stage],
+                "substeps": cfg.substeps[stage - 1],
+                "steps": n_steps,
+                "final_loss": sum(tail) / len(tail),
+                "teacher_nfe_per_target": teacher_nfe,
+                "losses": losses[::cfg.log_every],
+                "seconds": time.perf_counter() - t0,
+            })
+            self._save(stage + 1, 0)
+        return self.history
+
+    def sampler(self, stage: int = -1) -> Sampler:
+        """Sampler of ``stage``: 0 = the teacher (``stages[0]`` steps of ``teacher_method``, guided),
+        ``i >= 1`` = the stage-``i`` student (``stages[i]`` Euler steps on its grid); -1 = the last."""
+        stage = self._stage_index(stage)
+        if stage >= 1:
+            self.student(stage)  # raises if not trained
+        return Sampler(self, stage)
+
+
+class _LRFactor:
+    """Multiplier of the base learning rate at step ``n`` (picklable, for ``LambdaLR``)."""
+
+    def __init__(self, schedule: str, n_steps: int):
+        self.schedule, self.n_steps = schedule, n_steps
+
+    def __call__(self, n: int) -> float:
+        if self.schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(n, self.n_steps) / self.n_steps))
+
+
+def _lr_factor(schedule: str, n_steps: int) -> _LRFactor:
+    return _LRFactor(schedule, n_steps)
+
+
+def _plain(v):
+    if isinstance(v, (list, tuple)):
+        return [_plain(u) for u in v]
+    return v
