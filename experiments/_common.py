@@ -1,0 +1,165 @@
+"""Shared command line and output helpers of the claim scripts (``experiments/*.py``).
+
+Every claim script has ``main(argv=None) -> dict`` and the same options:
+
+    --out DIR          output folder (default ``runs/<name>``): config.json, results.json, <name>.png
+    --quick            the small budget (< 30 s on 2 cores): what the tests and notebooks run
+    --paper-figures    also write the PNG into ``paper_figures/`` (the figures of the README there)
+    --seed N           seed of the one ``torch.Generator`` the script draws from
+    --threads N        ``torch.set_num_threads`` (default 1: the machine is shared)
+
+JSON files are written atomically (``kacnum.checkpoint.save_json``: temporary file in the same folder,
+then ``os.replace``); so are the PNGs. ``results.json`` has ``worst_ratios`` (name -> worst measured /
+bound ratio) at its top level.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import math
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from kacnum.checkpoint import atomic_write, save_json  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PAPER_FIGURES = REPO_ROOT / "paper_figures"
+#: PNGs for paper_figures/ must stay below this size
+MAX_PNG_BYTES = 300_000
+
+
+def make_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with the options shared by every claim script (module docstring)."""
+    p = argparse.ArgumentParser(prog=f"experiments/{name}.py", description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs") / name, help=f"output folder (default runs/{name})")
+    p.add_argument("--quick", action="store_true", help="small budget (< 30 s): for tests and notebooks")
+    p.add_argument("--paper-figures", action="store_true", help="also write the PNG into paper_figures/")
+    p.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator (default 0)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    return p
+
+
+def setup(args: argparse.Namespace) -> torch.Generator:
+    """Create the output folder, set the thread count; return the seeded generator."""
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    return torch.Generator().manual_seed(args.seed)
+
+
+def config_dict(cfg, args: argparse.Namespace) -> dict:
+    """The resolved configuration: the dataclass ``cfg`` plus the command-line switches."""
+    out = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    out.update(quick=bool(args.quick), seed=int(args.seed), threads=int(args.threads), out=str(args.out),
+               paper_figures=bool(args.paper_figures), torch_version=torch.__version__)
+    return out
+
+
+def write_results(out: Path, config: dict, results: dict) -> None:
+    """``config.json`` and ``results.json`` in ``out``, atomically."""
+    save_json(Path(out) / "config.json", config)
+    save_json(Path(out) / "results.json", results)
+
+
+def save_figure(fig, out: Path, filename: str, paper_figures: bool = False, dpi: int = 100) -> List[str]:
+    """Save ``fig`` as PNG into ``out`` (and into ``paper_figures/`` if asked), atomically; close it.
+
+    Raises ``ValueError`` if the PNG is larger than ``MAX_PNG_BYTES`` (paper figures must stay small).
+    Returns the written paths.
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    data = buf.getvalue()
+    if len(data) > MAX_PNG_BYTES:
+        raise ValueError(f"{filename} is {len(data)} bytes, above the {MAX_PNG_BYTES}-byte limit: lower dpi/points")
+    targets = [Path(out) / filename] + ([PAPER_FIGURES / filename] if paper_figures else [])
+    for path in targets:
+        atomic_write(path, lambda f: f.write(data))
+    return [str(p) for p in targets]
+
+
+def _fmt(v, floatfmt: str) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return format(v, floatfmt)
+    return str(v)
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str], title: Optional[str] = None,
+                 floatfmt: str = ".4g") -> str:
+    """A fixed-width text table of ``rows`` (dicts) restricted to ``columns``."""
+    cells = [[_fmt(r.get(c), floatfmt) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = [] if title is None else [title]
+    lines.append("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def print_table(rows: Sequence[dict], columns: Sequence[str], title: Optional[str] = None,
+                floatfmt: str = ".4g") -> str:
+    """Print :func:`format_table` (followed by a blank line) and return it."""
+    text = format_table(rows, columns, title, floatfmt)
+    print(text + "\n", flush=True)
+    return text
+
+
+class Stopwatch:
+    """``with Stopwatch() as sw: ...``; ``sw.seconds`` afterwards (wall clock)."""
+
+    def __enter__(self):
+        self._t0 = time.perf_counter()
+        self.seconds = float("nan")
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self._t0
+        return False
+
+
+def parse_floats(text: str, name: str) -> tuple:
+    """``"1,2.5,4"`` -> ``(1.0, 2.5, 4.0)``; ``ValueError`` naming the option otherwise."""
+    try:
+        vals = tuple(float(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be a comma-separated list of numbers, got {text!r}") from None
+    if not vals:
+        raise ValueError(f"{name} must hold at least one number, got {text!r}")
+    return vals
+
+
+def notebook_args(name: str, extra_quick: Sequence[str] = ()) -> tuple:
+    """Output folder and argv for a notebook that runs ``experiments/<name>.py``'s ``main``.
+
+    Environment (set by ``tests/test_notebooks.py``; unset when a person runs the notebook):
+
+    * ``KACNUM_NB_OUT``: base folder (default ``runs/notebooks``); the run writes to ``<base>/<name>``;
+    * ``KACNUM_NB_QUICK=1``: the ``--quick`` budget plus ``extra_quick`` (default: the full budget);
+    * ``KACNUM_NB_PAPER``: ``1`` writes the PNGs into ``paper_figures/`` too (default: ``1`` for the full
+      budget, ``0`` with ``KACNUM_NB_QUICK=1``, so small runs never replace the paper figures).
+
+    Returns ``(out: Path, argv: list)``.
+    """
+    import os
+
+    base = Path(os.environ.get("KACNUM_NB_OUT", REPO_ROOT / "runs" / "notebooks"))
+    quick = os.environ.get("KACNUM_NB_QUICK", "0") == "1"
+    paper = os.environ.get("KACNUM_NB_PAPER", "0" if quick else "1") == "1"
+    out = base / name
+    argv = ["--out", str(out)] + (["--quick", *extra_quick] if quick else []) + (["--paper-figures"] if paper else [])
+    return out, argv

@@ -1,0 +1,42 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Guidance: square-integrable and bounded by `(1 + 2|s - 1|) B` (SPEC §5, §8)
+#
+# Exact labelled Kac fields (3 classes on the 3×3 grid), guided with `u_s = u_u + s (u_c - u_u)` for
+# s = 1, 1.2, 2, 4 and integrated with AB-2 from the latent to the data. Dotted lines: the bounds built
+# from the Kac speed bound `B(t) = |f'| sup|x0| + c g'`.
+
+# %%
+import sys
+from pathlib import Path
+
+from IPython.display import Image, display
+
+ROOT = Path.cwd().resolve()
+while not (ROOT / "experiments" / "_common.py").is_file() and ROOT != ROOT.parent:
+    ROOT = ROOT.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+import _common  # noqa: E402
+
+import guidance_integrability  # noqa: E402
+
+OUT, ARGV = _common.notebook_args("guidance_integrability")
+res = guidance_integrability.main(ARGV)
+
+# %%
+display(Image(filename=str(OUT / "guidance_integrability.png")))
+
+# %%
+print("worst ratios:", res["worst_ratios"])
