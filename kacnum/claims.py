@@ -42,7 +42,7 @@ from kacnum._checks import check_nonnegative, check_positive
 from kacnum.guidance import GuidedField, guidance_bound, guided_kinetic_energy
 from kacnum.kac import KacProcess, kac_density_scaled
 from kacnum.paths import KacPath, PathSample, ProbabilityPath
-from kacnum.paths import _gaussian_posterior_mean  # the Gaussian-mixture posterior (shared, not copied)
+from kacnum.paths import gaussian_posterior_mean  # the Gaussian-mixture posterior (shared)
 from kacnum.telegrapher import (
     bump,
     fit_order,
@@ -223,7 +223,7 @@ class DiffusionLimitPath(ProbabilityPath):
         xs, s, logw = self._support_inputs(x, support, weights)
         tt = self._times(t, x.shape[0], xs)
         f, df, g, dg = self.kac.f(tt), self.kac.df(tt), self.kac.g(tt), self.kac.dg(tt)
-        mean, _ = _gaussian_posterior_mean(xs, f, torch.sqrt(self.sigma2 * g), s, logw,
+        mean, _ = gaussian_posterior_mean(xs, f, torch.sqrt(self.sigma2 * g), s, logw,
                                            self._chunk(chunk_size, x.device))
         u = df[:, None] * mean + (dg / (2.0 * g))[:, None] * (xs - f[:, None] * mean)
         return u.to(x.dtype).reshape(x.shape)

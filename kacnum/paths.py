@@ -651,7 +651,7 @@ class KacPath(ProbabilityPath):
 # ================================================================================================
 
 
-def _gaussian_posterior_mean(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, s: torch.Tensor,
+def gaussian_posterior_mean(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, s: torch.Tensor,
                              logw: torch.Tensor, chunk: int, want_mean: bool = True):
     """For ``x = alpha x0 + sigma ε``, ``x0 ~ Σ w_i δ_{s_i}``: ``(E[x0 | x] (B, d), log ρ(x) (B,))``.
 
@@ -741,7 +741,7 @@ class GaussianPath(ProbabilityPath):
         """
         xs, s, logw = self._support_inputs(x, support, weights)
         t = self._times(t, x.shape[0], xs, open_at_zero=True)
-        mean, _ = _gaussian_posterior_mean(xs, self.alpha(t), self.sigma(t), s, logw,
+        mean, _ = gaussian_posterior_mean(xs, self.alpha(t), self.sigma(t), s, logw,
                                            self._chunk(chunk_size, x.device))
         return ((xs - mean) / t[:, None]).to(x.dtype).reshape(x.shape)
 
@@ -752,7 +752,7 @@ class GaussianPath(ProbabilityPath):
         """``log Σ_i w_i N(x; α x^(i), σ² I)``, ``t ∈ (0, T]``: ``(B,)`` float64."""
         xs, s, logw = self._support_inputs(x, support, weights)
         t = self._times(t, x.shape[0], xs, open_at_zero=True)
-        _, lr = _gaussian_posterior_mean(xs, self.alpha(t), self.sigma(t), s, logw,
+        _, lr = gaussian_posterior_mean(xs, self.alpha(t), self.sigma(t), s, logw,
                                          self._chunk(chunk_size, x.device), want_mean=False)
         return lr
 
@@ -881,7 +881,7 @@ class VPPath(ProbabilityPath):
         xs, s, logw = self._support_inputs(x, support, weights)
         t = self._times(t, x.shape[0], xs)
         m, sig = self.alpha(t), self.sigma(t)
-        mean, _ = _gaussian_posterior_mean(xs, m, sig, s, logw, self._chunk(chunk_size, x.device))
+        mean, _ = gaussian_posterior_mean(xs, m, sig, s, logw, self._chunk(chunk_size, x.device))
         return ((xs - m[:, None] * mean) / sig[:, None]).to(x.dtype).reshape(x.shape)
 
     @torch.no_grad()
@@ -891,7 +891,7 @@ class VPPath(ProbabilityPath):
         xs, s, logw = self._support_inputs(x, support, weights)
         t = self._times(t, x.shape[0], xs)
         m, sig = self.alpha(t), self.sigma(t)
-        mean, _ = _gaussian_posterior_mean(xs, m, sig, s, logw, self._chunk(chunk_size, x.device))
+        mean, _ = gaussian_posterior_mean(xs, m, sig, s, logw, self._chunk(chunk_size, x.device))
         eps = (xs - m[:, None] * mean) / sig[:, None]
         u = -0.5 * self.beta(t)[:, None] * (xs - eps / sig[:, None])
         return u.to(x.dtype).reshape(x.shape)
@@ -903,6 +903,6 @@ class VPPath(ProbabilityPath):
         """``log Σ_i w_i N(x; m x^(i), σ² I)``: ``(B,)`` float64."""
         xs, s, logw = self._support_inputs(x, support, weights)
         t = self._times(t, x.shape[0], xs)
-        _, lr = _gaussian_posterior_mean(xs, self.alpha(t), self.sigma(t), s, logw,
+        _, lr = gaussian_posterior_mean(xs, self.alpha(t), self.sigma(t), s, logw,
                                          self._chunk(chunk_size, x.device), want_mean=False)
         return lr
