@@ -1,0 +1,905 @@
+"""Training loop for velocity (and ε) networks on images: one process, or several with torchrun.
+
+The loss is :class:`kacnum.losses.FlowMatchingLoss` on a :class:`~kacnum.paths.KacPath` (the Kac flow
+teacher, SPEC §4) or a :class:`~kacnum.paths.GaussianPath` (rectified flow baseline, SPEC §9), or
+:class:`kacnum.losses.EpsilonLoss` on a :class:`~kacnum.paths.VPPath`; labels are dropped to the null
+label with probability ``p_uncond`` (classifier-free guidance training, SPEC §5). One step::
+
+    lr_n   = lr · warmup(n) · decay(n)                       (see :func:`lr_factor`)
+    loss   = E (1/d) ‖u_θ(x_t, t, y') - u_t‖²                 (bf16 autocast around u_θ on CUDA)
+    θ      ← Adam/AdamW(θ, clip(∇loss, grad_clip), lr_n)
+    θ_ema  ← d_n θ_ema + (1 - d_n) θ                          (kacnum.distill.EMA)
+
+Reproducibility and exact resumption
+------------------------------------
+* The data order is a function of ``(seed, epoch)`` only: the ``DistributedSampler`` of
+  :func:`kacnum.data.make_loader` (``distributed=True``; with one process ``num_replicas=1``) gives the
+  epoch's permutation and its share for this rank; batches are gathered by tensor indexing, so a
+  resumed run jumps to ``(epoch, position)`` without touching the skipped batches.
+* Every random draw of step ``n`` (times, Kac/Gaussian noise, label dropout from the step generator;
+  dropout from the global torch RNG) comes from generators re-seeded at the start of the step with
+  ``derive_seed(seed, rank, n)``: the draws of a step do not depend on history, so a run resumed from
+  a checkpoint at step ``n`` repeats the uninterrupted run's losses bit for bit on the CPU (the
+  optimiser, EMA and weights are restored from the checkpoint). Ranks draw different noise.
+* ``checkpoint.pt`` (written atomically by :func:`kacnum.checkpoint.save_checkpoint`: temporary file,
+  fsync, ``os.replace``) holds the model, EMA, optimiser, LR-schedule state, step, data position, the
+  RNG states of torch/CUDA/numpy/python and the resolved config. An interrupted run (Ctrl-C, a crash
+  during a write) leaves the previous checkpoint intact.
+
+Multi-GPU
+---------
+``torchrun --nproc_per_node=N experiments/cifar_distill.py ...``: :func:`setup_distributed` reads
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from the environment and joins the process group (NCCL on CUDA,
+gloo on the CPU); the model is wrapped in ``DistributedDataParallel``. ``batch_size`` is the GLOBAL
+batch: each of the ``N`` ranks takes ``batch_size / N`` images per step (it must divide). Only rank 0
+writes logs, sample grids and checkpoints; every rank can resume from them.
+
+Output files in ``out_dir``: ``config.json`` (the resolved config), ``train_log.jsonl`` (one JSON line
+per ``log_every`` steps: ``step, epoch, loss, lr, images_per_s, seconds``), ``samples_XXXXXX.png``
+(guided AB-2 samples of the EMA model), ``checkpoint.pt``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from kacnum._checks import check_in_range, check_nonnegative, check_positive
+from kacnum.checkpoint import load_checkpoint, save_checkpoint, save_json
+from kacnum.data import DATASETS, load_dataset, make_loader
+from kacnum.distill import EMA
+from kacnum.guidance import GuidedField
+from kacnum.losses import EpsilonLoss, FlowMatchingLoss
+from kacnum.models import PRESETS, make_model
+from kacnum.paths import GaussianPath, KacPath, ProbabilityPath, VPPath
+from kacnum.solvers import METHODS, integrate
+
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "DistInfo",
+    "PATH_KINDS",
+    "CHECKPOINT_FORMAT",
+    "setup_distributed",
+    "make_path",
+    "make_loss",
+    "lr_factor",
+    "derive_seed",
+    "synthetic_dataset",
+    "save_image_grid",
+    "load_teacher",
+    "sample_images",
+]
+
+PATH_KINDS = ("kac", "gaussian", "vp")
+OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine")
+CHECKPOINT_FORMAT = "kacnum.train/1"
+#: config fields that may differ between a run and its resumption (they do not change the maths)
+RESUMABLE_FIELDS = ("total_steps", "log_every", "sample_every", "checkpoint_every", "num_samples",
+                    "guidance_scale", "sample_steps", "sample_method", "compile", "data_dir")
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (written to ``config.json``).
+
+    Model and data:
+        model: a key of :data:`kacnum.models.PRESETS`; ``model_overrides`` replaces config fields.
+        dataset: a key of :data:`kacnum.data.DATASETS` or ``"synthetic"`` (random class-conditioned
+            images of the model's shape: :func:`synthetic_dataset`; ``synthetic_size`` images).
+        data_dir: passed to :func:`kacnum.data.load_dataset` (None: ``$KACNUM_DATA`` or the default).
+    Path (SPEC §4, §9):
+        path: ``"kac"`` (flow matching on ``KacPath(a, c, T, f_schedule, g_schedule)``),
+            ``"gaussian"`` (rectified flow) or ``"vp"`` (ε-prediction).
+        a, c: Kac switching rate and speed (9, 3 as the Kac-flow code; 25, 2 reported for CIFAR-10).
+    Optimisation:
+        optimizer: ``"adam"`` or ``"adamw"``; ``lr``, ``betas``, ``eps``, ``weight_decay``.
+        warmup_steps: linear warm-up length; lr_schedule: ``"constant"`` or ``"cosine"`` (to 0 at
+            ``total_steps``), see :func:`lr_factor`.
+        grad_clip: max global gradient norm (0: off).
+        batch_size: GLOBAL batch (split evenly across DDP ranks).
+        total_steps: optimiser steps.
+        ema_decay, ema_warmup: :class:`kacnum.distill.EMA` (``d_n = min(decay, (1+n)/(10+n))``).
+        p_uncond: label dropout probability.
+        bf16: bfloat16 autocast around the network on CUDA (ignored on the CPU).
+        compile: ``torch.compile`` the training network.
+        seed: seeds the initial weights, the data order and every per-step draw.
+    Bookkeeping:
+        log_every: steps per ``train_log.jsonl`` line (the loss is the window mean over ranks).
+        sample_every: steps between sample grids (0: only at the end). checkpoint_every: steps
+            between checkpoints (0: only at the end).
+        num_samples, guidance_scale, sample_steps, sample_method: the sample grids (guided
+            ``sample_method`` integration of the EMA model, ``sample_steps`` steps from ``T`` to 0).
+    """
+
+    model: str = "digits_tiny"
+    model_overrides: dict = field(default_factory=dict)
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    synthetic_size: int = 10_000
+    path: str = "kac"
+    a: float = 9.0
+    c: float = 3.0
+    T: float = 1.0
+    f_schedule: str = "linear"
+    g_schedule: str = "t"
+    optimizer: str = "adam"
+    lr: float = 2e-4
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    grad_clip: float = 1.0
+    batch_size: int = 128
+    total_steps: int = 1000
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    p_uncond: float = 0.1
+    bf16: bool = False
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 100
+    sample_every: int = 0
+    checkpoint_every: int = 1000
+    num_samples: int = 64
+    guidance_scale: float = 1.2
+    sample_steps: int = 100
+    sample_method: str = "ab2"
+
+    def __post_init__(self):
+        if self.model not in PRESETS:
+            raise ValueError(f"model must be one of {sorted(PRESETS)}, got {self.model!r}")
+        if not isinstance(self.model_overrides, dict):
+            raise ValueError(f"model_overrides must be a dict, got {type(self.model_overrides).__name__}")
+        if self.dataset not in DATASETS and self.dataset != "synthetic":
+            raise ValueError(f"dataset must be one of {sorted(DATASETS) + ['synthetic']}, got {self.dataset!r}")
+        if self.path not in PATH_KINDS:
+            raise ValueError(f"path must be one of {PATH_KINDS}, got {self.path!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.sample_method not in METHODS:
+            raise ValueError(f"sample_method must be one of {METHODS}, got {self.sample_method!r}")
+        for name in ("batch_size", "total_steps", "log_every", "num_samples", "sample_steps", "synthetic_size"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "sample_every", "checkpoint_every", "seed"):
+            _check_int(name, getattr(self, name), 0)
+        for name in ("a", "c", "T", "lr", "eps"):
+            check_positive(name, getattr(self, name))
+        check_nonnegative("weight_decay", self.weight_decay)
+        check_nonnegative("grad_clip", self.grad_clip)
+        check_in_range("p_uncond", self.p_uncond, 0.0, 1.0)
+        check_in_range("ema_decay", self.ema_decay, 0.0, 1.0 - 1e-12)
+        check_in_range("guidance_scale", self.guidance_scale, -1e6, 1e6)
+        betas = tuple(float(b) for b in self.betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        object.__setattr__(self, "betas", betas)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Inverse of :meth:`to_dict` (unknown keys raise ``ValueError``)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+def _check_int(name: str, v, low: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    return v
+
+
+def make_path(config: TrainConfig) -> ProbabilityPath:
+    """The probability path of ``config``: ``KacPath(a, c, T, f, g)``, ``GaussianPath(T)`` or ``VPPath(T=T)``."""
+    if config.path == "kac":
+        return KacPath(config.a, config.c, config.T, f=config.f_schedule, g=config.g_schedule)
+    if config.path == "gaussian":
+        return GaussianPath(T=config.T)
+    return VPPath(T=config.T)
+
+
+def make_loss(config: TrainConfig, path: ProbabilityPath, null_label: Optional[int]):
+    """``FlowMatchingLoss`` (kac, gaussian) or ``EpsilonLoss`` (vp) with ``p_uncond`` and ``null_label``."""
+    cls = EpsilonLoss if config.path == "vp" else FlowMatchingLoss
+    return cls(path, p_uncond=config.p_uncond, null_label=null_label)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "constant") -> float:
+    """Multiplier of the base learning rate for optimiser step ``step`` (0-based).
+
+    ``warmup = min(1, (step + 1) / warmup_steps)`` (1 if ``warmup_steps = 0``); ``decay = 1``
+    (constant) or ``(1 + cos(π p)) / 2`` with ``p = (step - warmup_steps) / (total_steps - warmup_steps)``
+    clipped to ``[0, 1]`` (cosine). Returns ``warmup · decay``.
+    """
+    w = 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+    if schedule == "constant":
+        return w
+    if schedule != "cosine":
+        raise ValueError(f"schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    span = max(1, total_steps - warmup_steps)
+    p = min(1.0, max(0.0, (step - warmup_steps) / span))
+    return w * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (SplitMix64 mixing), e.g. ``derive_seed(seed, rank, step)``."""
+    s = 0x243F6A8885A308D3
+    for p in parts:
+        s = (s + 0x9E3779B97F4A7C15 + (int(p) & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
+        z = s
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        s = z ^ (z >> 31)
+    return s & 0x7FFFFFFFFFFFFFFF
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def synthetic_dataset(n: int, channels: int, resolution: int, num_classes: int,
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """SYNTHETIC class-conditioned images for pipeline and throughput checks (not a real data set).
+
+    Class ``k`` has a smooth template ``m_k`` (a ``(C, 4, 4)`` standard normal field upsampled
+    bilinearly to ``resolution``); image ``i`` of class ``y_i`` is
+    ``clamp(0.7 tanh(m_{y_i}) + 0.15 ξ_i, -1, 1)``, ``ξ_i`` a smooth ``(C, 8, 8)`` normal field
+    upsampled likewise. Labels ``y_i = i mod K`` (``K = max(num_classes, 1)``; all 0 when
+    ``num_classes = 0``). Deterministic in ``seed``.
+
+    Returns ``images: (n, C, R, R)`` float32 in [-1, 1], ``labels: (n,)`` int64.
+    """
+    _check_int("n", n, 1)
+    _check_int("channels", channels, 1)
+    _check_int("resolution", resolution, 1)
+    _check_int("num_classes", num_classes, 0)
+    gen = torch.Generator().manual_seed(int(seed))
+    k = max(num_classes, 1)
+    up = torch.nn.functional.interpolate
+    templates = up(torch.randn(k, channels, 4, 4, generator=gen), size=(resolution, resolution),
+                   mode="bilinear", align_corners=False)
+    labels = torch.arange(n) % k
+    images = torch.empty(n, channels, resolution, resolution)
+    for s in range(0, n, 4096):
+        e = min(n, s + 4096)
+        noise = up(torch.randn(e - s, channels, 8, 8, generator=gen), size=(resolution, resolution),
+                   mode="bilinear", align_corners=False)
+        images[s:e] = (0.7 * torch.tanh(templates[labels[s:e]]) + 0.15 * noise).clamp_(-1.0, 1.0)
+    if num_classes == 0:
+        labels = torch.zeros(n, dtype=torch.long)
+    return images, labels.long()
+
+
+class _Batches:
+    """Deterministic batches: the epoch's order from the loader's ``DistributedSampler`` (a function
+    of ``(seed, epoch)``), this rank's share, ``local_batch`` images per batch, last partial batch dropped."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, local_batch: int, seed: int,
+                 world_size: int, rank: int):
+        self.loader = make_loader(images, labels, local_batch, shuffle=True, seed=seed, drop_last=True,
+                                  distributed=True, num_replicas=world_size, rank=rank)
+        self.images, self.labels, self.b = images, labels, local_batch
+        self.per_epoch = len(self.loader)
+        if self.per_epoch < 1:
+            raise ValueError(f"batch_size per rank ({local_batch}) must be <= the images per rank "
+                             f"({len(self.loader.sampler)})")
+        self._epoch, self._order = None, None
+
+    def get(self, epoch: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if epoch != self._epoch:
+            self.loader.sampler.set_epoch(epoch)
+            self._order = torch.as_tensor(list(iter(self.loader.sampler)), dtype=torch.long)
+            self._order = self._order.to(self.images.device)
+            self._epoch = epoch
+        idx = self._order[position * self.b:(position + 1) * self.b]
+        return self.images.index_select(0, idx), self.labels.index_select(0, idx)
+
+
+# ----------------------------------------------------------------------------------------------
+# distributed set-up
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """``rank``, ``world_size``, ``local_rank``, the ``device`` of this process, ``initialized_here``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    """``None``/``"auto"``: CUDA if available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def setup_distributed(device: Union[str, torch.device, None] = None, timeout_s: float = 1800.0) -> DistInfo:
+    """Join the process group described by the torchrun environment, if any.
+
+    With ``WORLD_SIZE > 1`` in the environment (set by ``torchrun``, or by hand together with
+    ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) this initialises
+    ``torch.distributed`` (NCCL on CUDA, gloo on the CPU) unless already done, and on CUDA uses
+    ``cuda:LOCAL_RANK``. Without it: a single process on ``resolve_device(device)``.
+    """
+    dev = resolve_device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 and not (dist.is_available() and dist.is_initialized()):
+        return DistInfo(device=dev)
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    here = False
+    if not dist.is_initialized():
+        from datetime import timedelta
+
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method="env://",
+                                timeout=timedelta(seconds=timeout_s))
+        here = True
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                    device=dev, initialized_here=here)
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG states (kept as plain tensors / numbers so that load_checkpoint(weights_only=True) reads them)
+
+
+def _rng_state(device: torch.device) -> dict:
+    key, arr, pos, has_gauss, cached = np.random.get_state()
+    st = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": key, "state": torch.from_numpy(arr.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state(device)
+    return st
+
+
+def _set_rng_state(st: dict, device: torch.device) -> None:
+    torch.set_rng_state(st["torch"].cpu())
+    n = st["numpy"]
+    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    py = st["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if device.type == "cuda" and "cuda" in st:
+        torch.cuda.set_rng_state(st["cuda"].cpu(), device)
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling and image grids
+
+
+class _Autocast(nn.Module):
+    """``net(x, t, y)`` under bf16 autocast (when ``enabled``), output cast back to ``x``'s dtype."""
+
+    def __init__(self, net: Callable, enabled: bool, device_type: str):
+        super().__init__()
+        self.net, self.enabled, self.device_type = net, bool(enabled), device_type
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not self.enabled:
+            return self.net(x, t, y)
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = self.net(x, t, y)
+        return out.to(x.dtype)
+
+
+def _latent(path: ProbabilityPath, shape, generator, device) -> torch.Tensor:
+    if isinstance(path, KacPath) and path.f(path.T) != 0.0:
+        # f = exp: the law at T is f(T) X0 + K_{g(T)}; start from K_{g(T)} (drops e^{-T} X0).
+        return path.process.sample(path.g(path.T), shape, generator, dtype=torch.float32, device=device)
+    return path.sample_latent(shape, generator, dtype=torch.float32, device=device)
+
+
+@torch.no_grad()
+def sample_images(model: nn.Module, path: ProbabilityPath, n: int, labels: Optional[torch.Tensor] = None,
+                  guidance_scale: float = 1.0, steps: int = 100, method: str = "ab2",
+                  seed: int = 0, batch_size: int = 500, bf16: bool = False,
+                  device: Union[str, torch.device, None] = None, eps_model: bool = False,
+                  progress: bool = False) -> dict:
+    """Draw ``n`` images by integrating the (guided) flow of ``model`` from ``T`` to ``t_min``.
+
+    The field is ``GuidedField(model, guidance_scale)`` (SPEC §5: ``u_∅ + s (u_y - u_∅)``; for an
+    unconditional model the plain ``model(x, t)``), through ``path.velocity_field`` when ``eps_model``
+    (VP ε-prediction). Grid: ``path.default_time_grid(steps)``; solver ``method`` (AB-2: ``steps`` NFE).
+    Latents from ``path.sample_latent`` with a generator seeded by ``seed`` (one per batch:
+    ``derive_seed(seed, batch index)``). ``labels``: ``(n,)`` long (default ``arange(n) mod K``).
+
+    Returns ``{"images": (n, C, H, W) float32 CPU (not clamped), "labels": (n,), "nfe", "nfe_model"}``.
+    """
+    _check_int("n", n, 1)
+    dev = resolve_device(device) if device is not None else next(model.parameters()).device
+    cfg = model.config
+    shape = (cfg.in_channels, cfg.resolution, cfg.resolution)
+    k = int(getattr(model, "num_classes", 0))
+    if labels is None:
+        labels = torch.arange(n) % k if k > 0 else None
+    net = _Autocast(model, bf16 and dev.type == "cuda", dev.type)
+    guided = GuidedField(net, guidance_scale, null_label=model.null_label, num_classes=k) if k > 0 else None
+    grid = path.default_time_grid(steps, device=dev)
+    out, nfe, nfe_model = [], 0, 0
+    starts = range(0, n, batch_size)
+    for i, s in enumerate(tqdm(starts, desc="sample", disable=None if progress else True, leave=False)):
+        e = min(n, s + batch_size)
+        gen = torch.Generator(device=dev).manual_seed(derive_seed(seed, i))
+        x = _latent(path, (e - s,) + shape, gen, dev)
+        if guided is not None:
+            field_ = guided.field(labels[s:e].to(dev))
+        else:
+            field_ = _Unconditional(net)
+        if eps_model:
+            field_ = path.velocity_field(field_)
+        res = integrate(field_, x, grid, method)
+        out.append(res.x.float().cpu())
+        nfe, nfe_model = nfe + res.nfe, nfe_model + res.nfe_model
+    return {"images": torch.cat(out), "labels": labels, "nfe": nfe // len(out), "nfe_model": nfe_model // len(out)}
+
+
+class _Unconditional:
+    nfe_per_call = 1
+
+    def __init__(self, net):
+        self.net = net
+
+    def __call__(self, x, t):
+        return self.net(x, t, None)
+
+
+def save_image_grid(images: torch.Tensor, path: Union[str, os.PathLike], nrow: int = 8, padding: int = 1,
+                    scale: int = 1) -> Path:
+    """Save ``images: (N, C, H, W)`` in ``[-1, 1]`` (clamped) as one PNG grid, ``nrow`` images per row.
+
+    Pixels ``p = round((x + 1) · 127.5)``; 1 channel gives a grey PNG, 3 an RGB one; ``scale``
+    enlarges each pixel (nearest). Written atomically. Returns the path.
+    """
+    from PIL import Image
+
+    from kacnum.checkpoint import atomic_write
+
+    if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be a (N, C, H, W) tensor with C in (1, 3), got "
+                         f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
+    _check_int("nrow", nrow, 1)
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    n, c, h, w = x.shape
+    cols = min(nrow, n)
+    rows = -(-n // cols)
+    canvas = torch.full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), 255, dtype=torch.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        y0, x0 = padding + r * (h + padding), padding + q * (w + padding)
+        canvas[:, y0:y0 + h, x0:x0 + w] = x[i]
+    if scale > 1:
+        canvas = canvas.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    arr = canvas.permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[:, :, 0], mode="L") if c == 1 else Image.fromarray(arr, mode="RGB")
+    return atomic_write(path, lambda f: img.save(f, format="PNG"))
+
+
+# ----------------------------------------------------------------------------------------------
+# the trainer
+
+
+class Trainer:
+    """Train ``config`` (see the module docstring); ``fit()`` runs the loop.
+
+    Args:
+        config: :class:`TrainConfig`.
+        out_dir: where config.json, train_log.jsonl, samples_*.png and checkpoint.pt go (None: nothing
+            is written and ``resume`` is unavailable).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or None/``"auto"`` (CUDA if present). Under
+            torchrun the rank's ``cuda:LOCAL_RANK``.
+        data: ``(images (N, C, H, W) in [-1, 1], labels (N,))`` to use instead of loading
+            ``config.dataset`` (tests, benchmarks).
+        extra_config: more JSON written into ``config.json`` under ``"extra"`` (e.g. the experiment's
+            command line).
+        data_on_device: keep the whole training set on the device (default: True on CUDA).
+
+    Attributes after construction: ``model`` (the raw network), ``ema`` (``kacnum.distill.EMA``),
+    ``optimizer``, ``path``, ``loss_fn``, ``step`` (optimiser steps done), ``dist`` (:class:`DistInfo`),
+    ``history`` (the logged rows of this process's run).
+    """
+
+    def __init__(self, config: TrainConfig, out_dir: Union[str, os.PathLike, None] = None,
+                 device: Union[str, torch.device, None] = None,
+                 data: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                 extra_config: Optional[dict] = None, data_on_device: Optional[bool] = None):
+        if not isinstance(config, TrainConfig):
+            raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        self.dist = setup_distributed(device)
+        self.device = dev = self.dist.device
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.extra_config = dict(extra_config or {})
+        world = self.dist.world_size
+        if cfg.batch_size % world:
+            raise ValueError(f"batch_size ({cfg.batch_size}, the global batch) must be divisible by the "
+                             f"number of processes ({world})")
+        self.local_batch = cfg.batch_size // world
+        self.bf16 = bool(cfg.bf16 and dev.type == "cuda")
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+
+        # data first (a missing file fails before a large network is built), except synthetic
+        # data, whose shape is the network's; the initial weights are the same on every rank
+        images = labels = None
+        if data is not None or cfg.dataset != "synthetic":
+            images, labels = self._load_data(data)
+        torch.manual_seed(derive_seed(cfg.seed, 0xA11CE))
+        self.model = make_model(cfg.model, **cfg.model_overrides).to(dev)
+        mcfg = self.model.config
+        self.sample_shape = (mcfg.in_channels, mcfg.resolution, mcfg.resolution) \
+            if hasattr(mcfg, "resolution") else (mcfg.dim,)
+        self.num_classes = int(getattr(self.model, "num_classes", 0))
+        if images is None:
+            images, labels = synthetic_dataset(cfg.synthetic_size, self.sample_shape[0], self.sample_shape[-1],
+                                               self.num_classes, seed=cfg.seed)
+        if tuple(images.shape[1:]) != self.sample_shape:
+            raise ValueError(f"data images have shape {tuple(images.shape[1:])} but model {cfg.model!r} "
+                             f"takes {self.sample_shape}: choose a matching model or set model_overrides")
+        if self.num_classes > 0 and labels.numel() and int(labels.max()) >= self.num_classes:
+            raise ValueError(f"labels reach {int(labels.max())} but the model has num_classes={self.num_classes}")
+        if data_on_device is None:
+            data_on_device = dev.type == "cuda"
+        if data_on_device:
+            images, labels = images.to(dev), labels.to(dev)
+        self.num_images = images.shape[0]
+        self.batches = _Batches(images, labels, self.local_batch, cfg.seed, world, self.dist.rank)
+
+        self.path = make_path(cfg)
+        self.loss_fn = make_loss(cfg, self.path, self.model.null_label if self.num_classes > 0 else None)
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
+        # value checks inside the network synchronise with the device; inputs here are valid
+        if dev.type == "cuda" or cfg.compile:
+            for m in (self.model, self.ema.model):
+                if hasattr(m, "check_inputs"):
+                    m.check_inputs = False
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        kwargs = {"lr": cfg.lr, "betas": cfg.betas, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
+        if dev.type == "cuda":
+            kwargs["fused"] = True
+        self.optimizer = opt_cls(params, **kwargs)
+
+        net: nn.Module = self.model
+        if world > 1:
+            net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self.ddp = net if world > 1 else None
+        if cfg.compile:
+            net = torch.compile(net)
+        self.net = _Autocast(net, self.bf16, dev.type)
+        self.gen = torch.Generator(device=dev)
+        self.step = 0
+        self.history: list[dict] = []
+        self.grids: list[str] = []
+
+    # -- set-up helpers ------------------------------------------------------------------------
+
+    def _load_data(self, data):
+        cfg = self.config
+        if data is not None:
+            images, labels = data
+            if not torch.is_tensor(images) or images.dim() < 2 or not images.is_floating_point():
+                raise ValueError("data[0] must be a floating tensor (N, C, H, W)")
+            if not torch.is_tensor(labels) or labels.shape != (images.shape[0],):
+                raise ValueError(f"data[1] must be a ({images.shape[0]},) tensor of labels")
+            return images.float(), labels.long()
+        return load_dataset(cfg.dataset, data_dir=cfg.data_dir, split="train")
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def resolved(self) -> dict:
+        """The resolved configuration written to ``config.json``."""
+        mc = self.model.config
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "train": self.config.to_dict(),
+            "resolved": {
+                "device": str(self.device),
+                "world_size": self.dist.world_size,
+                "local_batch": self.local_batch,
+                "bf16_autocast": self.bf16,
+                "model_config": dataclasses.asdict(mc),
+                "num_parameters": sum(p.numel() for p in self.model.parameters()),
+                "num_images": self.num_images,
+                "batches_per_epoch": self.batches.per_epoch,
+                "path": repr(self.path),
+                "loss": repr(self.loss_fn),
+                "torch_version": torch.__version__,
+            },
+            "extra": self.extra_config,
+        }
+
+    def _file(self, name: str) -> Optional[Path]:
+        return None if self.out_dir is None else self.out_dir / name
+
+    # -- one step --------------------------------------------------------------------------------
+
+    def position(self, step: Optional[int] = None) -> tuple[int, int]:
+        """``(epoch, batch index within the epoch)`` of optimiser step ``step`` (default: the next)."""
+        s = self.step if step is None else step
+        return divmod(s, self.batches.per_epoch)
+
+    def train_step(self) -> torch.Tensor:
+        """One optimiser step on the next batch; returns the (detached, rank-local) loss."""
+        cfg = self.config
+        n = self.step
+        x0, y = self.batches.get(*self.position(n))
+        x0 = x0.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True) if self.num_classes > 0 else None
+        # every draw of step n is a function of (seed, rank, n): see the module docstring
+        self.gen.manual_seed(derive_seed(cfg.seed, self.dist.rank, n, 1))
+        torch.manual_seed(derive_seed(cfg.seed, self.dist.rank, n, 2))
+        lr = cfg.lr * lr_factor(n, cfg.warmup_steps, cfg.total_steps, cfg.lr_schedule)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.loss_fn(self.net, x0, y, generator=self.gen)
+        out["loss"].backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.ema.update(self.model)
+        self.step = n + 1
+        return out["loss"].detach()
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        epoch, position = self.position()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "epoch": epoch,
+            "position": position,
+            "world_size": self.dist.world_size,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"kind": self.config.lr_schedule, "warmup_steps": self.config.warmup_steps,
+                          "last_lr": self.optimizer.param_groups[0]["lr"]},
+            "rng": _rng_state(self.device),
+            "generator": self.gen.get_state(),
+        }
+
+    def save_checkpoint(self, path: Union[str, os.PathLike, None] = None) -> Optional[Path]:
+        """Write the checkpoint atomically (rank 0 only; other ranks return None)."""
+        path = Path(path) if path is not None else self._file("checkpoint.pt")
+        if path is None or not self.is_main:
+            return None
+        return save_checkpoint(path, self.state_dict())
+
+    def load_state_dict(self, ck: dict) -> None:
+        """Restore a :meth:`state_dict` (config compatibility checked: only ``RESUMABLE_FIELDS`` may differ)."""
+        if ck.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a training checkpoint ({CHECKPOINT_FORMAT}), format={ck.get('format')!r}")
+        mine, theirs = self.config.to_dict(), dict(ck["config"])
+        diff = sorted(k for k in mine if k not in RESUMABLE_FIELDS and _plain(mine[k]) != _plain(theirs.get(k)))
+        if diff:
+            raise ValueError(f"config differs from the checkpoint's in {diff}; resume with the same "
+                             f"configuration (only {list(RESUMABLE_FIELDS)} may change)")
+        self.model.load_state_dict(ck["model"])
+        self.ema.load_state_dict(ck["ema"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.step = int(ck["step"])
+        if (int(ck["epoch"]), int(ck["position"])) != self.position() and \
+                int(ck["world_size"]) == self.dist.world_size:
+            raise ValueError("checkpoint data position does not match its step (batches per epoch changed?)")
+        _set_rng_state(ck["rng"], self.device)
+
+    def load_checkpoint(self, path: Union[str, os.PathLike, None] = None) -> bool:
+        """Load ``path`` (default ``out_dir/checkpoint.pt``); False if there is none."""
+        path = Path(path) if path is not None else self._file("checkpoint.pt")
+        if path is None or not path.is_file():
+            return False
+        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
+        return True
+
+    # -- samples -----------------------------------------------------------------------------------
+
+    def sample(self, n: Optional[int] = None, steps: Optional[int] = None,
+               guidance_scale: Optional[float] = None, seed: Optional[int] = None,
+               use_ema: bool = True) -> dict:
+        """Guided samples of the EMA (or raw) model: see :func:`sample_images`."""
+        cfg = self.config
+        model = self.ema.model if use_ema else self.model
+        was = model.training
+        model.eval()
+        try:
+            return sample_images(model, self.path, n or cfg.num_samples,
+                                 guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale,
+                                 steps=steps or cfg.sample_steps, method=cfg.sample_method,
+                                 seed=derive_seed(cfg.seed, 0x5A) if seed is None else seed,
+                                 bf16=self.bf16, device=self.device, eps_model=cfg.path == "vp")
+        finally:
+            model.train(was)
+
+    def save_samples(self) -> Optional[Path]:
+        """Sample a grid with the EMA model and write ``samples_{step:06d}.png`` (rank 0)."""
+        f = self._file(f"samples_{self.step:06d}.png")
+        if f is None or not self.is_main:
+            return None
+        out = self.sample()
+        nrow = self.num_classes if 0 < self.num_classes <= 16 else 8
+        scale = max(1, 64 // self.sample_shape[-1])
+        save_image_grid(out["images"], f, nrow=nrow, scale=scale)
+        self.grids.append(str(f))
+        return f
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def _truncate_log(self, step: int) -> None:
+        f = self._file("train_log.jsonl")
+        if f is None or not f.is_file():
+            return
+        keep = []
+        for ln in f.read_text().splitlines():
+            try:
+                if json.loads(ln)["step"] <= step:
+                    keep.append(ln)
+            except (ValueError, KeyError, TypeError):
+                pass  # a line cut short by a crash
+        from kacnum.checkpoint import atomic_write
+
+        atomic_write(f, lambda fh: fh.write("".join(k + "\n" for k in keep)), mode="w")
+
+    def _log(self, row: dict) -> None:
+        self.history.append(row)
+        f = self._file("train_log.jsonl")
+        if f is not None and self.is_main:
+            with open(f, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+    def fit(self, resume: bool = False, progress: bool = True, max_steps: Optional[int] = None,
+            callback: Optional[Callable[[dict], None]] = None) -> dict:
+        """Train until ``config.total_steps`` (or ``max_steps`` more steps, whichever comes first).
+
+        ``resume=True`` continues from ``out_dir/checkpoint.pt`` if it exists (fresh start
+        otherwise). Checkpoints every ``checkpoint_every`` steps and at the end (also when stopping
+        at ``max_steps``); sample grids every ``sample_every`` steps and at the end.
+        ``callback({"step", "loss", "lr"})`` after every step (``loss`` as a float: a device sync).
+        Returns a summary dict (steps, final loss, images/s, seconds, files).
+        """
+        cfg = self.config
+        if resume:
+            if self.out_dir is None:
+                raise ValueError("resume=True needs out_dir (where checkpoint.pt lives)")
+            if self.load_checkpoint():
+                self._truncate_log(self.step)
+        if self.is_main and self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_json(self.out_dir / "config.json", self.resolved())
+        self.model.train()
+        end = cfg.total_steps if max_steps is None else min(cfg.total_steps, self.step + int(max_steps))
+        start = self.step
+        bar = tqdm(total=cfg.total_steps, initial=start, desc="train", disable=None if (progress and self.is_main) else True,
+                   leave=False)
+        win_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        win_n, t_win, t0 = 0, time.perf_counter(), time.perf_counter()
+        imgs_per_s = []
+        try:
+            while self.step < end:
+                loss = self.train_step()
+                win_loss += loss
+                win_n += 1
+                if callback is not None:
+                    callback({"step": self.step, "loss": float(loss), "lr": self.optimizer.param_groups[0]["lr"]})
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == end:
+                    mean = win_loss / win_n
+                    if self.dist.world_size > 1:
+                        dist.all_reduce(mean)
+                        mean /= self.dist.world_size
+                    mean = float(mean)  # synchronises: the window's wall time is complete
+                    now = time.perf_counter()
+                    ips = cfg.batch_size * win_n / max(now - t_win, 1e-9)
+                    imgs_per_s.append(ips)
+                    epoch, _ = self.position(self.step - 1)
+                    self._log({"step": self.step, "epoch": epoch, "loss": mean,
+                               "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": ips,
+                               "seconds": now - t0})
+                    bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{ips:.0f}")
+                    win_loss.zero_()
+                    win_n, t_win = 0, time.perf_counter()
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
+                    self.save_checkpoint()
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.total_steps:
+                    self.save_samples()
+                    t_win = time.perf_counter()  # keep sampling time out of images/s
+        finally:
+            bar.close()
+        if self.step > start or not self._file_exists("checkpoint.pt"):
+            self.save_checkpoint()
+        if self.step >= cfg.total_steps and not self._file_exists(f"samples_{self.step:06d}.png"):
+            self.save_samples()
+        if self.dist.world_size > 1:
+            dist.barrier()
+        tail = [r["loss"] for r in self.history[-5:]]
+        return {
+            "start_step": start,
+            "steps": self.step,
+            "final_loss": sum(tail) / len(tail) if tail else None,
+            "images_per_s": float(np.median(imgs_per_s)) if imgs_per_s else None,
+            "seconds": time.perf_counter() - t0,
+            "checkpoint": str(self._file("checkpoint.pt")) if self.out_dir is not None else None,
+            "grids": list(self.grids),
+        }
+
+    def _file_exists(self, name: str) -> bool:
+        f = self._file(name)
+        return f is not None and f.is_file()
+
+    def close(self) -> None:
+        """Leave the process group if this trainer created it."""
+        if self.dist.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _plain(v):
+    if isinstance(v, (list, tuple)):
+        return [_plain(u) for u in v]
+    if isinstance(v, dict):
+        return {k: _plain(u) for k, u in v.items()}
+    return v
+
+
+def load_teacher(checkpoint: Union[str, os.PathLike], device: Union[str, torch.device, None] = None,
+                 use_ema: bool = True) -> tuple[nn.Module, ProbabilityPath, TrainConfig]:
+    """Rebuild ``(model, path, config)`` from a training ``checkpoint.pt``.
+
+    ``model`` is the EMA network (``use_ema``) or the raw one, in eval mode with gradients off, on
+    ``device`` (None: CUDA if present).
+    """
+    dev = resolve_device(device)
+    ck = load_checkpoint(checkpoint, map_location="cpu")
+    if ck.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{checkpoint} is not a training checkpoint ({CHECKPOINT_FORMAT})")
+    cfg = TrainConfig.from_dict(ck["config"])
+    model = make_model(cfg.model, **cfg.model_overrides)
+    model.load_state_dict(ck["ema"]["model"] if use_ema else ck["model"])
+    model = model.to(dev).eval().requires_grad_(False)
+    return model, make_path(cfg), cfg
