@@ -371,62 +371,9 @@ def diffusion_dirac_kinetic_energy(sigma2: float, t: float, d: int = 1) -> float
 
 
 def kac_velocity_with_atoms(path: KacPath, x: torch.Tensor, t: float, support: torch.Tensor,
-                            atom_mask: torch.Tensor, weights: Optional[torch.Tensor] = None,
-                            rel_tol: float = 1e-12, chunk: int = 2 ** 18) -> torch.Tensor:
-    """Exact marginal velocity of a Kac path at sampled points, atoms included (SPEC §3–4).
-
-    The law of ``X_t`` splits into strata: for a set ``m`` of coordinates on cone faces, component ``i``
-    puts mass ``w_i (e^{-ag}/2)^{|m|} Π_{j∉m} p(g, y_ij)`` on the points with ``|y_ij| = c g`` (``j ∈ m``)
-    and ``|y_ij| < c g`` (``j ∉ m``), ``y_i = x - f x^(i)``. On a stratum the velocity is the average of the
-    conditional velocities ``f' x^(i)_j + g' (c sign(y_ij) if j ∈ m else v(g, y_ij))`` with weights
-    ``w_i Π_{j∉m} p(g, y_ij)`` over the components that reach ``x`` with the same face set.
-
-    Args:
-        path: the Kac path; x: ``(B, d)`` samples at one time ``t`` (float); support: ``(n, d)``.
-        atom_mask: ``(B, d)`` the sampler's mask (``PathSample.atom_mask``): which coordinates of each
-            sample sit on a face. A component counts on a face coordinate when ``| |y| - cg | <= tol``
-            (``tol = rel_tol (|x| + cg + |f x^(i)| + 1)``: other components' faces through the same point,
-            e.g. support points sharing a coordinate) and on the others when ``|y| < cg - tol``.
-        weights: ``(n,)`` data weights (default uniform).
-
-    Returns:
-        ``(B, d)`` float64. Raises ``ValueError`` if a sample is reachable by no component (a wrong mask).
-    """
-    xs = x.reshape(x.shape[0], -1).to(_F64)
-    s = support.reshape(support.shape[0], -1).to(dtype=_F64, device=x.device)
-    if atom_mask is None or atom_mask.shape != x.shape:
-        raise ValueError(f"atom_mask must be a bool tensor of x's shape {tuple(x.shape)}")
-    m_all = atom_mask.reshape(xs.shape).to(torch.bool)
-    n = s.shape[0]
-    logw = torch.full((n,), -math.log(n), dtype=_F64, device=x.device) if weights is None else \
-        torch.log(torch.as_tensor(weights, dtype=_F64, device=x.device) / float(torch.as_tensor(weights).sum()))
-    t = float(t)
-    a, c = path.a, path.c
-    f, df, g, dg = path.f(t), path.df(t), path.g(t), path.dg(t)
-    cg = c * g
-    u = torch.empty_like(xs)
-    rows = max(1, chunk // max(1, s.numel()))
-    gt = torch.tensor(g, dtype=_F64, device=x.device)
-    for b in range(0, xs.shape[0], rows):
-        xb, m = xs[b:b + rows, None, :], m_all[b:b + rows, None, :]
-        y = xb - f * s[None]  # (R, n, d)
-        ay = y.abs()
-        tol = rel_tol * (xb.abs() + cg + abs(f) * s.abs()[None] + 1.0)
-        on_face = (ay - cg).abs() <= tol
-        interior = ay < cg - tol
-        ok = torch.where(m, on_face, interior).all(dim=-1)  # (R, n)
-        logp = torch.log(kac_density_scaled(a, c, gt, y))
-        logp = torch.where(m, torch.zeros_like(logp), logp)
-        L = torch.where(ok, logp.sum(dim=-1) + logw[None], torch.full_like(ok, -math.inf, dtype=_F64))
-        if not bool(torch.isfinite(L.max(dim=1).values).all()):
-            raise ValueError("a sample lies on no stratum of the law: atom_mask does not match x "
-                             "(pass PathSample.atom_mask of the same draw)")
-        w = torch.softmax(L, dim=1)
-        v = path.process.velocity(gt, y, atom_mask=torch.zeros_like(m.expand_as(y)))
-        v = torch.where(m, c * torch.sign(y), v)
-        uk = df * s[None] + dg * v
-        u[b:b + rows] = (w[..., None] * uk).sum(dim=1)
-    return u.reshape(x.shape)
+                            atom_mask: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Atom-aware exact marginal Kac velocity: ``path.exact_velocity(..., atom_mask=atom_mask)``."""
+    return path.exact_velocity(x, t, support, weights, atom_mask=atom_mask).to(_F64)
 
 
 def kinetic_energy_bound(path: KacPath, t: float, data_bound_: float, d: int) -> float:

@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from kacnum._checks import check_finite, check_in_range, check_positive
-from kacnum.kac import KacProcess, bessel_ratio_term
+from kacnum.kac import KacProcess, bessel_ratio_term, kac_density_scaled
 from kacnum.solvers import uniform_grid
 
 __all__ = [
@@ -586,7 +586,7 @@ class KacPath(ProbabilityPath):
     @torch.no_grad()
     def exact_velocity(self, x: torch.Tensor, t: TimeLike, support: torch.Tensor,
                        weights: Optional[torch.Tensor] = None, *, chunk_size: Optional[int] = None,
-                       bessel: str = "table") -> torch.Tensor:
+                       bessel: str = "table", atom_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Exact marginal velocity of the Kac path for the data law ``Σ_i w_i δ_{x^(i)}`` (SPEC §4).
 
             u(t, x) = Σ_i w_i p_i(x) u(t, x | x^(i)) / Σ_i w_i p_i(x),
@@ -616,9 +616,21 @@ class KacPath(ProbabilityPath):
             bessel: ``"table"`` (default, piecewise-quintic tables, error < 1e-12) or ``"reference"``
                 (``torch.special.i0e/i1e`` directly; 4-5x slower on CPU).
 
+            atom_mask: ``(B, *D)`` bool, the sampler's mask of the same draw (``PathSample.atom_mask``).
+                When given, the law's atoms are counted exactly (stratified by face sets, see
+                :func:`_kac_velocity_with_atoms`): use it for points drawn from the path, whose atoms
+                ``f x0 + K - f x0`` rounding would otherwise move inside the open cone (SPEC §3). ``t``
+                must then be one float.
+
         Returns:
             ``(B, *D)`` in ``x``'s dtype (computed without autograd, like every exact field here).
         """
+        if atom_mask is not None:
+            if torch.is_tensor(t):
+                if t.numel() != 1:
+                    raise ValueError("t must be a single time when atom_mask is given")
+                t = t.item()
+            return _kac_velocity_with_atoms(self, x, float(t), support, atom_mask, weights).to(x.dtype)
         if bessel not in ("table", "reference"):
             raise ValueError(f"bessel must be 'table' or 'reference', got {bessel!r}")
         xs, s, logw = self._support_inputs(x, support, weights)
@@ -644,6 +656,67 @@ class KacPath(ProbabilityPath):
         t = self._times(t, x.shape[0], xs)
         lse, _ = self._mixture_pass(xs, t, s, logw, self._chunk(chunk_size, x.device), bessel, velocity=False)
         return lse + xs.shape[1] * math.log(self.a / (2.0 * self.c))
+
+
+@torch.no_grad()
+def _kac_velocity_with_atoms(path: "KacPath", x: torch.Tensor, t: float, support: torch.Tensor,
+                            atom_mask: torch.Tensor, weights: Optional[torch.Tensor] = None,
+                            rel_tol: float = 1e-12, chunk: int = 2 ** 18) -> torch.Tensor:
+    """Exact marginal velocity of a Kac path at sampled points, atoms included (SPEC §3–4).
+
+    The law of ``X_t`` splits into strata: for a set ``m`` of coordinates on cone faces, component ``i``
+    puts mass ``w_i (e^{-ag}/2)^{|m|} Π_{j∉m} p(g, y_ij)`` on the points with ``|y_ij| = c g`` (``j ∈ m``)
+    and ``|y_ij| < c g`` (``j ∉ m``), ``y_i = x - f x^(i)``. On a stratum the velocity is the average of the
+    conditional velocities ``f' x^(i)_j + g' (c sign(y_ij) if j ∈ m else v(g, y_ij))`` with weights
+    ``w_i Π_{j∉m} p(g, y_ij)`` over the components that reach ``x`` with the same face set.
+
+    Args:
+        path: the Kac path; x: ``(B, d)`` samples at one time ``t`` (float); support: ``(n, d)``.
+        atom_mask: ``(B, d)`` the sampler's mask (``PathSample.atom_mask``): which coordinates of each
+            sample sit on a face. A component counts on a face coordinate when ``| |y| - cg | <= tol``
+            (``tol = rel_tol (|x| + cg + |f x^(i)| + 1)``: other components' faces through the same point,
+            e.g. support points sharing a coordinate) and on the others when ``|y| < cg - tol``.
+        weights: ``(n,)`` data weights (default uniform).
+
+    Returns:
+        ``(B, d)`` float64. Raises ``ValueError`` if a sample is reachable by no component (a wrong mask).
+    """
+    xs = x.reshape(x.shape[0], -1).to(torch.float64)
+    s = support.reshape(support.shape[0], -1).to(dtype=torch.float64, device=x.device)
+    if atom_mask is None or atom_mask.shape != x.shape:
+        raise ValueError(f"atom_mask must be a bool tensor of x's shape {tuple(x.shape)}")
+    m_all = atom_mask.reshape(xs.shape).to(torch.bool)
+    n = s.shape[0]
+    logw = torch.full((n,), -math.log(n), dtype=torch.float64, device=x.device) if weights is None else \
+        torch.log(torch.as_tensor(weights, dtype=torch.float64, device=x.device) / float(torch.as_tensor(weights).sum()))
+    t = float(t)
+    a, c = path.a, path.c
+    f, df, g, dg = path.f(t), path.df(t), path.g(t), path.dg(t)
+    cg = c * g
+    u = torch.empty_like(xs)
+    rows = max(1, chunk // max(1, s.numel()))
+    gt = torch.tensor(g, dtype=torch.float64, device=x.device)
+    for b in range(0, xs.shape[0], rows):
+        xb, m = xs[b:b + rows, None, :], m_all[b:b + rows, None, :]
+        y = xb - f * s[None]  # (R, n, d)
+        ay = y.abs()
+        tol = rel_tol * (xb.abs() + cg + abs(f) * s.abs()[None] + 1.0)
+        on_face = (ay - cg).abs() <= tol
+        interior = ay < cg - tol
+        ok = torch.where(m, on_face, interior).all(dim=-1)  # (R, n)
+        logp = torch.log(kac_density_scaled(a, c, gt, y))
+        logp = torch.where(m, torch.zeros_like(logp), logp)
+        L = torch.where(ok, logp.sum(dim=-1) + logw[None], torch.full_like(ok, -math.inf, dtype=torch.float64))
+        if not bool(torch.isfinite(L.max(dim=1).values).all()):
+            raise ValueError("a sample lies on no stratum of the law: atom_mask does not match x "
+                             "(pass PathSample.atom_mask of the same draw)")
+        w = torch.softmax(L, dim=1)
+        v = path.process.velocity(gt, y, atom_mask=torch.zeros_like(m.expand_as(y)))
+        v = torch.where(m, c * torch.sign(y), v)
+        uk = df * s[None] + dg * v
+        u[b:b + rows] = (w[..., None] * uk).sum(dim=1)
+    return u.reshape(x.shape)
+
 
 
 # ================================================================================================
