@@ -78,10 +78,14 @@ def bessel_ratio_term(z: torch.Tensor) -> torch.Tensor:
         series = 2.0 + z2 / 4.0 - z2 * z2 / 96.0
         return torch.where(small, series, big)
     zz = z * z
-    acc = torch.full_like(z, 2.0 * (_CF_DEPTH + 1))
-    for k in range(_CF_DEPTH, 0, -1):
-        torch.div(zz, acc, out=acc)
-        acc.add_(2.0 * k)
+    depth = _CF_DEPTH
+    if z.device.type == "cpu" and z.numel():
+        # fewer levels suffice for small z (relative error < 1e-7 for ceil(0.75 z_max + 4.5) levels,
+        # checked against scipy); on GPUs the full depth avoids a host sync
+        depth = min(_CF_DEPTH, max(4, math.ceil(0.75 * float(z.max()) + 4.5)))
+    acc = torch.full_like(z, 2.0 * (depth + 1))
+    for k in range(depth, 0, -1):
+        acc = zz / acc + 2.0 * k
     iz = 1.0 / z.clamp_min(1.0)
     asym = z + 0.5 + iz * (0.375 + iz * (0.375 + iz * (63.0 / 128.0 + iz * (27.0 / 32.0))))
     return torch.where(z <= 16.0, acc, asym)
@@ -356,7 +360,7 @@ class KacProcess:
         r2 = ((ct - ay) * (ct + ay)).clamp_min(0.0)
         z = (a / c) * torch.sqrt(r2)
         # |y| is capped at ct so that points off the support (no mass there) never exceed c
-        v = torch.sign(y) * torch.minimum(ay, ct) / (tt + bessel_ratio_term(z) / a)
+        v = torch.clamp(y, min=-ct, max=ct) / (tt + bessel_ratio_term(z) / a)
         if atom_mask is None:
             atom_mask = ay >= ct
         else:

@@ -693,3 +693,18 @@ def test_bad_velocity_inputs_name_y_and_atom_mask():
         kp.velocity(0.5, torch.tensor([0.0, float("nan")], dtype=F64))
     with pytest.raises(ValueError, match=r"^t with shape \(4,\) does not broadcast against y"):
         kp.velocity(torch.ones(4, dtype=F64), y)
+
+
+def test_bessel_ratio_term_float32_matches_scipy():
+    """z I0(z)/I1(z) in float32 (continued fraction / asymptotic branch) to 3e-7 relative on [0, 200]."""
+    from scipy.special import ive
+
+    from kacnum.kac import bessel_ratio_term
+
+    for zmax in (0.5, 3.0, 9.0, 16.0, 200.0):  # the CPU path picks its depth from max(z)
+        z = np.linspace(0.0, zmax, 20001)
+        ref = np.empty_like(z)
+        ref[0] = 2.0
+        ref[1:] = z[1:] * ive(0, z[1:]) / ive(1, z[1:])
+        got = bessel_ratio_term(torch.tensor(z, dtype=torch.float32)).double().numpy()
+        assert np.max(np.abs(got - ref) / ref) < 3e-7, zmax
