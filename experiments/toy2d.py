@@ -70,7 +70,7 @@ class Toy2DConfig:
     n_eval: int = 2000
     hidden: int = 128
     depth: int = 3
-    train_steps: int = 3000
+    train_steps: int = 2000
     batch_size: int = 256
     lr: float = 2e-3
     ema_decay: float = 0.999
@@ -78,17 +78,17 @@ class Toy2DConfig:
     p_uncond: float = 0.1
     kac_a: float = 9.0
     kac_c: float = 3.0
-    distill_steps: int = 600
+    distill_steps: int = 300
     distill_lr: float = 5e-4
     distill_batch: int = 256
     distill_ema: float = 0.99
     distill_source: str = "rollout"
     compare_sources: bool = True
-    rollout_pool: int = 2048
+    rollout_pool: int = 1024
     rollout_refresh: int = 300
     one_shot: bool = True
     seed: int = 0
-    threads: int = 2
+    threads: int = 1  # two threads lose to contention on a shared 2-core machine
     quick: bool = False
 
     def __post_init__(self):
