@@ -81,3 +81,31 @@ def as_tensor(t, like: torch.Tensor | None = None, dtype=None, device=None) -> t
     if torch.is_tensor(t):
         return t.to(dtype=dtype or t.dtype, device=device or t.device)
     return torch.as_tensor(t, dtype=dtype or torch.get_default_dtype(), device=device)
+
+
+def check_int(name: str, value, minimum: int = 0) -> int:
+    """Return ``value`` if it is an ``int`` (not a bool) ``>= minimum``, else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def per_stage_counts(name: str, value, n_stages: int) -> tuple:
+    """An int (the same for every stage) or one int >= 1 per stage, as a tuple of ``n_stages`` ints."""
+    if isinstance(value, (list, tuple)):
+        counts = tuple(value)
+        if len(counts) != n_stages:
+            raise ValueError(f"{name} must be an int or hold one count per stage ({n_stages}), got {len(counts)}")
+    else:
+        counts = (value,) * n_stages
+    for v in counts:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must hold integers >= 1, got {value!r}")
+    return counts
+
+
+def check_finite_number(name: str, value) -> float:
+    """Return ``float(value)`` if it is a finite real number (not a bool), else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)

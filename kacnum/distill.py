@@ -57,7 +57,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kacnum._checks import check_in_range, check_nonnegative, check_positive
+from kacnum._checks import (check_finite_number, check_in_range, check_int, check_nonnegative, check_positive,
+                            per_stage_counts)
 from kacnum.checkpoint import load_checkpoint, save_checkpoint, save_json
 from kacnum.guidance import GuidedField
 from kacnum.solvers import METHODS, NFE_PER_STEP, SolveResult, integrate, uniform_grid
@@ -375,36 +376,18 @@ class DistillConfig:
     def __post_init__(self):
         st = validate_stages(self.stages)
         object.__setattr__(self, "stages", st)
-        sps = self.steps_per_stage
-        if isinstance(sps, (list, tuple)):
-            sps = tuple(sps)
-            if len(sps) != len(st) - 1:
-                raise ValueError(f"steps_per_stage must be an int or hold one count per student stage "
-                                 f"({len(st) - 1}), got {len(sps)}")
-        else:
-            sps = (sps,) * (len(st) - 1)
-        for v in sps:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"steps_per_stage must hold integers >= 1, got {self.steps_per_stage!r}")
-        object.__setattr__(self, "steps_per_stage", sps)
+        object.__setattr__(self, "steps_per_stage", per_stage_counts("steps_per_stage", self.steps_per_stage, len(st) - 1))
         for name in ("batch_size", "rollout_pool", "rollout_refresh", "log_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        ce = self.checkpoint_every
-        if isinstance(ce, bool) or not isinstance(ce, int) or ce < 0:
-            raise ValueError(f"checkpoint_every must be an integer >= 0 (0 = stage ends only), got {ce!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+            check_int(name, getattr(self, name), 1)
+        check_int("checkpoint_every (0 = stage ends only)", self.checkpoint_every, 0)
+        check_int("seed", self.seed, 0)
         check_positive("lr", self.lr)
         check_nonnegative("weight_decay", self.weight_decay)
         check_nonnegative("grad_clip", self.grad_clip)
         _check_decay(self.ema_decay)
         check_in_range("p_uncond", self.p_uncond, 0.0, 1.0)
         for name in ("guidance_scale", "t_end"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
+            check_finite_number(name, getattr(self, name))
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.source not in SOURCES:

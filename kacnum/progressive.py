@@ -70,7 +70,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kacnum._checks import check_in_range, check_nonnegative, check_positive
+from kacnum._checks import (check_finite_number, check_in_range, check_int, check_nonnegative, check_positive,
+                            per_stage_counts)
 from kacnum.checkpoint import load_checkpoint, save_checkpoint, save_json
 from kacnum.distill import EMA
 from kacnum.guidance import GuidedField
@@ -270,35 +271,17 @@ class ProgressiveConfig:
     def __post_init__(self):
         st = validate_schedule(self.schedule)
         object.__setattr__(self, "schedule", st)
-        spr = self.steps_per_round
-        if isinstance(spr, (list, tuple)):
-            spr = tuple(spr)
-            if len(spr) != len(st) - 1:
-                raise ValueError(f"steps_per_round must be an int or hold one count per round ({len(st) - 1}), "
-                                 f"got {len(spr)}")
-        else:
-            spr = (spr,) * (len(st) - 1)
-        for v in spr:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"steps_per_round must hold integers >= 1, got {self.steps_per_round!r}")
-        object.__setattr__(self, "steps_per_round", spr)
+        object.__setattr__(self, "steps_per_round", per_stage_counts("steps_per_round", self.steps_per_round, len(st) - 1))
         for name in ("batch_size", "log_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        ce = self.checkpoint_every
-        if isinstance(ce, bool) or not isinstance(ce, int) or ce < 0:
-            raise ValueError(f"checkpoint_every must be an integer >= 0, got {ce!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+            check_int(name, getattr(self, name), 1)
+        check_int("checkpoint_every", self.checkpoint_every, 0)
+        check_int("seed", self.seed, 0)
         check_positive("lr", self.lr)
         check_nonnegative("weight_decay", self.weight_decay)
         check_nonnegative("grad_clip", self.grad_clip)
         check_in_range("ema_decay", self.ema_decay, 0.0, 1.0 - 1e-12)
         check_in_range("p_uncond", self.p_uncond, 0.0, 1.0)
-        g = self.guidance_scale
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
-            raise ValueError(f"guidance_scale must be a finite number, got {g!r}")
+        check_finite_number("guidance_scale", self.guidance_scale)
         if self.t_min is not None:
             check_positive("t_min", self.t_min)
         if self.clip_x is not None:
