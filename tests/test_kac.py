@@ -708,3 +708,13 @@ def test_bessel_ratio_term_float32_matches_scipy():
         ref[1:] = z[1:] * ive(0, z[1:]) / ive(1, z[1:])
         got = bessel_ratio_term(torch.tensor(z, dtype=torch.float32)).double().numpy()
         assert np.max(np.abs(got - ref) / ref) < 3e-7, zmax
+
+
+def test_package_root_exports():
+    import kacnum
+
+    assert kacnum.KacProcess is KacProcess
+    assert callable(kacnum.integrate) and kacnum.KacPath().process.a == 9.0
+    assert kacnum.telegrapher.__name__ == "kacnum.telegrapher"
+    with pytest.raises(AttributeError):
+        kacnum.not_a_module
