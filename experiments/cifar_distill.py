@@ -86,6 +86,7 @@ import contextlib
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -113,8 +114,8 @@ PRESET_CONFIGS = {
     "smoke": dict(model="digits_tiny", dataset="digits", batch_size=64, total_steps=300, lr=1e-3,
                   warmup_steps=20, ema_decay=0.99, log_every=10, sample_every=0, checkpoint_every=100,
                   num_samples=40, sample_steps=20, guidance_scale=1.2, bf16=False),
-    "cpu": dict(model="mnist_small", dataset="mnist", batch_size=64, total_steps=15_000, lr=5e-4,
-                warmup_steps=500, ema_decay=0.999, log_every=50, sample_every=2500, checkpoint_every=500,
+    "cpu": dict(model="mnist_small", dataset="mnist", batch_size=64, total_steps=3_000, lr=5e-4,
+                warmup_steps=200, ema_decay=0.999, log_every=50, sample_every=1500, checkpoint_every=500,
                 num_samples=100, sample_steps=100, guidance_scale=1.2, bf16=False),
     "gpu": dict(model="cifar10_kacflow", dataset="cifar10", batch_size=128, total_steps=400_000, lr=2e-4,
                 warmup_steps=0, ema_decay=0.9999, log_every=100, sample_every=10_000,
@@ -537,6 +538,13 @@ def _thread_limit(n: Optional[int]):
         torch.set_num_threads(old)
 
 
+def _is_cuda(device) -> bool:
+    """Whether the stages run on CUDA (``--device`` cuda/cuda:N, or auto with a GPU present)."""
+    if not torch.cuda.is_available():
+        return False
+    return device in (None, "auto") or str(device).startswith("cuda")
+
+
 def _run(args: argparse.Namespace, train_cfg: TrainConfig, pipe_cfg: PipelineConfig, stages: tuple) -> int:
     out = Path(args.out)
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -556,6 +564,10 @@ def _run(args: argparse.Namespace, train_cfg: TrainConfig, pipe_cfg: PipelineCon
     for stage in stages:
         if stage != "teacher" and not rank0:
             break  # under torchrun the later stages run on rank 0 alone
+        cuda = _is_cuda(ctx.device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
         try:
             res = STAGES[stage](ctx)
         except (StageError, FileNotFoundError, ValueError) as e:  # DataNotFoundError is both
@@ -563,6 +575,10 @@ def _run(args: argparse.Namespace, train_cfg: TrainConfig, pipe_cfg: PipelineCon
             print(f"{kind}: {e}", file=sys.stderr)
             status = 2
             break
+        res = dict(res)
+        res["wall_seconds"] = time.perf_counter() - t0  # the whole stage, set-up and file writes included
+        if cuda:
+            res["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
         if rank0:
             if stage != "eval":
                 _clear_eval(ctx)
