@@ -16,8 +16,8 @@
 #   eval       FID table (Inception on CIFAR-10; the classifier features on synthetic data)
 # CIFAR-10 is used when found under $KACNUM_DATA, else SYNTHETIC CIFAR-shaped class-conditioned images
 # (--dataset synthetic): then the FIDs only show that the table is produced, not image quality.
-# $OUT gets status.txt, the stage logs, results.json/results.md, the per-NFE grids and summary.json
-# (per stage: wall seconds, peak CUDA memory, throughput).
+# $OUT gets status.txt, results.md, summary.json (per stage: wall seconds, peak CUDA memory, throughput;
+# results.json) and gpu_pipeline.tar.gz (the stage logs, results.json, the per-NFE grids).
 set -u
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -114,3 +114,7 @@ EOF
 rm -rf "$WORK"
 echo "total seconds: $(( $(date +%s) - START ))" | tee -a "$OUT/status.txt"
 cat "$OUT/status.txt"
+# the device tool returns only a few files: keep summary.json, results.md and status.txt as they are and
+# pack everything else (logs, grids, results.json) into one archive
+( cd "$OUT" && files=$(ls | grep -v -x -e summary.json -e results.md -e status.txt -e gpu_pipeline.tar.gz) \
+    && [ -n "$files" ] && tar -czf gpu_pipeline.tar.gz $files && rm -f $files ) || true

@@ -157,6 +157,9 @@ def test_smoke_all_stages(cd, tmp_path, capsys):
 
     res = json.loads((out / "results.json").read_text())
     assert set(res["stages"]) == {"teacher", "sample", "distill", "baselines", "eval"}
+    walls = [res["stages"][s]["wall_seconds"] for s in ("teacher", "sample", "distill", "baselines", "eval")]
+    assert all(w > 0 for w in walls) and sum(walls) <= first  # each stage timed as a whole, inside the run
+    assert all("peak_cuda_mib" not in r for r in res["stages"].values())  # CPU run: no CUDA figure
     rows = res["rows"]
     got = {(r["method"], r["nfe"]) for r in rows}
     want = {("kac_teacher", 100)} | {(m, n) for m in ("distillkac", "fm_euler", "fm_ab2", "vp_ddim")
@@ -202,3 +205,31 @@ def test_smoke_all_stages(cd, tmp_path, capsys):
     assert [(r["method"], r["nfe"], r["fid"]) for r in res2["rows"]] == \
         [(r["method"], r["nfe"], r["fid"]) for r in rows]
     assert again < first
+
+
+@pytest.mark.slow
+def test_gpu_pipeline_script_dry_run(tmp_path):
+    """scripts/gpu_pipeline.sh rehearsed on the CPU: every stage runs within the budget and the few files
+    the device tool returns hold the table and the per-stage figures."""
+    import os
+    import subprocess
+    import tarfile
+
+    env = dict(os.environ, KACNUM_GPU_CHECK_DRYRUN="1", OUT=str(tmp_path / "out"), GPU_PIPELINE_BUDGET="300",
+               WORK=str(tmp_path / "work"))
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_pipeline.sh")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_pipeline.tar.gz", "results.md", "status.txt", "summary.json"]
+    status = (out / "status.txt").read_text()
+    for stage in ("bench", "teacher", "sample", "distill", "baselines", "eval"):
+        assert f"{stage} rc=0" in status, status
+    summary = json.loads((out / "summary.json").read_text())
+    stages = summary["results"]["stages"]
+    assert set(stages) == {"teacher", "sample", "distill", "baselines", "eval"}
+    assert all(stages[s]["wall_seconds"] > 0 for s in stages)
+    assert {(r["method"], r["nfe"]) for r in summary["results"]["rows"]} >= {("kac_teacher", 100), ("distillkac", 1)}
+    with tarfile.open(out / "gpu_pipeline.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"results.json", "eval.log", "grid_nfe001.png", "bench_train.json"} <= names
