@@ -45,13 +45,12 @@ smoke     digits_tiny       scikit-learn digits 8x8    teacher and each baseline
                                                        set, 20 distillation steps per stage: the whole
                                                        ``--stage all`` in about 1.5 minutes (80 s
                                                        measured with ``--threads 1``)
-cpu       mnist_small       MNIST 28x28 (mnist.pkl.gz) teacher and each baseline 15k steps (batch 64), 500
-                                                       distillation steps per stage and PD round, 1000
-                                                       samples per set: about 5-6 hours on 2 cores
-                                                       (estimated: ~3.8 h for the three 15k-step trainings,
-                                                       ~1.5-2 h for sampling 28 sets, distillation, PD and
-                                                       the classifier); ``--steps 3000 --distill-steps 200
-                                                       --num-samples 500`` gives a rough run in ~1.5-2 h
+cpu       mnist_small       MNIST 28x28 (mnist.pkl.gz) teacher and each baseline (FM, VP) 3000 steps (batch
+                                                       64), 300 distillation steps per stage and per PD
+                                                       round, 1000 samples per set, baselines at NFE 20, 4,
+                                                       2, 1: the whole ``--stage all`` in about 80 minutes
+                                                       on 2 cores (measured: README); ``--steps 15000
+                                                       --distill-steps 1000`` for a longer run (~5 h)
 gpu       cifar10_kacflow   CIFAR-10 32x32             the paper's configuration: 400k steps, batch 128,
                                                        bf16 autocast, 10k distillation steps per stage,
                                                        50k samples per set (GPU days; baselines triple it)
@@ -75,7 +74,7 @@ stages run in one process (under torchrun: rank 0 alone, the other ranks stop af
 the run with exit status 2 and a message naming the path searched.
 
     python experiments/cifar_distill.py --preset smoke --stage all --out runs/smoke
-    python experiments/cifar_distill.py --preset cpu --stage all --steps 3000 --resume
+    python experiments/cifar_distill.py --preset cpu --stage all --resume
     python experiments/cifar_distill.py --preset gpu --stage eval --inception ~/default_1.pt --resume
     torchrun --nproc_per_node=8 experiments/cifar_distill.py --preset gpu --stage teacher --resume
 """

@@ -747,17 +747,11 @@ class Distiller:
         for stage in range(start, self.num_stages + 1):
             t0 = time.perf_counter()
             n_steps = cfg.steps_per_stage[stage - 1]
-            student = self._new_student(stage).train().requires_grad_(True)
-            ema = EMA(student, cfg.ema_decay, cfg.ema_warmup)
-            opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg.lr_schedule, n_steps))
+            tr = StudentTraining(self._new_student(stage), cfg, n_steps)
+            student, ema = tr.student, tr.ema
             step0, losses = 0, []
             if ck is not None and ck["student"] is not None and int(ck["stage"]) == stage:
-                student.load_state_dict(ck["student"])
-                ema.load_state_dict(ck["ema"])
-                opt.load_state_dict(ck["optimizer"])
-                sched.load_state_dict(ck["scheduler"])
-                step0, losses = int(ck["step"]), list(ck["losses"])
+                step0, losses = tr.restore(ck)
             ck = None
             pool = None
             teacher_nfe = None
@@ -770,20 +764,14 @@ class Distiller:
                 teacher_nfe = batch.teacher_nfe
                 out = endpoint_loss(student, batch.x, batch.t, batch.t_next, batch.target, batch.y,
                                     cfg.parameterization)
-                opt.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-                opt.step()
-                sched.step()
-                ema.update(student)
+                tr.step(out["loss"])
                 loss = float(out["endpoint_mse"])
                 losses.append(loss)
                 if step % cfg.log_every == 0 or step + 1 == n_steps:
                     bar.set_postfix(loss=f"{loss:.3e}")
                 done = step + 1
                 if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < n_steps:
-                    self._save(stage, done, student, ema, opt, sched, losses)
+                    self._save(stage, done, student, ema, tr.opt, tr.sched, losses)
                 if callback is not None:
                     callback({"stage": stage, "step": done, "loss": loss})
             bar.close()
@@ -825,8 +813,38 @@ class _LRFactor:
         return 0.5 * (1.0 + math.cos(math.pi * min(n, self.n_steps) / self.n_steps))
 
 
-def _lr_factor(schedule: str, n_steps: int) -> _LRFactor:
-    return _LRFactor(schedule, n_steps)
+class StudentTraining:
+    """The optimiser state of one student while it trains (a distillation stage here, a round of
+    :class:`kacnum.progressive.ProgressiveDistiller`): AdamW, a constant or cosine learning rate over
+    ``n_steps``, gradient clipping and an :class:`EMA`, all read from ``config`` (fields ``lr``,
+    ``weight_decay``, ``lr_schedule``, ``grad_clip``, ``ema_decay``, ``ema_warmup``).
+
+    ``restore(ck)`` loads the states of a checkpoint dict (keys student, ema, optimizer, scheduler,
+    step, losses) and returns ``(step, losses)``; ``step(loss)`` is one optimiser step.
+    """
+
+    def __init__(self, student: nn.Module, config, n_steps: int):
+        self.student = student.train().requires_grad_(True)
+        self.ema = EMA(self.student, config.ema_decay, config.ema_warmup)
+        self.opt = torch.optim.AdamW(self.student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _LRFactor(config.lr_schedule, n_steps))
+        self.grad_clip = config.grad_clip
+
+    def restore(self, ck: dict) -> tuple[int, list]:
+        self.student.load_state_dict(ck["student"])
+        self.ema.load_state_dict(ck["ema"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        return int(ck["step"]), list(ck["losses"])
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.student.parameters(), self.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.ema.update(self.student)
 
 
 def _plain(v):

@@ -291,10 +291,11 @@ def sample_flow_set(model: nn.Module, path: ProbabilityPath, method: str, *, num
 @torch.no_grad()
 def sample_ddim_set(model: nn.Module, path: VPPath, method: str = "vp_ddim", *, num_samples: int, steps: int,
                     guidance: float = 1.0, labels: Optional[torch.Tensor] = None, seed: int = 0,
-                    batch_size: int = 500, device=None, eta: float = 0.0) -> SampleSet:
+                    batch_size: int = 500, device=None, eta: float = 0.0, clip_x0: Optional[float] = 1.0) -> SampleSet:
     """DDIM samples of a VP ε-model (:func:`kacnum.solvers.ddim_sample` on ``path.default_time_grid(steps)``),
     guided in ε-space ``ε_∅ + s (ε_y - ε_∅)`` when the model has classes. Latents ``N(0, I)`` seeded per
-    batch by ``derive_seed(seed, batch)``."""
+    batch by ``derive_seed(seed, batch)``. ``clip_x0`` (default 1: images in [-1, 1]) clamps the data
+    prediction at every step, as the DDPM/DDIM image samplers and the PD baseline's targets do; None: off."""
     if not isinstance(path, VPPath):
         raise ValueError(f"path must be a VPPath for DDIM, got {type(path).__name__}")
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
@@ -311,11 +312,18 @@ def sample_ddim_set(model: nn.Module, path: VPPath, method: str = "vp_ddim", *, 
         gen = torch.Generator(device=dev).manual_seed(derive_seed(seed, i))
         x = path.sample_latent((e - s,) + shape, generator=gen, dtype=torch.float32, device=dev)
         fld = guided.field(labels[s:e].to(dev)) if guided is not None else _Uncond(model)
-        res = ddim_sample(fld, x, path.alpha_bar, grid, eta=eta, generator=gen)
+        res = ddim_sample(fld, x, path.alpha_bar, grid, eta=eta, generator=gen, clip_x0=clip_x0)
         outs.append(res.x.float().cpu())
         nfe, nfe_model = res.nfe, res.nfe_model
-    meta = {"solver": "ddim", "eta": eta, "steps": steps, "seed": seed, "batch_size": batch_size, "path": repr(path)}
+    meta = _ddim_meta(steps, seed, batch_size, path, eta, clip_x0)
     return SampleSet(method, nfe, nfe_model, torch.cat(outs), labels, float(guidance) if k > 0 else None, meta)
+
+
+def _ddim_meta(steps: int, seed: int, batch_size: int, path: VPPath, eta: float = 0.0,
+               clip_x0: Optional[float] = 1.0) -> dict:
+    """The settings recorded with a DDIM sample set (a re-run reuses the file only if they match)."""
+    return {"solver": "ddim", "eta": eta, "clip_x0": clip_x0, "steps": int(steps), "seed": seed,
+            "batch_size": batch_size, "path": repr(path)}
 
 
 class _Uncond:
@@ -483,8 +491,7 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
                         name=f"fm_{solver}", resume=resume, bf16=train_config.bf16))
             continue
         for nfe in nfe_list:
-            meta = {"solver": "ddim", "eta": 0.0, "steps": int(nfe), "seed": sample_seed, "batch_size": sample_batch,
-                    "path": repr(path)}
+            meta = _ddim_meta(nfe, sample_seed, sample_batch, path)
             file = samples_dir / sample_file_name("vp_ddim", nfe)
             old = _reuse(file, meta, resume)
             if old is not None and old.num == num_samples:

@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +72,7 @@ from tqdm.auto import tqdm
 from kacnum._checks import (check_finite_number, check_in_range, check_int, check_nonnegative, check_positive,
                             per_stage_counts)
 from kacnum.checkpoint import load_checkpoint, save_checkpoint, save_json
-from kacnum.distill import EMA
+from kacnum.distill import StudentTraining
 from kacnum.guidance import GuidedField
 from kacnum.paths import VPPath
 from kacnum.solvers import subdivide_grid
@@ -303,16 +302,6 @@ class ProgressiveConfig:
 # the distiller
 
 
-class _LRFactor:
-    def __init__(self, schedule: str, n_steps: int):
-        self.schedule, self.n_steps = schedule, n_steps
-
-    def __call__(self, n: int) -> float:
-        if self.schedule == "constant":
-            return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * min(n, self.n_steps) / self.n_steps))
-
-
 def _plain(v):
     if isinstance(v, (list, tuple)):
         return [_plain(u) for u in v]
@@ -493,17 +482,11 @@ class ProgressiveDistiller:
         for r in range(len(self.students) + 1, cfg.num_rounds + 1):
             t0 = time.perf_counter()
             n_steps = cfg.steps_per_round[r - 1]
-            student = self._new_student(r).train().requires_grad_(True)
-            ema = EMA(student, cfg.ema_decay, cfg.ema_warmup)
-            opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, _LRFactor(cfg.lr_schedule, n_steps))
+            tr = StudentTraining(self._new_student(r), cfg, n_steps)
+            student, ema = tr.student, tr.ema
             step0, losses = 0, []
             if ck is not None and ck["student"] is not None and int(ck["round"]) == r:
-                student.load_state_dict(ck["student"])
-                ema.load_state_dict(ck["ema"])
-                opt.load_state_dict(ck["optimizer"])
-                sched.load_state_dict(ck["scheduler"])
-                step0, losses = int(ck["step"]), list(ck["losses"])
+                step0, losses = tr.restore(ck)
             ck = None
             bar = tqdm(range(step0, n_steps), total=n_steps, initial=step0, disable=None if progress else True,
                        desc=f"progressive {cfg.schedule[r - 1]}->{cfg.schedule[r]}", leave=False)
@@ -511,20 +494,14 @@ class ProgressiveDistiller:
                 gen.manual_seed(derive_seed(cfg.seed, r, step))
                 batch = self.make_batch(r, gen)
                 loss = self.loss(student, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-                opt.step()
-                sched.step()
-                ema.update(student)
+                tr.step(loss)
                 value = float(loss.detach())
                 losses.append(value)
                 if step % cfg.log_every == 0:
                     bar.set_postfix(loss=f"{value:.3e}")
                 done = step + 1
                 if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < n_steps:
-                    self._save(r, done, student, ema, opt, sched, losses)
+                    self._save(r, done, student, ema, tr.opt, tr.sched, losses)
                 if callback is not None:
                     callback({"round": r, "step": done, "loss": value})
             bar.close()

@@ -321,7 +321,8 @@ def _per_row(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def ddim_sample(eps_model: Field, x: torch.Tensor, alpha_bar_fn: Callable[[torch.Tensor], torch.Tensor],
                 time_grid: GridLike, eta: float = 0.0, generator: Optional[torch.Generator] = None,
                 return_trajectory: bool = False,
-                callback: Optional[Callable[[int, float, torch.Tensor], None]] = None) -> SolveResult:
+                callback: Optional[Callable[[int, float, torch.Tensor], None]] = None,
+                clip_x0: Optional[float] = None) -> SolveResult:
     """DDIM sampler for a VP diffusion ``x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps`` (baseline).
 
     Per step ``t -> s`` (one evaluation of ``eps_model``, at ``t``; never at the final time):
@@ -339,11 +340,19 @@ def ddim_sample(eps_model: Field, x: torch.Tensor, alpha_bar_fn: Callable[[torch
             time but the last (``1 - ab_t`` divides when ``eta > 0``).
         time_grid: ``(N+1,)`` strictly monotone, usually decreasing to 0 (``ab = 1``).
         eta: stochasticity in ``[0, 1]``; ``generator`` seeds ``z``.
+        clip_x0: clamp ``x0_hat`` to ``[-clip_x0, clip_x0]`` (the data range, 1 for images in [-1, 1])
+            and recompute ``eps_hat = (x_t - sqrt(ab_t) x0_hat) / sqrt(1 - ab_t)`` from it, as the DDPM
+            and DDIM image samplers do; ``None`` (default): no clipping. An ε-model's data prediction
+            ``x0_hat`` amplifies its error by ``sqrt((1 - ab_t) / ab_t)`` at high noise.
     """
     _check_state(x)
     eta = float(eta)
     if not (0.0 <= eta <= 1.0):
         raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+    if clip_x0 is not None:
+        clip_x0 = float(clip_x0)
+        if not (clip_x0 > 0 and math.isfinite(clip_x0)):
+            raise ValueError(f"clip_x0 must be None or a finite number > 0, got {clip_x0!r}")
     grid = check_time_grid(time_grid, device=x.device)
     ts = grid.tolist()
     f = _CountingField(eps_model, x)
@@ -363,6 +372,9 @@ def ddim_sample(eps_model: Field, x: torch.Tensor, alpha_bar_fn: Callable[[torch
         ab_s = alpha_bar(ts[i + 1])
         eps = f(x, ts[i])
         x0 = (x - (1.0 - ab_t).sqrt() * eps) / ab_t.sqrt()
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+            eps = (x - ab_t.sqrt() * x0) / (1.0 - ab_t).sqrt()
         if eta > 0:
             sigma = eta * ((1.0 - ab_s) / (1.0 - ab_t) * (1.0 - ab_t / ab_s)).clamp_min(0).sqrt()
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)

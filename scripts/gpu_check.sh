@@ -31,23 +31,10 @@ START=$(date +%s)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kacnum_gpu_check.XXXXXX")   # big files (checkpoints) stay out of $OUT
 : > "$OUT/status.txt"
 
-left() { echo $(( BUDGET - ($(date +%s) - START) )); }
-
-# part NAME LIMIT_S CMD...: run CMD under timeout min(LIMIT, time left - 5), log to $OUT/NAME.log
-part() {
-    local name=$1 limit=$2; shift 2
-    local rem; rem=$(( $(left) - 5 ))
-    if [ "$rem" -lt 10 ]; then
-        echo "$name skipped (budget spent)" | tee -a "$OUT/status.txt"; return 0
-    fi
-    [ "$limit" -gt "$rem" ] && limit=$rem
-    echo "=== $name (limit ${limit}s, $(left)s left) ==="
-    local t0; t0=$(date +%s)
-    timeout --kill-after=10 "$limit" "$@" > >(tee "$OUT/$name.log") 2>&1
-    local rc=$?
-    echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$OUT/status.txt"
-    return 0
-}
+# shellcheck source=scripts/_budget.sh
+source "$REPO/scripts/_budget.sh"   # left, run_part
+# part NAME LIMIT_S CMD...: run_part with no time kept in reserve
+part() { local name=$1 limit=$2; shift 2; run_part "$name" "$limit" 0 "$@"; }
 
 if [ "$DRY" = "1" ]; then
     DEV=cpu

@@ -32,23 +32,9 @@ START=$(date +%s)
 WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/kacnum_gpu_pipeline.XXXXXX")}   # checkpoints stay out of $OUT
 : > "$OUT/status.txt"
 
-left() { echo $(( BUDGET - ($(date +%s) - START) )); }
-
-# part NAME LIMIT_S RESERVE_S CMD...: run CMD under timeout min(LIMIT, time left - RESERVE - 5)
-part() {
-    local name=$1 limit=$2 reserve=$3; shift 3
-    local rem; rem=$(( $(left) - reserve - 5 ))
-    if [ "$rem" -lt 10 ]; then
-        echo "$name skipped (budget spent)" | tee -a "$OUT/status.txt"; return 0
-    fi
-    [ "$limit" -gt "$rem" ] && limit=$rem
-    echo "=== $name (limit ${limit}s, $(left)s left) ==="
-    local t0; t0=$(date +%s)
-    timeout --kill-after=10 "$limit" "$@" > >(tee "$OUT/$name.log") 2>&1
-    local rc=$?
-    echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$OUT/status.txt"
-    return 0
-}
+# shellcheck source=scripts/_budget.sh
+source "$REPO/scripts/_budget.sh"   # left, run_part
+part() { run_part "$@"; }
 
 if [ "$DRY" = "1" ]; then
     DEV=cpu

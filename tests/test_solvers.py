@@ -411,6 +411,39 @@ def test_ddim_eta_one_point_data_still_exact():
     assert torch.allclose(res.x, x0, atol=1e-12)
 
 
+def test_ddim_clip_x0():
+    """clip_x0 clamps the data prediction and recomputes eps from it: a no-op for data inside the range,
+    the hand-computed two-step update for a model whose data prediction leaves it."""
+    x0 = torch.tensor([[0.5, -0.9]], dtype=torch.float64).expand(3, 2)
+
+    def exact(x, t):
+        ab = cosine_alpha_bar(t)[:, None]
+        return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+    x_T = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    grid = uniform_grid(1.0, 0.0, 4, dtype=torch.float64)
+    plain = ddim_sample(exact, x_T, cosine_alpha_bar, grid).x
+    clipped = ddim_sample(exact, x_T, cosine_alpha_bar, grid, clip_x0=1.0).x
+    assert torch.allclose(clipped, plain, atol=1e-12) and torch.allclose(clipped, x0, atol=1e-12)
+
+    far = torch.tensor([[3.0, -0.2]], dtype=torch.float64)  # the model's x0 leaves [-1, 1] in coordinate 0
+
+    def biased(x, t):
+        ab = cosine_alpha_bar(t)[:, None]
+        return (x - ab.sqrt() * far) / (1 - ab).sqrt()
+
+    g = [1.0, 0.5, 0.0]
+    res = ddim_sample(biased, x_T, cosine_alpha_bar, g, clip_x0=1.0)
+    ab1, abh = cosine_alpha_bar(torch.tensor([1.0, 0.5], dtype=torch.float64))
+    want0 = torch.tensor([[1.0, -0.2]], dtype=torch.float64)
+    eps1 = (x_T - ab1.sqrt() * want0) / (1 - ab1).sqrt()
+    x_half = abh.sqrt() * want0 + (1 - abh).sqrt() * eps1
+    eps_h = (x_half - abh.sqrt() * want0) / (1 - abh).sqrt()  # second prediction, clipped again
+    want = 1.0 * want0 + 0.0 * eps_h
+    assert torch.allclose(res.x, want.expand(3, 2), atol=1e-12)
+    assert not torch.allclose(ddim_sample(biased, x_T, cosine_alpha_bar, g).x, res.x, atol=1e-3)
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input
 
@@ -442,3 +475,6 @@ def test_bad_inputs():
         ddim_sample(f, x, cosine_alpha_bar, [1.0, 0.0], eta=2.0)
     with pytest.raises(ValueError, match="alpha_bar_fn"):
         ddim_sample(f, x, lambda t: 1.5 + 0 * t, [1.0, 0.0])
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="clip_x0"):
+            ddim_sample(f, x, cosine_alpha_bar, [1.0, 0.0], clip_x0=bad)
