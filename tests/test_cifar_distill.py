@@ -233,3 +233,31 @@ def test_gpu_pipeline_script_dry_run(tmp_path):
     with tarfile.open(out / "gpu_pipeline.tar.gz") as tar:
         names = set(tar.getnames())
     assert {"results.json", "eval.log", "grid_nfe001.png", "bench_train.json"} <= names
+
+
+def test_distill_sweep_on_a_finished_run(cd, tmp_path, capsys):
+    """experiments/distill_sweep.py re-distils a run's teacher and scores the students with the run's
+    own FID protocol (cached classifier and reference statistics); the budget skips what cannot fit."""
+    out = tmp_path / "run"
+    for stage in ("teacher", "sample", "eval"):
+        assert cd.main(COMMON + TINY + ["--stage", stage, "--out", str(out), "--resume"]) == 0
+    spec = importlib.util.spec_from_file_location("distill_sweep", ROOT / "experiments" / "distill_sweep.py")
+    sw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sw)
+    classifier = out / "eval" / "classifier_digits.pt"
+    before = classifier.stat().st_mtime_ns
+    sweep_dir = tmp_path / "sweep"
+    assert sw.main(["--run", str(out), "--out", str(sweep_dir), "--settings", "tiny,s2000_cos", "--device", "cpu",
+                    "--num-samples", "20", "--budget", "60", "--quiet"]) == 0
+    assert classifier.stat().st_mtime_ns == before  # the run's classifier was reused, not retrained
+    res = json.loads((sweep_dir / "sweep.json").read_text())
+    tiny = res["settings"]["tiny"]
+    assert set(tiny["fid"]) == {"20", "4", "2", "1"} and tiny["steps_per_stage"] == 3
+    teacher = json.loads((out / "results.json").read_text())["teacher_fid"]
+    assert tiny["teacher_fid"] == pytest.approx(teacher)  # same protocol, same teacher samples
+    for n, f in tiny["fid"].items():
+        assert tiny["ratio"][n] == pytest.approx(f / teacher)
+    assert [s["name"] for s in res["skipped"]] == ["s2000_cos"]  # 2000 x 128 rows per stage: over budget
+    assert "| tiny | 3 | 16 |" in (sweep_dir / "sweep.md").read_text()
+    assert sw.main(["--run", str(tmp_path / "nothing"), "--out", str(sweep_dir)]) == 2
+    assert "lacks" in capsys.readouterr().err
