@@ -1,4 +1,14 @@
-# Shared helpers of the prepared GPU scripts (sourced; needs BUDGET, START and OUT set by the caller).
+# Shared set-up and helpers of the prepared GPU scripts, sourced from the repository root (the caller
+# sets BUDGET, in seconds, afterwards). Sets REPO, OUT (default ./gpu_out, created, status.txt emptied),
+# PYTHONPATH, PY, DRY (KACNUM_GPU_CHECK_DRYRUN: 1 = rehearse on the CPU) and START.
+REPO=$(pwd)
+OUT=${OUT:-$REPO/gpu_out}
+mkdir -p "$OUT"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-$(command -v python || command -v python3)}
+DRY=${KACNUM_GPU_CHECK_DRYRUN:-0}
+START=$(date +%s)
+: > "$OUT/status.txt"
 
 # seconds left of the overall budget
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }

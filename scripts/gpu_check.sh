@@ -20,19 +20,11 @@
 # Optional: GPU_CHECK_COMPILE=1 adds a torch.compile throughput run (slow to compile).
 set -u
 cd "$(dirname "$0")/.."
-REPO=$(pwd)
-OUT=${OUT:-$REPO/gpu_out}
-mkdir -p "$OUT"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-PY=${PYTHON:-$(command -v python || command -v python3)}
-DRY=${KACNUM_GPU_CHECK_DRYRUN:-0}
-BUDGET=${GPU_CHECK_BUDGET:-290}
-START=$(date +%s)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/kacnum_gpu_check.XXXXXX")   # big files (checkpoints) stay out of $OUT
-: > "$OUT/status.txt"
-
 # shellcheck source=scripts/_budget.sh
-source "$REPO/scripts/_budget.sh"   # left, run_part
+source scripts/_budget.sh   # REPO OUT PYTHONPATH PY DRY START; left, run_part
+BUDGET=${GPU_CHECK_BUDGET:-290}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/kacnum_gpu_check.XXXXXX")   # big files (checkpoints) stay out of $OUT
+
 # part NAME LIMIT_S CMD...: run_part with no time kept in reserve
 part() { local name=$1 limit=$2; shift 2; run_part "$name" "$limit" 0 "$@"; }
 

@@ -20,20 +20,12 @@
 # results.json) and gpu_pipeline.tar.gz (the stage logs, results.json, the per-NFE grids).
 set -u
 cd "$(dirname "$0")/.."
-REPO=$(pwd)
-OUT=${OUT:-$REPO/gpu_out}
-mkdir -p "$OUT"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-PY=${PYTHON:-$(command -v python || command -v python3)}
-DRY=${KACNUM_GPU_CHECK_DRYRUN:-0}
+# shellcheck source=scripts/_budget.sh
+source scripts/_budget.sh   # REPO OUT PYTHONPATH PY DRY START; left, run_part
 BUDGET=${GPU_PIPELINE_BUDGET:-500}
 EVAL_RESERVE=${EVAL_RESERVE:-60}
-START=$(date +%s)
 WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/kacnum_gpu_pipeline.XXXXXX")}   # checkpoints stay out of $OUT
-: > "$OUT/status.txt"
 
-# shellcheck source=scripts/_budget.sh
-source "$REPO/scripts/_budget.sh"   # left, run_part
 part() { run_part "$@"; }
 
 if [ "$DRY" = "1" ]; then
