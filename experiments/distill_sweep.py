@@ -24,7 +24,6 @@ Settings (``SETTINGS``; name -> steps per stage, batch, learning rate, schedule,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -489,7 +489,60 @@ def _derived_seed(*parts: int) -> int:
 # the distiller
 
 
-class Distiller:
+class _StudentCheckpoints:
+    """Checkpoint writing and resuming shared by :class:`Distiller` and
+    :class:`kacnum.progressive.ProgressiveDistiller`: a list of finished students (``students``,
+    ``history``) and one student in training. A subclass sets ``_CK_FORMAT``, ``_CK_WHAT`` (for the error
+    message), ``_CK_INDEX`` (``"stage"`` or ``"round"``) and ``_CK_RESUMABLE`` (config fields that may
+    change on resume), and has ``checkpoint_path``, ``device``, ``config`` and ``_new_student(i)``."""
+
+    _CK_FORMAT = ""
+    _CK_WHAT = ""
+    _CK_INDEX = "stage"
+    _CK_RESUMABLE: tuple = ()
+
+    def _checkpoint_state(self, index: int, step: int, student=None, ema=None, opt=None, sched=None,
+                          losses=None) -> dict:
+        return {
+            "format": self._CK_FORMAT,
+            "config": self.config.to_dict(),
+            self._CK_INDEX: index,
+            "step": step,
+            "finished": [m.state_dict() for m in self.students],
+            "history": self.history,
+            "student": None if student is None else student.state_dict(),
+            "ema": None if ema is None else ema.state_dict(),
+            "optimizer": None if opt is None else opt.state_dict(),
+            "scheduler": None if sched is None else sched.state_dict(),
+            "losses": list(losses or []),
+        }
+
+    def _load_students(self) -> Optional[dict]:
+        """Read the checkpoint (None if there is none), check its format and config, restore the
+        finished students and the history; return it for the caller to restore the rest."""
+        path = self.checkpoint_path
+        if path is None:
+            raise ValueError("resume=True needs out_dir (where the checkpoint lives)")
+        if not path.is_file():
+            return None
+        ck = load_checkpoint(path, map_location=self.device)
+        if ck.get("format") != self._CK_FORMAT:
+            raise ValueError(f"{path} is not a {self._CK_WHAT} checkpoint ({self._CK_FORMAT})")
+        mine, theirs = self.config.to_dict(), dict(ck["config"])
+        diff = sorted(k for k in mine if k not in self._CK_RESUMABLE and _plain(mine[k]) != _plain(theirs.get(k)))
+        if diff:
+            raise ValueError(f"config differs from the checkpoint's in {diff}: resume with the same "
+                             f"configuration (only {self._CK_RESUMABLE} may change)")
+        self.students = []
+        for i, sd in enumerate(ck["finished"]):
+            m = self._new_student(i + 1)
+            m.load_state_dict(sd)
+            self.students.append(m.eval().requires_grad_(False))
+        self.history = list(ck["history"])
+        return ck
+
+
+class Distiller(_StudentCheckpoints):
     """Staged endpoint distillation of ``teacher`` along ``path`` (see the module docstring).
 
     Args:
@@ -505,6 +558,11 @@ class Distiller:
 
     Use :meth:`run` to train every stage, :meth:`sampler` to sample with a stage.
     """
+
+    _CK_FORMAT = CHECKPOINT_FORMAT
+    _CK_WHAT = "distillation"
+    _CK_INDEX = "stage"
+    _CK_RESUMABLE = _RESUMABLE_FIELDS
 
     def __init__(self, teacher: nn.Module, path: Any, data: torch.Tensor,
                  labels: Optional[torch.Tensor] = None, config: DistillConfig = DistillConfig(),
@@ -680,44 +738,14 @@ class Distiller:
               losses=None) -> None:
         if self.checkpoint_path is None:
             return
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.config.to_dict(),
-            "stage": stage,
-            "step": step,
-            "finished": [m.state_dict() for m in self.students],
-            "history": self.history,
-            "rng": self._rng_state(),
-            "student": None if student is None else student.state_dict(),
-            "ema": None if ema is None else ema.state_dict(),
-            "optimizer": None if opt is None else opt.state_dict(),
-            "scheduler": None if sched is None else sched.state_dict(),
-            "losses": list(losses or []),
-        }
+        state = self._checkpoint_state(stage, step, student, ema, opt, sched, losses)
+        state["rng"] = self._rng_state()
         save_checkpoint(self.checkpoint_path, state)
 
     def _load(self) -> Optional[dict]:
-        path = self.checkpoint_path
-        if path is None:
-            raise ValueError("resume=True needs out_dir (where the checkpoint lives)")
-        if not path.is_file():
-            return None
-        ck = load_checkpoint(path, map_location=self.device)
-        if ck.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a distillation checkpoint ({CHECKPOINT_FORMAT})")
-        mine, theirs = self.config.to_dict(), dict(ck["config"])
-        diff = sorted(k for k in mine if k not in _RESUMABLE_FIELDS and
-                      _plain(mine[k]) != _plain(theirs.get(k)))
-        if diff:
-            raise ValueError(f"config differs from the checkpoint's in {diff}: resume with the same "
-                             f"configuration (only {_RESUMABLE_FIELDS} may change)")
-        self.students = []
-        for i, sd in enumerate(ck["finished"]):
-            m = self._new_student(i + 1)
-            m.load_state_dict(sd)
-            self.students.append(m.eval().requires_grad_(False))
-        self.history = list(ck["history"])
-        self._set_rng_state(ck["rng"])
+        ck = self._load_students()
+        if ck is not None:
+            self._set_rng_state(ck["rng"])
         return ck
 
     def _new_student(self, stage: int) -> nn.Module:

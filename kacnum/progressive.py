@@ -71,8 +71,8 @@ from tqdm.auto import tqdm
 
 from kacnum._checks import (check_finite_number, check_in_range, check_int, check_nonnegative, check_positive,
                             per_stage_counts)
-from kacnum.checkpoint import load_checkpoint, save_checkpoint, save_json
-from kacnum.distill import StudentTraining
+from kacnum.checkpoint import save_checkpoint, save_json
+from kacnum.distill import StudentTraining, _StudentCheckpoints
 from kacnum.guidance import GuidedField
 from kacnum.paths import VPPath
 from kacnum.solvers import subdivide_grid
@@ -302,13 +302,7 @@ class ProgressiveConfig:
 # the distiller
 
 
-def _plain(v):
-    if isinstance(v, (list, tuple)):
-        return [_plain(u) for u in v]
-    return v
-
-
-class ProgressiveDistiller:
+class ProgressiveDistiller(_StudentCheckpoints):
     """Progressive distillation of ``teacher`` (a VP model ``teacher(z, t, y)``) along ``path``.
 
     Args:
@@ -420,44 +414,18 @@ class ProgressiveDistiller:
 
     # -- checkpoints ---------------------------------------------------------------------------
 
+    _CK_FORMAT = CHECKPOINT_FORMAT
+    _CK_WHAT = "progressive-distillation"
+    _CK_INDEX = "round"
+    _CK_RESUMABLE = _RESUMABLE_FIELDS
+
     def _save(self, r: int, step: int, student=None, ema=None, opt=None, sched=None, losses=None) -> None:
         if self.checkpoint_path is None:
             return
-        save_checkpoint(self.checkpoint_path, {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.config.to_dict(),
-            "round": r,
-            "step": step,
-            "finished": [m.state_dict() for m in self.students],
-            "history": self.history,
-            "student": None if student is None else student.state_dict(),
-            "ema": None if ema is None else ema.state_dict(),
-            "optimizer": None if opt is None else opt.state_dict(),
-            "scheduler": None if sched is None else sched.state_dict(),
-            "losses": list(losses or []),
-        })
+        save_checkpoint(self.checkpoint_path, self._checkpoint_state(r, step, student, ema, opt, sched, losses))
 
     def _load(self) -> Optional[dict]:
-        path = self.checkpoint_path
-        if path is None:
-            raise ValueError("resume=True needs out_dir (where the checkpoint lives)")
-        if not path.is_file():
-            return None
-        ck = load_checkpoint(path, map_location=self.device)
-        if ck.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a progressive-distillation checkpoint ({CHECKPOINT_FORMAT})")
-        mine, theirs = self.config.to_dict(), dict(ck["config"])
-        diff = sorted(k for k in mine if k not in _RESUMABLE_FIELDS and _plain(mine[k]) != _plain(theirs.get(k)))
-        if diff:
-            raise ValueError(f"config differs from the checkpoint's in {diff}: resume with the same configuration "
-                             f"(only {_RESUMABLE_FIELDS} may change)")
-        self.students = []
-        for i, sd in enumerate(ck["finished"]):
-            m = self._new_student(i + 1)
-            m.load_state_dict(sd)
-            self.students.append(m.eval().requires_grad_(False))
-        self.history = list(ck["history"])
-        return ck
+        return self._load_students()
 
     def _new_student(self, r: int) -> nn.Module:
         return copy.deepcopy(self.teacher if r == 1 else self.students[r - 2])
