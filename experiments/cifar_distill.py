@@ -48,8 +48,8 @@ smoke     digits_tiny       scikit-learn digits 8x8    teacher and each baseline
 cpu       mnist_small       MNIST 28x28 (mnist.pkl.gz) teacher and each baseline (FM, VP) 3000 steps (batch
                                                        64), 300 distillation steps per stage and per PD
                                                        round, 1000 samples per set, baselines at NFE 20, 4,
-                                                       2, 1: the whole ``--stage all`` in about 80 minutes
-                                                       on 2 cores (measured: README); ``--steps 15000
+                                                       2, 1: the whole ``--stage all`` in 86 minutes
+                                                       on 2 cores (measured, README); ``--steps 15000
                                                        --distill-steps 1000`` for a longer run (~5 h)
 gpu       cifar10_kacflow   CIFAR-10 32x32             the paper's configuration: 400k steps, batch 128,
                                                        bf16 autocast, 10k distillation steps per stage,
