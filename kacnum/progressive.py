@@ -72,7 +72,7 @@ from tqdm.auto import tqdm
 from kacnum._checks import (check_finite_number, check_in_range, check_int, check_nonnegative, check_positive,
                             per_stage_counts)
 from kacnum.checkpoint import save_checkpoint, save_json
-from kacnum.distill import StudentTraining, _StudentCheckpoints
+from kacnum.distill import StudentTraining, _rows, _StudentCheckpoints
 from kacnum.guidance import GuidedField
 from kacnum.paths import VPPath
 from kacnum.solvers import subdivide_grid
@@ -99,11 +99,6 @@ _RESUMABLE_FIELDS = ("checkpoint_every", "log_every")
 
 # ---------------------------------------------------------------------------------------------
 # formulas
-
-
-def _rows(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` -> ``(B, 1, ..., 1)`` against ``x: (B, ...)``."""
-    return v.reshape((x.shape[0],) + (1,) * (x.dim() - 1))
 
 
 def _check_param(parameterization: str) -> str:
