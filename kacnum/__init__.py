@@ -22,6 +22,7 @@ __all__ = [
 _SUBMODULES = {
     "kac", "telegrapher", "transport", "paths", "losses", "solvers", "guidance", "distill", "progressive",
     "stability", "claims", "models", "train", "data", "metrics", "pipeline", "checkpoint", "toy_data",
+    "flight",
 }
 
 

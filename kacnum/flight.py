@@ -1,0 +1,396 @@
+"""The planar random flight: an isotropic Kac process in 2D (SPEC §14).
+
+A particle starts at 0 and moves at speed ``c`` in a direction drawn uniformly on the circle; the direction
+is redrawn (uniformly, independently) at the events of a Poisson process of rate ``λ``. In the API the rate
+is called ``a`` (``PlanarFlight(a, c)``, as ``KacProcess(a, c)``); here ``a = λ`` is the event rate itself.
+
+The law of ``X_t`` (Stadje 1987; Orsingher):
+
+* a singular part of mass ``e^{-λt}`` spread uniformly on the circle ``|x| = ct`` (no event before t);
+* on the open disc ``|x| < ct`` the density ``p(x, t) = λ/(2πc) · exp(-λt + (λ/c) q) / q`` with
+  ``q = sqrt(c²t² - |x|²)``, of mass ``1 - e^{-λt}``.
+
+Everything follows from one variable, ``w = ct - q = |x|² / (ct + q) ∈ [0, ct]`` (written so, it has no
+cancellation): ``exp(-λt + (λ/c) q) = exp(-(λ/c) w)``, and with ``dq = -r dr / q`` the radial law is
+
+    P(|X_t| > r) = exp(-(λ/c) w(r))       (0 ≤ r < ct; the atom is the limit e^{-λt} at r = ct),
+
+so ``w`` is ``c`` times an ``Exp(λ)`` time capped at ``t`` (in law, ``c·min(τ₁, t)``), and
+``|X_t| = sqrt(w (2ct - w))``. This is the exact sampler: ``E = -log(1 - U)``; ``E ≥ λt`` is an atom
+(``|X| = ct`` exactly, in the output dtype), otherwise ``w = (c/λ) E``; the direction is uniform.
+
+Conditional velocity ``u(x, t) = E[V_t | X_t = x]``: from the continuity equation (the flux through the
+circle of radius r is ``-d/dt P(|X_t| ≤ r) = 2πr p u_r``) it is radial with
+``u_r = c (ct - q)/|x| = c |x| / (ct + q)``, i.e. ``u(x, t) = c x / (ct + q)``: ``x/(2t)`` near the origin,
+speed ``c`` at the circle (continuous there, unlike the 1D Kac velocity) and ``c x/|x|`` on the atoms.
+``|u| ≤ c`` everywhere.
+
+Moments: ``E|X_t|² = 2c²/λ² (λt - 1 + e^{-λt})`` (``E[V_s·V_u] = c² e^{-λ|s-u|}``), so the variance per
+coordinate is ``c²/λ² (λt - 1 + e^{-λt})`` → ``(c²/λ) t`` in the diffusion limit ``λ → ∞``, ``c²/λ``
+fixed, where ``X_t ⇒ N(0, (c²/λ) t I₂)``.
+
+In ``d = 2k`` dimensions (``sample(t, (..., 2k))``) the coordinates are read as ``k`` independent pairs
+``(x[..., 2j], x[..., 2j+1])``, each an independent planar flight with the same ``(a, c)`` and the same time:
+a "block-isotropic" flow.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from ._checks import as_tensor, check_finite, check_positive, check_times
+
+TimeLike = Union[float, int, torch.Tensor]
+
+__all__ = ["PlanarFlight", "FlightPaths"]
+
+
+@dataclass(frozen=True)
+class FlightPaths:
+    """Event-driven planar random flights seen on a time grid.
+
+    Attributes:
+        times: ``(G,)`` the grid.
+        positions: ``(n, G, 2)`` ``X`` at each grid time.
+        velocities: ``(n, G, 2)`` the velocity ``V`` (speed ``c``) at each grid time (right-continuous).
+        event_counts: ``(n, G)`` number of direction changes up to each grid time.
+    """
+
+    times: torch.Tensor
+    positions: torch.Tensor
+    velocities: torch.Tensor
+    event_counts: torch.Tensor
+
+    @property
+    def atom_mask(self) -> torch.Tensor:
+        """``(n, G)`` True where a path has had no event yet (it sits on the circle ``|x| = ct``)."""
+        return self.event_counts == 0
+
+
+def _per_coordinate_variance(lam: float, c: float, t64: torch.Tensor) -> torch.Tensor:
+    """``c²/λ² (x - 1 + e^{-x})``, ``x = λt``, float64; the series ``x²/2 - x³/6 + …`` below ``x = 1e-2``."""
+    x = lam * t64
+    exact = x + torch.expm1(-x)
+    series = x * x * (0.5 - x * (1.0 / 6.0 - x * (1.0 / 24.0 - x * (1.0 / 120.0 - x / 720.0))))
+    return (c * c / (lam * lam)) * torch.where(x < 1e-2, series, exact)
+
+
+class PlanarFlight:
+    """The planar random flight with event rate ``a = λ`` and speed ``c``, started at 0 (SPEC §14).
+
+    Args:
+        a: rate ``λ > 0`` of the Poisson events at which the direction is redrawn uniformly on the circle.
+            (Note: for ``KacProcess`` the switching rate ``a`` enters the PDE as ``2a``; here ``a`` is the
+            event rate itself.)
+        c: speed ``c > 0``; paths are piecewise linear with ``|dX/dt| = c``, so ``|X_t| ≤ ct``.
+
+    Conventions (those of :class:`~kacnum.kac.KacProcess`):
+
+    * points of the plane are pairs along the last dimension. ``density``/``log_density`` take ``x`` of
+      shape ``(..., 2)`` and return ``(...)``; ``t`` broadcasts to ``x.shape[:-1]`` (it may not enlarge it).
+    * ``sample`` and ``velocity`` work on ``(..., 2k)`` tensors (``k`` independent pairs
+      ``(x[..., 2j], x[..., 2j+1])``); ``t`` broadcasts to that shape (e.g. ``(B, 1)``: one time per row)
+      and must be equal within each pair.
+    * ``radial_cdf(t, r)``: ``t`` and ``r`` broadcast freely.
+    * a Python-number ``t`` is evaluated in float64 by the scalar summaries (``atom_mass``, ``variance``).
+    """
+
+    def __init__(self, a: float = 9.0, c: float = 3.0):
+        self.a = check_positive("a (event rate λ)", a)
+        self.c = check_positive("c (speed)", c)
+
+    def __repr__(self) -> str:
+        return f"PlanarFlight(a={self.a:g}, c={self.c:g})"
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _time(t: TimeLike, like: Optional[torch.Tensor] = None, name: str = "t") -> torch.Tensor:
+        if like is not None:
+            tt = as_tensor(t, like=like)
+        else:
+            tt = as_tensor(t, dtype=None if torch.is_tensor(t) else torch.float64)
+        if not tt.is_floating_point():
+            tt = tt.to(torch.get_default_dtype())
+        check_times(name, tt, 0.0, math.inf)
+        return tt
+
+    @staticmethod
+    def _float_tensor(name: str, x) -> torch.Tensor:
+        if not torch.is_tensor(x):
+            x = torch.as_tensor(x, dtype=torch.get_default_dtype())
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
+        check_finite(name, x)
+        return x
+
+    @staticmethod
+    def _fits(tt: torch.Tensor, shape: Tuple[int, ...], what: str) -> None:
+        """Raise unless ``tt`` broadcasts to ``shape`` without enlarging it."""
+        try:
+            ok = tt.dim() <= len(shape) and torch.broadcast_shapes(tt.shape, shape) == tuple(shape)
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"t with shape {tuple(tt.shape)} does not broadcast to {what} {tuple(shape)}")
+
+    @staticmethod
+    def _pair_time(tt: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
+        """``t`` (broadcasting to ``shape = (..., 2k)``) as a tensor broadcasting to the pair shape ``(..., k)``."""
+        tpad = tt.reshape((1,) * (len(shape) - tt.dim()) + tuple(tt.shape))
+        if tpad.dim() == 0 or tpad.shape[-1] == 1:
+            return tpad
+        # a time per coordinate: it must be one time per pair
+        even, odd = tpad[..., 0::2], tpad[..., 1::2]
+        if not bool((even == odd).all()):
+            raise ValueError("t must be equal within each pair (x[..., 2j], x[..., 2j+1]) of coordinates")
+        return even
+
+    @staticmethod
+    def _check_pairs(name: str, shape: Tuple[int, ...]) -> int:
+        if len(shape) == 0 or shape[-1] % 2 != 0:
+            raise ValueError(
+                f"{name} must have an even last dimension (k pairs of plane coordinates), got shape {tuple(shape)}"
+            )
+        return shape[-1] // 2
+
+    def _point_args(self, t: TimeLike, x) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Check ``x`` of shape ``(..., 2)`` and ``t`` broadcasting to ``x.shape[:-1]``; return ``(t, |x|)``."""
+        x = self._float_tensor("x", x)
+        if x.dim() == 0 or x.shape[-1] != 2:
+            raise ValueError(f"x must have shape (..., 2) (points of the plane), got {tuple(x.shape)}")
+        tt = self._time(t, like=x)
+        self._fits(tt, x.shape[:-1], "x.shape[:-1] =")
+        return tt, torch.hypot(x[..., 0], x[..., 1])
+
+    def _wq(self, ct: torch.Tensor, rho: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(inside, w, q)`` for radius ``rho``: ``q = sqrt((ct - ρ)(ct + ρ))``, ``w = ct - q = ρ²/(ct + q)``."""
+        inside = rho < ct
+        q = torch.sqrt(((ct - rho) * (ct + rho)).clamp_min(0.0))
+        den = ct + q
+        w = rho * rho / torch.where(den > 0, den, torch.ones_like(den))
+        return inside, w, q
+
+    # ------------------------------------------------------------------ the law
+    def atom_mass(self, t: TimeLike) -> torch.Tensor:
+        """Mass ``e^{-λt}`` of the singular part (uniform on the circle ``|x| = ct``)."""
+        return torch.exp(-self.a * self._time(t))
+
+    def log_density(self, t: TimeLike, x) -> torch.Tensor:
+        """``log p(x, t) = log(λ/(2πc)) - (λ/c) w - log q`` on the open disc, ``-inf`` elsewhere.
+
+        Args:
+            t: time(s) broadcasting to ``x.shape[:-1]``.
+            x: ``(..., 2)`` points of the plane.
+
+        Returns:
+            ``(...)``, in ``x``'s dtype.
+        """
+        tt, rho = self._point_args(t, x)
+        inside, w, q = self._wq(self.c * tt, rho)
+        lam, c = self.a, self.c
+        qs = torch.where(inside, q, torch.ones_like(q))
+        val = math.log(lam / (2.0 * math.pi * c)) - (lam / c) * w - torch.log(qs)
+        return torch.where(inside, val, torch.full_like(val, -math.inf))
+
+    def density(self, t: TimeLike, x) -> torch.Tensor:
+        """Continuous part ``p(x, t) = λ/(2πc) · exp(-(λ/c)(ct - q)) / q`` (``q = sqrt(c²t² - |x|²)``).
+
+        0 outside the open disc ``|x| < ct`` (and on the circle, which carries the singular part). Mass
+        ``1 - e^{-λt}``; integrable ``1/q`` singularity at the circle.
+
+        Args:
+            t: time(s) broadcasting to ``x.shape[:-1]``.
+            x: ``(..., 2)`` points of the plane.
+
+        Returns:
+            ``(...)``, in ``x``'s dtype.
+        """
+        tt, rho = self._point_args(t, x)
+        inside, w, q = self._wq(self.c * tt, rho)
+        lam, c = self.a, self.c
+        qs = torch.where(inside, q, torch.ones_like(q))
+        val = (lam / (2.0 * math.pi * c)) * torch.exp(-(lam / c) * w) / qs
+        return torch.where(inside, val, torch.zeros_like(val))
+
+    def radial_cdf(self, t: TimeLike, r) -> torch.Tensor:
+        """``P(|X_t| ≤ r)`` of the whole law: ``1 - exp(-(λ/c)(ct - q(r)))`` for ``0 ≤ r < ct``, 1 for ``r ≥ ct``.
+
+        The jump ``e^{-λt}`` at ``r = ct`` is the singular part; 0 for ``r < 0``. Computed in float64
+        (``-expm1`` of the cancellation-free ``w = r²/(ct + q)``), returned in ``r``'s dtype.
+        """
+        r = self._float_tensor("r", r)
+        tt = self._time(t, like=r)
+        try:
+            torch.broadcast_shapes(tt.shape, r.shape)
+        except RuntimeError:
+            raise ValueError(f"t with shape {tuple(tt.shape)} does not broadcast against r with shape {tuple(r.shape)}") from None
+        t64, r64 = torch.broadcast_tensors(tt.double(), r.double())
+        ct = self.c * t64
+        inside, w, _ = self._wq(ct, r64.clamp_min(0.0))
+        cont = -torch.expm1(-(self.a / self.c) * w)
+        out = torch.where(inside, cont, torch.ones_like(cont))
+        return torch.where(r64 < 0, torch.zeros_like(out), out).to(r.dtype)
+
+    def variance(self, t: TimeLike) -> torch.Tensor:
+        """Variance per coordinate ``E|X_t|²/2 = c²/λ² (λt - 1 + e^{-λt})`` (mean 0).
+
+        ``c²t²/2`` for ``λt → 0`` (ballistic), ``(c²/λ) t - c²/λ²`` for ``λt → ∞`` (diffusive). Computed in
+        float64 (series below ``λt = 1e-2``), returned in ``t``'s dtype.
+        """
+        tt = self._time(t)
+        return _per_coordinate_variance(self.a, self.c, tt.double()).to(tt.dtype)
+
+    def std(self, t: TimeLike) -> torch.Tensor:
+        """Standard deviation per coordinate."""
+        return torch.sqrt(self.variance(t))
+
+    # ------------------------------------------------------------------ velocity
+    def velocity(self, t: TimeLike, x, atom_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Conditional velocity ``u(x, t) = E[V_t | X_t = x] = c x / (ct + q)``, per pair of coordinates.
+
+        ``q = sqrt(c²t² - |x|²)``; the form ``c|x|/(ct + q)`` of ``c(ct - q)/|x|`` has no 0/0 at the origin
+        (``u ≈ x/(2t)`` there) and reaches speed ``c`` at the circle. On atoms ``u = c x/|x|``. Points off
+        the support (``|x| > ct``, no mass there) get ``c x/|x|`` so that ``|u| ≤ c`` everywhere.
+
+        Args:
+            t: time(s), broadcasting to ``x.shape``, equal within each pair.
+            x: ``(..., 2k)`` displacements from the start, ``k`` pairs ``(x[..., 2j], x[..., 2j+1])``.
+            atom_mask: optional bool tensor of ``x``'s shape (from ``sample(..., return_atoms=True)``; equal
+                within pairs). The velocity is continuous at the circle, so the mask matters less than in
+                1D; marked points get exactly ``c x/|x|``.
+
+        Returns:
+            ``u`` with ``x``'s shape and dtype.
+        """
+        x = self._float_tensor("x", x)
+        k = self._check_pairs("x", tuple(x.shape))
+        tt = self._time(t, like=x)
+        self._fits(tt, tuple(x.shape), "x of shape")
+        tp = self._pair_time(tt, tuple(x.shape))
+        xp = x.reshape(x.shape[:-1] + (k, 2))
+        rho = torch.hypot(xp[..., 0], xp[..., 1])
+        ct = self.c * tp
+        _, _, q = self._wq(ct, rho)
+        den = torch.maximum(ct + q, rho)  # = |x| (speed c) off the support; 0 only at x = 0, t = 0
+        scale = self.c / torch.where(den > 0, den, torch.ones_like(den))
+        if atom_mask is not None:
+            if not torch.is_tensor(atom_mask) or atom_mask.shape != x.shape:
+                shp = tuple(atom_mask.shape) if torch.is_tensor(atom_mask) else type(atom_mask).__name__
+                raise ValueError(f"atom_mask must be a bool tensor of the shape of x {tuple(x.shape)}, got {shp}")
+            am = atom_mask.to(torch.bool).reshape(xp.shape)
+            if not bool((am[..., 0] == am[..., 1]).all()):
+                raise ValueError("atom_mask must be equal within each pair (x[..., 2j], x[..., 2j+1])")
+            on_circle = self.c / torch.where(rho > 0, rho, torch.ones_like(rho))
+            scale = torch.where(am[..., 0], on_circle, scale)
+        return (xp * scale[..., None]).reshape(x.shape)
+
+    # ------------------------------------------------------------------ sampling
+    def sample(
+        self,
+        t: TimeLike,
+        shape: Sequence[int],
+        generator: Optional[torch.Generator] = None,
+        return_atoms: bool = False,
+        dtype: Optional[torch.dtype] = None,
+        device: Optional[Union[str, torch.device]] = None,
+    ):
+        """Draw ``X_t`` exactly: ``k`` independent planar flights per ``(..., 2k)`` tensor.
+
+        Per pair, two uniforms: ``E = -log(1 - U₁)``; if ``E ≥ λt`` the pair is an atom (``|X| = ct``,
+        ``ct`` in the output dtype), else ``w = (c/λ) E`` and ``|X| = sqrt(w (2ct - w))``; the angle is
+        ``2π U₂``. The law is exact up to the resolution of the uniforms (``2^-24`` in float32).
+
+        Args:
+            t: float or tensor broadcasting to ``shape`` (``(B, 1)`` for one time per row), equal within pairs.
+            shape: output shape ``(..., 2k)``; the last dimension must be even.
+            generator: a ``torch.Generator`` on ``device``; the same state gives the same draws.
+            return_atoms: also return the bool atom mask (shape ``shape``, equal within pairs).
+            dtype, device: of the output; default: ``t``'s if it is a tensor, else the default dtype/CPU.
+
+        Returns:
+            ``X`` of shape ``shape`` (pairs ``(X[..., 2j], X[..., 2j+1])``), and the atom mask if asked.
+        """
+        shape = tuple(int(s) for s in shape)
+        if any(s < 0 for s in shape):
+            raise ValueError(f"shape must hold non-negative sizes, got {shape}")
+        k = self._check_pairs("shape", shape)
+        if torch.is_tensor(t):
+            dtype = dtype or (t.dtype if t.is_floating_point() else torch.get_default_dtype())
+            device = device if device is not None else t.device
+        dtype = dtype or torch.get_default_dtype()
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        tt = self._time(t, like=torch.empty((), dtype=dtype, device=device))
+        self._fits(tt, shape, "shape")
+        tp = self._pair_time(tt, shape)
+        pshape = shape[:-1] + (k,)
+        lam, c = self.a, self.c
+        u = torch.rand(pshape + (2,), generator=generator, dtype=dtype, device=device)
+        e = torch.log1p(u[..., 0].neg())  # -E ≤ 0
+        e.neg_()
+        ct = c * tp
+        atoms = e >= lam * tp
+        w = e.mul_(c / lam)
+        rho = torch.sqrt(w * (2.0 * ct - w))  # w < ct off the atoms, so 2ct - w > ct: no cancellation
+        rho = torch.where(atoms, ct.expand(pshape), rho)
+        ang = u[..., 1].mul_(2.0 * math.pi)
+        out = torch.empty(pshape + (2,), dtype=dtype, device=device)
+        torch.mul(torch.cos(ang), rho, out=out[..., 0])
+        torch.mul(torch.sin(ang), rho, out=out[..., 1])
+        out = out.reshape(shape)
+        if return_atoms:
+            return out, atoms[..., None].expand(pshape + (2,)).reshape(shape)
+        return out
+
+    # ------------------------------------------------------------------ reference paths
+    def simulate_paths(
+        self,
+        time_grid: Union[Sequence[float], torch.Tensor],
+        n: int,
+        generator: Optional[torch.Generator] = None,
+        dtype: torch.dtype = torch.float64,
+        device: Optional[Union[str, torch.device]] = None,
+    ) -> FlightPaths:
+        """Event-driven simulation of ``n`` planar flights seen on ``time_grid`` (for tests and figures).
+
+        Each path draws ``Exp(λ)`` holding times until it passes ``max(time_grid)`` and a uniform direction
+        for every segment; between events it moves in a straight line at speed ``c``.
+        """
+        if isinstance(n, bool) or int(n) != n or int(n) <= 0:
+            raise ValueError(f"n (number of paths) must be a positive integer, got {n!r}")
+        n = int(n)
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        grid = torch.as_tensor(time_grid, dtype=dtype, device=device)
+        if grid.dim() != 1 or grid.numel() == 0:
+            raise ValueError("time_grid must be a non-empty 1D sequence of times")
+        check_times("time_grid", grid, 0.0, math.inf)
+        device = grid.device
+        t_end = float(grid.max())
+        lam, c = self.a, self.c
+        m = int(lam * t_end + 6.0 * math.sqrt(lam * t_end + 1.0) + 8)
+        event_times = torch.zeros(n, 0, dtype=dtype, device=device)
+        last = torch.zeros(n, dtype=dtype, device=device)
+        while True:
+            hold = -torch.log1p(-torch.rand(n, m, generator=generator, dtype=dtype, device=device)) / lam
+            block = last[:, None] + torch.cumsum(hold, dim=1)
+            event_times = torch.cat([event_times, block], dim=1)
+            last = block[:, -1]
+            if bool((last > t_end).all()):
+                break
+        M = event_times.shape[1]
+        theta = 2.0 * math.pi * torch.rand(n, M + 1, generator=generator, dtype=dtype, device=device)
+        dirs = torch.stack([torch.cos(theta), torch.sin(theta)], dim=-1)  # direction on [s_k, s_{k+1})
+        s = torch.cat([torch.zeros(n, 1, dtype=dtype, device=device), event_times], dim=1)  # (n, M + 1)
+        steps = c * dirs[:, :M] * torch.diff(s, dim=1)[..., None]
+        P = torch.cat([torch.zeros(n, 1, 2, dtype=dtype, device=device), torch.cumsum(steps, dim=1)], dim=1)
+        counts = torch.searchsorted(event_times.contiguous(), grid.expand(n, -1).contiguous(), right=True)
+        s_n = torch.gather(s, 1, counts)
+        idx = counts[..., None].expand(-1, -1, 2)
+        d_n = torch.gather(dirs, 1, idx)
+        pos = torch.gather(P, 1, idx) + c * d_n * (grid[None, :] - s_n)[..., None]
+        return FlightPaths(times=grid, positions=pos, velocities=c * d_n, event_counts=counts)
