@@ -27,6 +27,20 @@ rk4       4      4     classical Runge-Kutta, weights ``(1, 2, 2, 1) / 6``
 ab2       2      1     variable-step Adams-Bashforth 2 (Euler first step), see :func:`integrate`
 ========  =====  ====  ==========================================================================
 
+Time grids (:func:`make_time_grid`, the user's choice in the pipeline: ``--time-grid``), all
+decreasing from ``t_0 = T`` (latent end) to ``t_N = t_min`` (data end, usually 0), end points exact:
+
+==========  ==========================================================================================
+kind        grid
+==========  ==========================================================================================
+uniform     ``t_i = T - (i/N)(T - t_min)`` (``path.default_time_grid``; the pipeline's default)
+power:RHO   ``t_i = t_min + (T - t_min)(1 - i/N)^RHO``: steps shrink towards the data end ``t_min`` for
+            ``RHO > 1`` (``power:2``, ``power:3``; EDM's rho-schedule when ``t_min = 0``)
+kac         uniform in the Kac atom mass ``m(t) = e^{-a g(t)}`` (probability that a coordinate of the
+            path's Kac noise has not switched yet): ``m(t_i) = m(T) + (i/N)(m(t_min) - m(T))``; needs a
+            :class:`~kacnum.paths.KacPath` (its ``a`` and ``g``), refused for other paths
+==========  ==========================================================================================
+
 Heun's second stage evaluates the field at ``t_{n+1}`` on *every* step, the last one included,
 so that it is the trapezoidal predictor-corrector of order 2 with exactly 2 NFE per step. (EDM
 replaces the last step by Euler because its denoiser is undefined at sigma = 0; here the field
@@ -54,6 +68,9 @@ __all__ = [
     "power_grid",
     "subdivide_grid",
     "check_time_grid",
+    "TIME_GRIDS",
+    "parse_time_grid",
+    "make_time_grid",
 ]
 
 Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -173,6 +190,100 @@ def subdivide_grid(time_grid: GridLike, n: int) -> torch.Tensor:
     inner = (left + h * frac).reshape(-1)
     inner[::n] = grid[:-1]
     return torch.cat([inner, grid[-1:]])
+
+
+#: the kinds :func:`make_time_grid` accepts (``power:RHO`` with any finite ``RHO > 0``)
+TIME_GRIDS = ("uniform", "power:RHO", "kac")
+
+
+def parse_time_grid(kind: str) -> tuple[str, Optional[float]]:
+    """``"uniform"`` -> ``("uniform", None)``, ``"power:2"`` -> ``("power", 2.0)``, ``"kac"`` -> ``("kac", None)``.
+
+    Raises ``ValueError`` naming ``time_grid`` and the accepted forms for anything else.
+    """
+    forms = "'uniform', 'power:RHO' (RHO > 0, e.g. 'power:2') or 'kac'"
+    if not isinstance(kind, str):
+        raise ValueError(f"time_grid must be a string, one of {forms}; got {kind!r}")
+    k = kind.strip().lower()
+    if k in ("uniform", "kac"):
+        return k, None
+    if k.startswith("power:"):
+        try:
+            rho = float(k[len("power:"):])
+        except ValueError:
+            rho = float("nan")
+        if not (math.isfinite(rho) and rho > 0):
+            raise ValueError(f"time_grid {kind!r}: the power RHO must be a finite number > 0 ({forms})")
+        return "power", rho
+    raise ValueError(f"time_grid must be one of {forms}; got {kind!r}")
+
+
+def _time_grid_label(kind: str) -> str:
+    name, rho = parse_time_grid(kind)
+    return name if rho is None else f"power:{rho:g}"
+
+
+def _g_inverse(path, g_values: torch.Tensor, T: float) -> torch.Tensor:
+    """``t`` in ``[0, T]`` with ``path.g(t) = g_values`` (``g`` increasing): bisection in float64."""
+    lo = torch.zeros_like(g_values)
+    hi = torch.full_like(g_values, T)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        below = torch.as_tensor(path.g(mid), dtype=torch.float64) < g_values
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+        if bool(((hi - lo) <= 4 * torch.finfo(torch.float64).eps * T).all()):
+            break
+    return 0.5 * (lo + hi)
+
+
+def make_time_grid(kind: str, n_steps: int, T: float, t_min: float = 0.0, path=None,
+                   dtype=torch.float64, device=None) -> torch.Tensor:
+    """Decreasing sampling grid ``T = t_0 > t_1 > ... > t_N = t_min``, shape ``(n_steps + 1,)``.
+
+    Args:
+        kind: ``"uniform"``, ``"power:RHO"`` (``t_i = t_min + (T - t_min)(1 - i/N)^RHO``, small steps
+            near the data end ``t_min`` for ``RHO > 1``) or ``"kac"`` (uniform in the atom mass
+            ``e^{-a g(t)}`` of ``path``). See the table in the module docstring.
+        n_steps: ``N >= 1``.
+        T, t_min: latent and data ends, ``0 <= t_min < T``, both finite.
+        path: the probability path; required for ``"kac"``, where it must be a
+            :class:`~kacnum.paths.KacPath` with this ``T`` (others raise ``ValueError``).
+
+    The end points are exact (``t_0 == T``, ``t_N == t_min``) and every step is negative.
+    """
+    name, rho = parse_time_grid(kind)
+    n = _check_steps("n_steps", n_steps)
+    a, b = _check_ends(T, t_min)
+    if not (0.0 <= b < a):
+        raise ValueError(f"time_grid needs 0 <= t_min < T (a decreasing grid from the latent end T to the "
+                         f"data end t_min); got T={T!r}, t_min={t_min!r}")
+    if name == "uniform":
+        grid = uniform_grid(a, b, n)
+    elif name == "power":
+        grid = power_grid(a, b, n, rho=rho)
+    else:
+        from kacnum.paths import KacPath  # kacnum.paths imports this module
+
+        if not isinstance(path, KacPath):
+            got = "no path" if path is None else type(path).__name__
+            raise ValueError(f"time_grid 'kac' (uniform in the atom mass e^(-a g(t))) needs a KacPath with its "
+                             f"switching rate a and Kac time g(t); got {got}. Use 'uniform' or 'power:RHO' "
+                             f"for other paths")
+        if abs(float(path.T) - a) > 1e-12 * max(1.0, abs(a)):
+            raise ValueError(f"time_grid 'kac': T={a!r} differs from the path's T={path.T!r}")
+        g_end = torch.tensor([float(path.g(b)), float(path.g(a))], dtype=torch.float64)
+        m_lo, m_hi = torch.exp(-path.a * g_end).tolist()  # m(t_min) (large), m(T) (small)
+        i = torch.arange(n + 1, dtype=torch.float64)
+        m = m_hi + (i / n) * (m_lo - m_hi)  # from m(T) up to m(t_min)
+        g_vals = -torch.log(m) / path.a
+        grid = _g_inverse(path, g_vals, a)
+        grid[0], grid[-1] = a, b
+        if not bool((grid.diff() < 0).all()):
+            raise ValueError(f"time_grid 'kac' with {n} steps is not strictly decreasing in float64 for "
+                             f"a={path.a:g} (the atom mass e^(-a g(T)) = {m_hi:.3g} underflows the steps); "
+                             f"use fewer steps or 'power:RHO'")
+    return grid.to(dtype=dtype, device=device)
 
 
 # --------------------------------------------------------------------------------------------

@@ -478,3 +478,98 @@ def test_bad_inputs():
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="clip_x0"):
             ddim_sample(f, x, cosine_alpha_bar, [1.0, 0.0], clip_x0=bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# make_time_grid: the user's choice of sampling grid
+
+
+from kacnum.solvers import TIME_GRIDS, make_time_grid, parse_time_grid  # noqa: E402
+
+
+def _kac_paths():
+    from kacnum.paths import KacPath
+
+    return [KacPath(), KacPath(a=25.0, c=2.0), KacPath(g="t2"), KacPath(a=4.0, T=2.0, f="exp")]
+
+
+@pytest.mark.parametrize("kind", ["uniform", "power:1", "power:2", "power:3", "power:0.5", "kac"])
+@pytest.mark.parametrize("n", [1, 2, 7, 100])
+@pytest.mark.parametrize("t_min", [0.0, 0.01])
+def test_make_time_grid_endpoints_and_monotone(kind, n, t_min):
+    for path in _kac_paths():
+        T = path.T
+        g = make_time_grid(kind, n, T, t_min, path=path)
+        assert g.shape == (n + 1,) and g.dtype == torch.float64
+        assert float(g[0]) == T and float(g[-1]) == t_min  # exact end points
+        assert bool((g.diff() < 0).all())  # strictly decreasing
+
+
+def test_make_time_grid_formulas():
+    n, T, t_min = 8, 1.0, 0.0
+    i = torch.arange(n + 1, dtype=torch.float64)
+    assert torch.allclose(make_time_grid("uniform", n, T, t_min), 1 - i / n, atol=1e-15)
+    for rho in (2.0, 3.0):
+        want = t_min + (T - t_min) * (1 - i / n) ** rho
+        assert torch.allclose(make_time_grid(f"power:{rho:g}", n, T, t_min), want, atol=1e-15)
+        steps = make_time_grid(f"power:{rho:g}", n, T, t_min).diff().abs()
+        assert bool((steps[1:] < steps[:-1]).all())  # small steps near the data end t_min
+    assert torch.allclose(make_time_grid("power:1", n, T, t_min), make_time_grid("uniform", n, T, t_min))
+    assert parse_time_grid(" Power:2 ") == ("power", 2.0) and parse_time_grid("kac") == ("kac", None)
+    assert "kac" in TIME_GRIDS
+
+
+@pytest.mark.parametrize("n", [4, 10, 64])
+def test_kac_grid_atom_masses_equally_spaced(n):
+    for path in _kac_paths():
+        grid = make_time_grid("kac", n, path.T, 0.0, path=path)
+        m = torch.exp(-path.a * path.g(grid))
+        d = m.diff()
+        assert bool((d > 0).all())
+        assert torch.allclose(d, torch.full_like(d, (1.0 - math.exp(-path.a * path.g(path.T))) / n),
+                              rtol=1e-9, atol=1e-12)
+    # g(t) = t with a = 9 has the closed form t_i = -log(m_i) / a
+    from kacnum.paths import KacPath
+
+    g = make_time_grid("kac", n, 1.0, 0.0, path=KacPath(a=9.0))
+    m = math.exp(-9.0) + torch.arange(n + 1, dtype=torch.float64) / n * (1 - math.exp(-9.0))
+    assert torch.allclose(g, -torch.log(m) / 9.0, atol=1e-13)
+
+
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+@pytest.mark.parametrize("method", ["ab2", "heun"])
+@pytest.mark.parametrize("kind", ["power:2", "power:3"])
+def test_order_unchanged_on_made_grids(method, problem, kind):
+    slope, errs = fitted_order(method, problem, lambda n: make_time_grid(kind, n, 1.0, 0.0), STEPS[method])
+    assert abs(slope - ORDER[method]) < 0.25, (slope, errs)
+
+
+@pytest.mark.parametrize("method", ["ab2", "heun", "euler"])
+def test_order_on_kac_grid(method):
+    """The Kac grid's steps vary smoothly in t on [0, T'] for a small a (a T = 1): same orders."""
+    from kacnum.paths import KacPath
+
+    path = KacPath(a=1.0, c=1.0)
+    slope, errs = fitted_order(method, "forced", lambda n: make_time_grid("kac", n, 1.0, 0.0, path=path),
+                               STEPS[method])
+    assert abs(slope - ORDER[method]) < 0.25, (slope, errs)
+
+
+def test_make_time_grid_refuses_bad_input():
+    from kacnum.paths import GaussianPath, KacPath, VPPath
+
+    for bad in ("linear", "power", "power:", "power:0", "power:-1", "power:nan", "power:inf", "", 3, None):
+        with pytest.raises(ValueError, match="time_grid"):
+            make_time_grid(bad, 10, 1.0, 0.0)
+    for path in (None, GaussianPath(), VPPath()):
+        with pytest.raises(ValueError, match="time_grid 'kac'.*KacPath"):
+            make_time_grid("kac", 10, 1.0, 0.0, path=path)
+    with pytest.raises(ValueError, match="time_grid.*T"):
+        make_time_grid("kac", 10, 2.0, 0.0, path=KacPath())
+    with pytest.raises(ValueError, match="t_min < T"):
+        make_time_grid("uniform", 10, 1.0, 1.5)
+    with pytest.raises(ValueError, match="t_min < T"):
+        make_time_grid("uniform", 10, 1.0, -0.1)
+    for n in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="n_steps"):
+            make_time_grid("uniform", n, 1.0, 0.0)
