@@ -5,11 +5,23 @@ A file written here is never seen half-written: the content goes to a temporary 
 ``os.replace`` swaps it in. A crash leaves either the old file or the new one, plus at worst a
 stray ``.NAME.*.tmp`` file, never a truncated checkpoint.
 
+Damage (a copy cut short, a full disk, a file zeroed by a crashed file system) is caught on load:
+``load_checkpoint`` verifies the file before unpickling it (torch writes zip archives with a CRC-32 per
+record; every record is checked, so a truncated, zeroed or bit-flipped file is refused instead of being
+read as garbage) and names the file in the error. Training checkpoints are saved with
+``keep_previous=True``: the file being replaced is first renamed to its *previous* name
+(``checkpoint.pt`` -> ``checkpoint.prev.pt``, ``distill.ckpt`` -> ``distill.prev.ckpt``,
+:func:`previous_path`) if it is intact, so a good checkpoint always stays beside the newest one. When the
+newest file is damaged ``load_checkpoint`` falls back to the previous one with a
+:class:`CheckpointFallbackWarning`, and raises :class:`CheckpointError` (naming both files and what to do)
+when neither is good.
+
 API::
 
-    save_checkpoint(path, obj)                  # torch.save, atomically
-    obj = load_checkpoint(path, map_location="cpu")
-    save_json(path, obj)                        # JSON (tensors, numpy, dataclasses, Paths made plain)
+    save_checkpoint(path, obj, keep_previous=False)  # torch.save, atomically
+    obj = load_checkpoint(path, map_location="cpu")   # verified; falls back to previous_path(path)
+    verify_checkpoint(path)                           # None if intact, else the reason (a string)
+    save_json(path, obj)                              # JSON (tensors, numpy, dataclasses, Paths made plain)
     obj = load_json(path)
 """
 from __future__ import annotations
@@ -19,12 +31,15 @@ import json
 import math
 import os
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
-__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "save_json", "load_json", "to_jsonable"]
+__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "verify_checkpoint", "previous_path",
+           "CheckpointError", "CheckpointFallbackWarning", "save_json", "load_json", "to_jsonable"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -63,26 +78,135 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
     return path
 
 
-def save_checkpoint(path: PathLike, obj: Any) -> Path:
+class CheckpointError(RuntimeError):
+    """A checkpoint (and its previous copy, if any) cannot be read; the message names the file(s)."""
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """The newest checkpoint was damaged and the previous one (:func:`previous_path`) was loaded."""
+
+
+def previous_path(path: PathLike) -> Path:
+    """Where :func:`save_checkpoint` keeps the previous checkpoint: ``dir/stem.prev.suffix``
+    (``checkpoint.pt`` -> ``checkpoint.prev.pt``; a name without suffix gets ``.prev``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}" if path.suffix else f"{path.name}.prev")
+
+
+def verify_checkpoint(path: PathLike) -> Optional[str]:
+    """``None`` if ``path`` is an intact ``torch.save`` archive, else why not (one short phrase).
+
+    Checks that the file is not empty, that it is a complete zip archive (the directory at its end is
+    present: a truncated file fails here) and that every record matches its CRC-32 (a zeroed or
+    bit-flipped block fails here). Reads the whole file once; does not unpickle it.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if size == 0:
+        return "empty (0 bytes)"
+    try:
+        if not zipfile.is_zipfile(path):
+            return f"truncated or not a torch checkpoint ({size} bytes, no zip directory at its end)"
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as e:
+        return f"corrupt ({type(e).__name__}: {e})"
+    if bad is not None:
+        return f"corrupt (record {bad} fails its CRC-32 check)"
+    return None
+
+
+def save_checkpoint(path: PathLike, obj: Any, keep_previous: bool = False) -> Path:
     """``torch.save(obj, path)`` atomically (temporary file in the same directory, then replace).
+
+    ``keep_previous=True``: a file already at ``path`` that passes :func:`verify_checkpoint` (one
+    read of it) is renamed to :func:`previous_path` just before the new one takes its place; a damaged
+    one is simply replaced, so the previous copy stays good. A crash between the two renames leaves the previous copy, which
+    :func:`load_checkpoint` then reads.
 
     Keep ``obj`` to tensors, state dicts, numbers, strings, lists, tuples and dicts so that
     :func:`load_checkpoint` can read it with ``weights_only=True``.
     """
-    return atomic_write(path, lambda f: torch.save(obj, f))
+    if not keep_previous:
+        return atomic_write(path, lambda f: torch.save(obj, f))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        if path.is_file() and verify_checkpoint(path) is None:
+            os.replace(path, previous_path(path))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
-def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: bool = True) -> Any:
-    """Read a checkpoint written by :func:`save_checkpoint`.
+def _read(path: Path, map_location: Any, weights_only: bool) -> Any:
+    reason = verify_checkpoint(path)
+    if reason is not None:
+        raise CheckpointError(f"{path}: {reason}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the file cannot be used
+        msg = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path}: cannot be loaded ({type(e).__name__}: {msg})") from e
+
+
+def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: bool = True,
+                    fallback: bool = True, check: Optional[Callable[[Any], None]] = None) -> Any:
+    """Read a checkpoint written by :func:`save_checkpoint`, verified (:func:`verify_checkpoint`) first.
 
     ``map_location`` as in ``torch.load`` (default: everything on the CPU). ``weights_only=True``
     (default) refuses arbitrary pickled objects; pass ``False`` only for files you trust.
-    Raises ``FileNotFoundError`` naming the path if it does not exist.
+    ``check(obj)`` may raise ``ValueError`` to refuse a readable file that is not what the caller
+    expects (treated like damage, so the previous copy is tried).
+
+    If ``path`` is damaged and ``fallback`` is true and :func:`previous_path` holds a good checkpoint,
+    that one is returned with a :class:`CheckpointFallbackWarning` naming both files. Raises
+    ``FileNotFoundError`` naming the path if neither file exists, and :class:`CheckpointError` naming
+    the file(s) and the damage if no good one does.
     """
     path = Path(path)
-    if not path.is_file():
+    candidates = [path] + ([previous_path(path)] if fallback else [])
+    existing = [p for p in candidates if p.is_file()]
+    if not existing:
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=weights_only)
+    problems = []
+    for p in existing:
+        try:
+            obj = _read(p, map_location, weights_only)
+            if check is not None:
+                try:
+                    check(obj)
+                except ValueError as e:
+                    raise CheckpointError(f"{p}: {e}") from e
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if p != path:
+            why = problems[0] if problems else f"{path}: missing"
+            warnings.warn(f"checkpoint {why}; loaded the previous checkpoint {p} instead",
+                          CheckpointFallbackWarning, stacklevel=2)
+        return obj
+    if len(problems) == 1 and existing == [path]:
+        hint = (f"no previous copy ({previous_path(path).name}) to fall back to" if fallback
+                else "not falling back to a previous copy")
+    else:
+        hint = "the previous copy is damaged too"
+    raise CheckpointError(f"damaged checkpoint {'; '.join(problems)}; {hint}: delete the file to start "
+                          f"afresh (without --resume) or restore a good copy")
 
 
 def to_jsonable(obj: Any) -> Any:
