@@ -55,12 +55,12 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from kacnum._checks import (check_finite_number, check_in_range, check_int, check_nonnegative, check_positive,
                             per_stage_counts)
-from kacnum.checkpoint import load_checkpoint, save_checkpoint, save_json
+from kacnum.checkpoint import load_checkpoint, previous_path, save_checkpoint, save_json
 from kacnum.guidance import GuidedField
+from kacnum.progress import Progress
 from kacnum.solvers import METHODS, NFE_PER_STEP, SolveResult, integrate, uniform_grid
 
 __all__ = [
@@ -523,9 +523,9 @@ class _StudentCheckpoints:
         path = self.checkpoint_path
         if path is None:
             raise ValueError("resume=True needs out_dir (where the checkpoint lives)")
-        if not path.is_file():
+        if not path.is_file() and not previous_path(path).is_file():
             return None
-        ck = load_checkpoint(path, map_location=self.device)
+        ck = load_checkpoint(path, map_location=self.device)  # verified; falls back to the previous copy
         if ck.get("format") != self._CK_FORMAT:
             raise ValueError(f"{path} is not a {self._CK_WHAT} checkpoint ({self._CK_FORMAT})")
         mine, theirs = self.config.to_dict(), dict(ck["config"])
@@ -740,7 +740,7 @@ class Distiller(_StudentCheckpoints):
             return
         state = self._checkpoint_state(stage, step, student, ema, opt, sched, losses)
         state["rng"] = self._rng_state()
-        save_checkpoint(self.checkpoint_path, state)
+        save_checkpoint(self.checkpoint_path, state, keep_previous=True)
 
     def _load(self) -> Optional[dict]:
         ck = self._load_students()
@@ -783,9 +783,9 @@ class Distiller(_StudentCheckpoints):
             ck = None
             pool = None
             teacher_nfe = None
-            bar = tqdm(range(step0, n_steps), total=n_steps, initial=step0, disable=None if progress else True,
-                       desc=f"distill {cfg.stages[stage - 1]}->{cfg.stages[stage]}", leave=False)
-            for step in bar:
+            bar = Progress(n_steps, f"distill {cfg.stages[stage - 1]}->{cfg.stages[stage]}", initial=step0,
+                           enabled=progress)
+            for step in bar.iterate(range(step0, n_steps)):
                 if cfg.source == "rollout" and (pool is None or step % cfg.rollout_refresh == 0):
                     pool = self.build_pool(stage, step // cfg.rollout_refresh)
                 batch = self.make_batch(stage, pool)
@@ -796,7 +796,7 @@ class Distiller(_StudentCheckpoints):
                 loss = float(out["endpoint_mse"])
                 losses.append(loss)
                 if step % cfg.log_every == 0 or step + 1 == n_steps:
-                    bar.set_postfix(loss=f"{loss:.3e}")
+                    bar.set_postfix(loss=loss)
                 done = step + 1
                 if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < n_steps:
                     self._save(stage, done, student, ema, tr.opt, tr.sched, losses)

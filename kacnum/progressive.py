@@ -67,7 +67,6 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from kacnum._checks import (check_finite_number, check_in_range, check_int, check_nonnegative, check_positive,
                             per_stage_counts)
@@ -75,6 +74,7 @@ from kacnum.checkpoint import save_checkpoint, save_json
 from kacnum.distill import StudentTraining, _rows, _StudentCheckpoints
 from kacnum.guidance import GuidedField
 from kacnum.paths import VPPath
+from kacnum.progress import Progress
 from kacnum.solvers import subdivide_grid
 from kacnum.train import derive_seed
 
@@ -417,7 +417,8 @@ class ProgressiveDistiller(_StudentCheckpoints):
     def _save(self, r: int, step: int, student=None, ema=None, opt=None, sched=None, losses=None) -> None:
         if self.checkpoint_path is None:
             return
-        save_checkpoint(self.checkpoint_path, self._checkpoint_state(r, step, student, ema, opt, sched, losses))
+        save_checkpoint(self.checkpoint_path, self._checkpoint_state(r, step, student, ema, opt, sched, losses),
+                        keep_previous=True)
 
     def _load(self) -> Optional[dict]:
         return self._load_students()
@@ -451,9 +452,9 @@ class ProgressiveDistiller(_StudentCheckpoints):
             if ck is not None and ck["student"] is not None and int(ck["round"]) == r:
                 step0, losses = tr.restore(ck)
             ck = None
-            bar = tqdm(range(step0, n_steps), total=n_steps, initial=step0, disable=None if progress else True,
-                       desc=f"progressive {cfg.schedule[r - 1]}->{cfg.schedule[r]}", leave=False)
-            for step in bar:
+            bar = Progress(n_steps, f"progressive {cfg.schedule[r - 1]}->{cfg.schedule[r]}", initial=step0,
+                           enabled=progress)
+            for step in bar.iterate(range(step0, n_steps)):
                 gen.manual_seed(derive_seed(cfg.seed, r, step))
                 batch = self.make_batch(r, gen)
                 loss = self.loss(student, batch)
@@ -461,7 +462,7 @@ class ProgressiveDistiller(_StudentCheckpoints):
                 value = float(loss.detach())
                 losses.append(value)
                 if step % cfg.log_every == 0:
-                    bar.set_postfix(loss=f"{value:.3e}")
+                    bar.set_postfix(loss=value)
                 done = step + 1
                 if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < n_steps:
                     self._save(r, done, student, ema, tr.opt, tr.sched, losses)

@@ -24,7 +24,9 @@ Reproducibility and exact resumption
 * ``checkpoint.pt`` (written atomically by :func:`kacnum.checkpoint.save_checkpoint`: temporary file,
   fsync, ``os.replace``) holds the model, EMA, optimiser, LR-schedule state, step, data position, the
   RNG states of torch/CUDA/numpy/python and the resolved config. An interrupted run (Ctrl-C, a crash
-  during a write) leaves the previous checkpoint intact.
+  during a write) leaves the previous checkpoint intact. The checkpoint it replaces is kept as
+  ``checkpoint.prev.pt``; resuming verifies the file and falls back to that copy, with a warning, when
+  ``checkpoint.pt`` is damaged (truncated, zeroed, a failed CRC).
 
 Multi-GPU
 ---------
@@ -54,16 +56,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
 
 from kacnum._checks import check_in_range, check_nonnegative, check_positive
-from kacnum.checkpoint import load_checkpoint, save_checkpoint, save_json
+from kacnum.checkpoint import load_checkpoint, previous_path, save_checkpoint, save_json
 from kacnum.data import DATASETS, load_dataset, make_loader
 from kacnum.distill import EMA
 from kacnum.guidance import GuidedField
 from kacnum.losses import EpsilonLoss, FlowMatchingLoss
 from kacnum.models import PRESETS, make_model
 from kacnum.paths import GaussianPath, KacPath, ProbabilityPath, VPPath
+from kacnum.progress import Progress
 from kacnum.solvers import METHODS, integrate
 
 __all__ = [
@@ -459,7 +461,8 @@ def sample_images(model: nn.Module, path: ProbabilityPath, n: int, labels: Optio
     grid = path.default_time_grid(steps, device=dev)
     out, nfe, nfe_model = [], 0, 0
     starts = range(0, n, batch_size)
-    for i, s in enumerate(tqdm(starts, desc="sample", disable=None if progress else True, leave=False)):
+    bar = Progress(len(starts), "sample", enabled=progress, unit="batch")
+    for i, s in enumerate(bar.iterate(starts)):
         e = min(n, s + batch_size)
         gen = torch.Generator(device=dev).manual_seed(derive_seed(seed, i))
         x = _latent(path, (e - s,) + shape, gen, dev)
@@ -472,6 +475,7 @@ def sample_images(model: nn.Module, path: ProbabilityPath, n: int, labels: Optio
         res = integrate(field_, x, grid, method)
         out.append(res.x.float().cpu())
         nfe, nfe_model = nfe + res.nfe, nfe_model + res.nfe_model
+    bar.close()
     return {"images": torch.cat(out), "labels": labels, "nfe": nfe // len(out), "nfe_model": nfe_model // len(out)}
 
 
@@ -711,7 +715,7 @@ class Trainer:
         path = Path(path) if path is not None else self._file("checkpoint.pt")
         if path is None or not self.is_main:
             return None
-        return save_checkpoint(path, self.state_dict())
+        return save_checkpoint(path, self.state_dict(), keep_previous=True)
 
     def load_state_dict(self, ck: dict) -> None:
         """Restore a :meth:`state_dict` (config compatibility checked: only ``RESUMABLE_FIELDS`` may differ)."""
@@ -732,9 +736,13 @@ class Trainer:
         _set_rng_state(ck["rng"], self.device)
 
     def load_checkpoint(self, path: Union[str, os.PathLike, None] = None) -> bool:
-        """Load ``path`` (default ``out_dir/checkpoint.pt``); False if there is none."""
+        """Load ``path`` (default ``out_dir/checkpoint.pt``); False if there is none.
+
+        The file is verified first; a damaged one falls back to ``checkpoint.prev.pt`` with a warning
+        (:func:`kacnum.checkpoint.load_checkpoint`), or raises :class:`kacnum.checkpoint.CheckpointError`
+        naming the file when there is no good copy."""
         path = Path(path) if path is not None else self._file("checkpoint.pt")
-        if path is None or not path.is_file():
+        if path is None or not (path.is_file() or previous_path(path).is_file()):
             return False
         self.load_state_dict(load_checkpoint(path, map_location="cpu"))
         return True
@@ -816,8 +824,7 @@ class Trainer:
         self.model.train()
         end = cfg.total_steps if max_steps is None else min(cfg.total_steps, self.step + int(max_steps))
         start = self.step
-        bar = tqdm(total=cfg.total_steps, initial=start, desc="train", disable=None if (progress and self.is_main) else True,
-                   leave=False)
+        bar = Progress(cfg.total_steps, "train", initial=start, enabled=progress and self.is_main)
         win_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         win_n, t_win, t0 = 0, time.perf_counter(), time.perf_counter()
         imgs_per_s = []
@@ -842,7 +849,7 @@ class Trainer:
                     self._log({"step": self.step, "epoch": epoch, "loss": mean,
                                "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": ips,
                                "seconds": now - t0})
-                    bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{ips:.0f}")
+                    bar.set_postfix(loss=mean, **{"img/s": round(ips)})
                     win_loss.zero_()
                     win_n, t_win = 0, time.perf_counter()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
