@@ -581,3 +581,265 @@ def test_inception_fid_separates():
     same = fid(x[48:], ref, ex)
     noise = fid(torch.rand(48, 1, 8, 8) * 2 - 1, ref, ex)
     assert same < 0.5 * noise
+
+
+# ------------------------------------------------------------------------------------------------
+# Error bars: bootstrap FID, ratios, interval against n, KID
+# ------------------------------------------------------------------------------------------------
+from kacnum.metrics import (  # noqa: E402
+    KIDReference,
+    bootstrap_counts,
+    extract_features,
+    fid_bootstrap,
+    fid_interval_curve,
+    images_to_uint8,
+    kid,
+    load_sample_set,
+    mmd2_unbiased,
+    n_for_precision,
+    polynomial_kernel,
+    ratio_interval,
+    ratio_interval_curve,
+    reference_features,
+    sample_sidecar_path,
+    save_sample_set,
+    uint8_to_images,
+)
+
+# two Gaussians with a known Fréchet distance: N(DMU, diag(S1^2)) against N(0, I)
+DMU = np.array([0.6, -0.3, 0.0, 0.2])
+S1 = np.array([1.0, 1.3, 0.8, 1.0])
+FD_TRUE = float(DMU @ DMU + ((S1 - 1.0) ** 2).sum())  # |dmu|^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2})
+REF = FeatureStats(np.zeros(4), np.eye(4), 10**6, {"kind": "reference"})
+
+
+def gen_features(rng, n):
+    return rng.standard_normal((n, 4)) * S1 + DMU
+
+
+def test_bootstrap_counts():
+    c = bootstrap_counts(50, 300, seed=3)
+    assert c.shape == (300, 50) and (c.sum(1) == 50).all() and (c >= 0).all()
+    assert np.array_equal(c, bootstrap_counts(50, 300, seed=3))
+    assert not np.array_equal(c, bootstrap_counts(50, 300, seed=4))
+    assert abs(c.mean() - 1.0) < 1e-12 and abs(c.var() - 49 / 50) < 0.05  # multinomial(n, 1/n): var 1 - 1/n
+
+
+def test_bootstrap_replicate_equals_fid_of_the_resampled_rows():
+    """The vectorised replicate is exactly the FID of the resample written out with repeated rows."""
+    from kacnum.metrics import _psd_sqrt, _weighted_frechet
+
+    rng = np.random.default_rng(0)
+    x = gen_features(rng, 40)
+    ref = FeatureStats(rng.standard_normal(4), random_spd(rng, 4), 100)
+    counts = bootstrap_counts(40, 5, seed=1)
+    xbar = x.mean(0)
+    reps = _weighted_frechet(x - xbar, xbar, counts, ref.mu, _psd_sqrt("r", ref.sigma), float(np.trace(ref.sigma)))
+    for c, rep in zip(counts, reps):
+        rows = np.repeat(x, c, axis=0)
+        want = frechet_distance(rows.mean(0), np.cov(rows, rowvar=False), ref.mu, ref.sigma)
+        assert rep == pytest.approx(want, rel=1e-9, abs=1e-12)
+    ones = _weighted_frechet(x - xbar, xbar, np.ones((1, 40), int), ref.mu, _psd_sqrt("r", ref.sigma),
+                             float(np.trace(ref.sigma)))
+    assert ones[0] == pytest.approx(frechet_distance(xbar, np.cov(x, rowvar=False), ref.mu, ref.sigma), rel=1e-10)
+
+
+def test_fid_bootstrap_interval_contains_point_and_truth():
+    rng = np.random.default_rng(1)
+    x = gen_features(rng, 4000)
+    r = fid_bootstrap(x, REF, n_boot=400, seed=0)
+    assert r.value == pytest.approx(calc_fid(x, REF).value, rel=1e-12)
+    assert r.lo < r.value < r.hi and r.n == 4000 and r.replicates.shape == (400,)
+    assert r.lo < FD_TRUE < r.hi
+    assert r.to_dict()["interval"] == [r.lo, r.hi] and "replicates" not in r.to_dict()
+    p = fid_bootstrap(x, REF, n_boot=400, seed=0, method="percentile")
+    assert p.replicates.tolist() == r.replicates.tolist()  # same generator seed, same resamples
+    assert p.hi - p.lo == pytest.approx(r.hi - r.lo, rel=1e-12)
+
+
+def test_fid_bootstrap_std_matches_repeated_experiments():
+    """The bootstrap std of one set ~ the std of the FID over independent sets (mean term dominant)."""
+    rng = np.random.default_rng(2)
+    n = 1000
+    fids = [frechet_distance(*(lambda f: (f.mean(0), np.cov(f, rowvar=False)))(gen_features(rng, n)), REF.mu,
+                             REF.sigma) for _ in range(150)]
+    boot = np.mean([fid_bootstrap(gen_features(rng, n), REF, n_boot=300, seed=i).std for i in range(6)])
+    true_std = np.std(fids, ddof=1)
+    assert 0.8 < boot / true_std < 1.25, (boot, true_std)
+    # delta method for the mean term: std = 2 sqrt(dmu^T S dmu / n)
+    assert true_std == pytest.approx(2 * math.sqrt(DMU @ (S1**2 * DMU) / n), rel=0.25)
+    # coverage of the 95 % interval of the FID at this n (its mean over sets stands for the truth)
+    cover = [fid_bootstrap(gen_features(rng, n), REF, n_boot=200, seed=i) for i in range(40)]
+    hits = sum(c.lo <= np.mean(fids) <= c.hi for c in cover)
+    assert hits >= 33, hits
+
+
+def test_fid_interval_shrinks_like_one_over_sqrt_n():
+    rng = np.random.default_rng(3)
+    x = gen_features(rng, 16000)
+    curve = fid_interval_curve(x, REF, [500, 2000, 8000, 16000], n_boot=400, seed=0)
+    hw = {p["n"]: p["half_width"] for p in curve}
+    assert [p["n"] for p in curve] == [500, 2000, 8000, 16000]
+    assert 1.6 < hw[500] / hw[2000] < 2.5 and 1.6 < hw[2000] / hw[8000] < 2.5
+    # half-width ~ 1.96 * 2 sqrt(dmu^T S dmu / n)
+    for n in (2000, 8000):
+        assert hw[n] == pytest.approx(1.96 * 2 * math.sqrt(DMU @ (S1**2 * DMU) / n), rel=0.3)
+    for p in curve:
+        assert p["interval"][0] < p["fid"] < p["interval"][1]
+    need = n_for_precision(curve, target=0.01)
+    assert need["c"] > 0 and need["predicted"] == math.ceil((need["c"] / 0.01) ** 2)
+
+
+def test_n_for_precision_on_an_exact_curve():
+    curve = [{"n": n, "relative_half_width": 0.4 / math.sqrt(n)} for n in (100, 400, 1600)]
+    out = n_for_precision(curve, target=0.05)
+    assert out["c"] == pytest.approx(0.4) and out["predicted"] == 64 and out["measured"] == 100
+    out = n_for_precision(curve, target=0.005)
+    assert out["predicted"] == 6400 and out["measured"] is None and out["extrapolated"]
+    with pytest.raises(ValueError, match="target"):
+        n_for_precision(curve, target=0)
+
+
+def test_ratio_interval():
+    rng = np.random.default_rng(4)
+    a = fid_bootstrap(gen_features(rng, 2000), REF, n_boot=300, seed=1)
+    b = fid_bootstrap(gen_features(rng, 2000) * 0.9, REF, n_boot=300, seed=2)
+    r = ratio_interval(a, b)
+    assert r["value"] == pytest.approx(a.value / b.value)
+    assert r["interval"][0] < r["value"] < r["interval"][1]
+    reps = a.replicates / b.replicates
+    assert r["std"] == pytest.approx(np.std(reps, ddof=1))
+    # relative error of a ratio of independent estimates ~ the two relative errors in quadrature
+    rel = math.hypot(a.std / a.value, b.std / b.value)
+    assert r["std"] / r["value"] == pytest.approx(rel, rel=0.3)
+    with pytest.warns(UserWarning, match="same seed"):
+        ratio_interval(a, fid_bootstrap(gen_features(rng, 2000), REF, n_boot=300, seed=1))
+    with pytest.raises(ValueError, match="n_boot"):
+        ratio_interval(a, fid_bootstrap(gen_features(rng, 2000), REF, n_boot=10, seed=5))
+    curve = ratio_interval_curve(gen_features(rng, 4000), gen_features(rng, 4000) * 0.9, REF, [500, 4000],
+                                 n_boot=200)
+    assert curve[0]["relative_half_width"] > 1.8 * curve[1]["relative_half_width"]
+
+
+def test_fid_bootstrap_bad_input():
+    x = gen_features(np.random.default_rng(0), 10)
+    with pytest.raises(ValueError, match="n_boot"):
+        fid_bootstrap(x, REF, n_boot=0)
+    with pytest.raises(ValueError, match="level"):
+        fid_bootstrap(x, REF, level=1.5)
+    with pytest.raises(ValueError, match="method"):
+        fid_bootstrap(x, REF, method="bca")
+    with pytest.raises(ValueError, match="D = 3"):
+        fid_bootstrap(x[:, :3], REF)
+    with pytest.raises(ValueError, match="features"):
+        fid_bootstrap(x[:1], REF)
+    with pytest.raises(ValueError, match="ns"):
+        fid_interval_curve(x, REF, [20])
+
+
+def _kernel_mean(a, b, d):
+    """E (x.y/d + 1)^3 for x ~ N(a, I), y ~ N(b, I) independent (moments of x.y: mean a.b, variance
+    sum(a^2 + b^2 + 1), third cumulant 6 a.b)."""
+    m1, v, k3 = float(a @ b), float((a * a + b * b + 1).sum()), 6.0 * float(a @ b)
+    eu, eu2, eu3 = m1 / d, (v + m1 * m1) / d**2, (k3 + 3 * v * m1 + m1**3) / d**3
+    return eu3 + 3 * eu2 + 3 * eu + 1
+
+
+def test_mmd2_unbiased_matches_loops():
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((7, 3)), rng.standard_normal((5, 3)) + 0.5
+    k = lambda u, v: (u @ v / 3 + 1) ** 3  # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(7) for j in range(7) if i != j) / 42
+    yy = sum(k(y[i], y[j]) for i in range(5) for j in range(5) if i != j) / 20
+    xy = sum(k(x[i], y[j]) for i in range(7) for j in range(5)) / 35
+    assert mmd2_unbiased(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
+    assert np.allclose(polynomial_kernel(x, y), (x @ y.T / 3 + 1) ** 3)
+
+
+def test_kid_unbiased_same_distribution_and_known_shift():
+    rng = np.random.default_rng(6)
+    d, n = 3, 300
+    shift = np.array([0.5, -0.3, 0.2])
+    closed = _kernel_mean(shift, shift, d) + _kernel_mean(0 * shift, 0 * shift, d) - 2 * _kernel_mean(shift, 0 * shift, d)
+    same, shifted = [], []
+    for i in range(60):
+        ref = KIDReference(rng.standard_normal((2000, d)), n_subsets=10, subset_size=300, seed=i)
+        same.append(kid(rng.standard_normal((n, d)), ref, n_boot=2, seed=i).value)
+        shifted.append(kid(rng.standard_normal((n, d)) + shift, ref, n_boot=2, seed=i).value)
+    se_same, se_shift = np.std(same, ddof=1) / math.sqrt(60), np.std(shifted, ddof=1) / math.sqrt(60)
+    assert abs(np.mean(same)) < 3.5 * se_same, (np.mean(same), se_same)  # unbiased: mean ~ 0, negatives occur
+    assert min(same) < 0
+    assert abs(np.mean(shifted) - closed) < 3.5 * se_shift, (np.mean(shifted), closed, se_shift)
+    assert closed > 10 * se_shift  # the shift is resolved: a biased (V-statistic) estimator would miss
+
+
+def test_kid_subsets_std_and_bootstrap():
+    rng = np.random.default_rng(7)
+    d = 8
+    ref_feats = rng.standard_normal((3000, d))
+    ref = KIDReference(ref_feats, n_subsets=20, subset_size=500, seed=0)
+    x = rng.standard_normal((400, d)) + 0.3
+    r = kid(x, ref, n_boot=300, seed=1)
+    manual = [mmd2_unbiased(x, ref_feats[np.random.default_rng(0).choice(3000, 500, replace=False)])]
+    assert r.n_subsets == 20 and r.subset_size == 500 and r.n_generated == 400
+    # the first subset is the first draw of default_rng(seed): the mean is over the subsets' MMDs
+    per = [mmd2_unbiased(x, ref._y[rows]) for rows in ref._subset_rows]
+    assert per[0] == pytest.approx(manual[0], rel=1e-10)
+    assert r.value == pytest.approx(np.mean(per), rel=1e-10) and r.std == pytest.approx(np.std(per, ddof=1), rel=1e-8)
+    assert r.lo < r.value < r.hi
+    # bootstrap std ~ std over independent generated sets against the same reference subsets
+    indep = [kid(rng.standard_normal((400, d)) + 0.3, ref, n_boot=2).value for _ in range(60)]
+    assert 0.7 < r.boot_std / np.std(indep, ddof=1) < 1.4, (r.boot_std, np.std(indep, ddof=1))
+    same = kid(x, ref_feats, n_subsets=20, subset_size=500, n_boot=300, seed=0)  # features: builds the reference
+    assert same.value == pytest.approx(r.value, rel=1e-12)
+    assert set(r.to_dict()) >= {"value", "std", "interval", "kernel", "n_subsets", "subset_size"}
+    with pytest.raises(ValueError, match="D = "):
+        kid(x[:, :3], ref)
+
+
+# ------------------------------------------------------------------------------------------------
+# sample-set files and cached reference features
+# ------------------------------------------------------------------------------------------------
+def test_sample_set_file_round_trip(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(6, 3, 5, 4, generator=g) * 2.2 - 1.1  # a little outside [-1, 1]: clamped
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    meta = {"method": "distillkac", "steps": 4, "nfe": 4, "nfe_model": 4, "guidance": 1.2, "seed": 7,
+            "solver": "euler", "time_grid": "uniform"}
+    f = save_sample_set(tmp_path / "s.npz", imgs, labels, meta)
+    z = np.load(f)
+    assert z["images"].dtype == np.uint8 and z["images"].shape == (6, 5, 4, 3)
+    assert np.array_equal(z["labels"], labels.numpy())
+    side = json.loads(sample_sidecar_path(f).read_text())
+    assert side["format"] == "kacnum.samples.npz/1" and side["num_samples"] == 6
+    assert {k: side[k] for k in meta} == meta
+    back = load_sample_set(f)
+    assert np.array_equal(back.pixels, z["images"]) and np.array_equal(back.labels, labels.numpy())
+    x = back.images()
+    assert x.shape == (6, 3, 5, 4) and x.dtype == torch.float32
+    assert (x - imgs.clamp(-1, 1)).abs().max() <= 0.5 / 127.5 + 1e-6  # rounding to 1/255 of the range
+    assert np.array_equal(images_to_uint8(uint8_to_images(z["images"])), z["images"])  # exact round trip
+    assert int(z["images"].min()) == 0 and int(z["images"].max()) == 255
+    f2 = save_sample_set(tmp_path / "u.npz", imgs[:2])
+    assert load_sample_set(f2).labels is None and load_sample_set(f2).meta["has_labels"] is False
+    with pytest.raises(ValueError, match="npz"):
+        save_sample_set(tmp_path / "s.pt", imgs)
+    with pytest.raises(ValueError, match="labels"):
+        save_sample_set(tmp_path / "b.npz", imgs, labels[:3])
+    with pytest.raises(FileNotFoundError):
+        load_sample_set(tmp_path / "missing.npz")
+
+
+def test_reference_features_cached(tmp_path, digits):
+    xtr = digits[0][:300]
+    ext = ProjectionExtractor(dim=5)
+    f1 = reference_features("digits", xtr, ext, tmp_path, split="train")
+    calls = ext.calls
+    assert f1.shape == (300, 5) and f1.dtype == np.float32 and calls > 0
+    np.testing.assert_allclose(f1, extract_features(xtr, ext), rtol=0, atol=0)
+    f2 = reference_features("digits", lambda: 1 / 0, ext, tmp_path, split="train")  # cache hit: not loaded
+    assert np.array_equal(f1, f2) and ext.calls == calls + 3  # only extract_features above ran (3 batches)
+    other = ProjectionExtractor(dim=5, seed=1)
+    f3 = reference_features("digits", xtr, other, tmp_path, split="train")
+    assert not np.allclose(f1, f3)
+    assert len(list(tmp_path.glob("*.features.npz"))) == 2
