@@ -6,7 +6,14 @@ Every claim script has ``main(argv=None) -> dict`` and the same options:
     --quick            the small budget (< 30 s on 2 cores): what the tests and notebooks run
     --paper-figures    also write the PNG into ``paper_figures/`` (the figures of the README there)
     --seed N           seed of the one ``torch.Generator`` the script draws from
-    --threads N        ``torch.set_num_threads`` (default 1: the machine is shared)
+    --threads N        ``torch.set_num_threads`` (default: the physical cores, 1 when the load average
+                       says the machine is busy; ``kacnum.cli.resolve_threads``)
+    --debug            full tracebacks instead of one-line errors
+
+Errors (``kacnum.cli``): a bad value, an output folder that is a file or cannot be written, is reported
+as one line on stderr naming the flag, before any work starts, with exit status 2; a failed run exits
+with status 1. Every script ends with ``sys.exit(cli.run_main(main))``; ``main(argv)`` itself raises
+(``cli.UsageError`` and the library's ``ValueError``) so that tests and notebooks see the exception.
 
 JSON files are written atomically (``kacnum.checkpoint.save_json``: temporary file in the same folder,
 then ``os.replace``); so are the PNGs. ``results.json`` has ``worst_ratios`` (name -> worst measured /
@@ -28,6 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from kacnum import cli  # noqa: E402
 from kacnum.checkpoint import atomic_write, save_json  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,20 +46,30 @@ MAX_PNG_BYTES = 300_000
 
 def make_parser(name: str, description: str) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` with the options shared by every claim script (module docstring)."""
-    p = argparse.ArgumentParser(prog=f"experiments/{name}.py", description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog=f"experiments/{name}.py", description=description)
     p.add_argument("--out", type=Path, default=Path("runs") / name, help=f"output folder (default runs/{name})")
     p.add_argument("--quick", action="store_true", help="small budget (< 30 s): for tests and notebooks")
     p.add_argument("--paper-figures", action="store_true", help="also write the PNG into paper_figures/")
-    p.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator (default 0)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="seed of the torch.Generator (default 0)")
+    p.add_argument("--threads", type=cli.positive_int, default=None,
+                   help="torch threads (default: physical cores, 1 on a busy machine)")
     return p
 
 
+def check(args: argparse.Namespace) -> None:
+    """The checks of the shared options that need no work: the output folder can be written (nothing
+    is created yet) and the thread count; ``args.threads`` becomes the resolved count."""
+    if getattr(args, "_checked", False):
+        return
+    cli.check_out_dir(args.out, "--out")
+    args.threads = cli.resolve_threads(args.threads)
+    args._checked = True
+
+
 def setup(args: argparse.Namespace) -> torch.Generator:
-    """Create the output folder, set the thread count; return the seeded generator."""
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    """:func:`check`, then create the output folder and set the thread count; return the seeded
+    generator."""
+    check(args)
     torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     return torch.Generator().manual_seed(args.seed)

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import _common  # noqa: E402
+from kacnum import cli  # noqa: E402
 from kacnum import claims  # noqa: E402
 from kacnum.kac import KacProcess  # noqa: E402
 
@@ -118,4 +119,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_main(main))

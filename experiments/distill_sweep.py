@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from kacnum import cli
 from kacnum.checkpoint import load_json, save_json
 from kacnum.data import load_dataset
 from kacnum.pipeline import (collect_sample_sets, distill_stage, eval_stage, feature_extractor_for,
@@ -50,36 +51,40 @@ SETTINGS = {
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="experiments/distill_sweep.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, required=True, help="a cifar_distill.py OUT folder (teacher, sample, eval)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--settings", default="preset,s1000_cos", help=f"comma-separated, from {sorted(SETTINGS)}")
+    p.add_argument("--settings", type=cli.choice_list(sorted(SETTINGS)), default=("preset", "s1000_cos"),
+                   help=f"comma-separated, from {','.join(sorted(SETTINGS))} (default preset,s1000_cos)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
-    p.add_argument("--budget", type=float, default=float("inf"), help="seconds for the whole sweep")
-    p.add_argument("--num-samples", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--budget", type=cli.positive_float, default=float("inf"), help="seconds for the whole sweep")
+    p.add_argument("--num-samples", type=cli.positive_int, default=1000)
+    p.add_argument("--threads", type=cli.positive_int, default=None,
+                   help="torch threads (default: physical cores, 1 on a busy machine)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    args.settings = [s for s in args.settings.split(",") if s]
-    for s in args.settings:
-        if s not in SETTINGS:
-            p.error(f"--settings: unknown setting {s!r}; choose from {sorted(SETTINGS)}")
+    args.settings = list(args.settings)
     return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Exit status: 0 ok, 2 bad usage or an incomplete ``--run``, 1 a failed run (one line on stderr;
+    ``--debug`` for the traceback)."""
+    return cli.run_main(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cli.check_device(args.device, "--device")
     run = args.run
     conf_file = run / "config.json"
     needed = [run / "teacher" / "checkpoint.pt", run / "sample" / "kac_teacher_nfe100.samples.pt", conf_file]
     missing = [str(f) for f in needed if not f.is_file()]
     if missing:
-        print(f"error: --run {run} lacks {', '.join(missing)} (run cifar_distill.py --stage teacher,sample first)",
-              file=sys.stderr)
-        return 2
+        raise cli.UsageError(f"--run {run} lacks {', '.join(missing)} (run cifar_distill.py --stage teacher,sample "
+                             f"first)")
+    cli.check_out_dir(args.out, "--out")
+    torch.set_num_threads(cli.resolve_threads(args.threads))
     conf = load_json(conf_file)
     pipe, teacher_cfg = conf["pipeline"], conf["teacher"]
     dataset = teacher_cfg["dataset"]

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import _common  # noqa: E402
+from kacnum import cli  # noqa: E402
 from kacnum import claims  # noqa: E402
 from kacnum.paths import GaussianPath, KacPath, VPPath  # noqa: E402
 from kacnum.telegrapher import bump, heat_solution, solve_telegrapher_1d, solve_telegrapher_2d  # noqa: E402
@@ -160,4 +161,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_main(main))

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import _common  # noqa: E402
+from kacnum import cli  # noqa: E402
 from kacnum import claims  # noqa: E402
 from kacnum.paths import KacPath  # noqa: E402
 
@@ -97,13 +98,14 @@ def figure(curves: dict, cfg: GuidanceConfig, support: torch.Tensor):
 
 def main(argv=None) -> dict:
     parser = _common.make_parser(NAME, __doc__)
-    parser.add_argument("--scales", type=str, default=None, help="comma-separated guidance scales (default 1,1.2,2,4)")
+    parser.add_argument("--scales", type=cli.float_list(), default=None, metavar="S1,S2,...",
+                        help="comma-separated guidance scales, finite numbers (default 1,1.2,2,4)")
     args = parser.parse_args(argv)
     cfg = GuidanceConfig()
     if args.quick:
         cfg = replace(cfg, **QUICK)
     if args.scales is not None:
-        cfg = replace(cfg, scales=_common.parse_floats(args.scales, "--scales"))
+        cfg = replace(cfg, scales=args.scales)
     gen = _common.setup(args)
     with _common.Stopwatch() as sw:
         res, curves = run(cfg, gen)
@@ -121,4 +123,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_main(main))

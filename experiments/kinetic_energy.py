@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import _common  # noqa: E402
+from kacnum import cli  # noqa: E402
 from kacnum import claims  # noqa: E402
 from kacnum.paths import GaussianPath, KacPath, VPPath  # noqa: E402
 
@@ -156,4 +157,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_main(main))

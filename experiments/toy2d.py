@@ -30,7 +30,7 @@ Outputs in ``--out`` (default ``runs/toy2d``): ``config.json``, ``results.json``
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import functools
 import math
 import sys
@@ -44,8 +44,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
+from kacnum import cli  # noqa: E402
+from kacnum._checks import check_finite_number, check_int, check_positive  # noqa: E402
 from kacnum.checkpoint import save_json  # noqa: E402
 from kacnum.distill import EMA, DistillConfig, Distiller, validate_stages  # noqa: E402
 from kacnum.guidance import GuidedField  # noqa: E402
@@ -53,6 +54,7 @@ from kacnum.losses import EpsilonLoss, FlowMatchingLoss  # noqa: E402
 from kacnum.models.mlp import MLP  # noqa: E402
 from kacnum.kac import KacProcess  # noqa: E402
 from kacnum.paths import GaussianPath, KacPath, VPPath  # noqa: E402
+from kacnum.progress import Progress  # noqa: E402
 from kacnum.solvers import ddim_sample, integrate  # noqa: E402
 from kacnum.toy_data import TOY_DATASETS, TOY_NUM_CLASSES, make_toy  # noqa: E402
 from kacnum.transport import wasserstein_empirical  # noqa: E402
@@ -100,6 +102,13 @@ class Toy2DConfig:
             raise ValueError(f"distill_source must be 'forward' or 'rollout', got {self.distill_source!r}")
         if self.n_eval < 2:
             raise ValueError(f"n_eval must be >= 2, got {self.n_eval}")
+        for name in ("n_train", "hidden", "depth", "train_steps", "batch_size", "distill_steps", "distill_batch",
+                     "rollout_pool", "rollout_refresh", "threads"):
+            check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed, 0)
+        for name in ("lr", "distill_lr", "kac_a", "kac_c"):
+            check_positive(name, getattr(self, name))
+        check_finite_number("guidance", self.guidance)
 
 
 QUICK = dict(n_train=4000, n_eval=600, hidden=64, depth=2, train_steps=400, batch_size=256, lr=3e-3,
@@ -122,7 +131,8 @@ def train_model(model: torch.nn.Module, loss_fn: Callable, x: torch.Tensor, y: t
     ema = EMA(model, ema_decay)
     losses = []
     model.train()
-    for _ in tqdm(range(steps), desc=desc, disable=None, leave=False):
+    bar = Progress(steps, desc, every_steps=steps)  # log lines: first step, every 30 s, the end
+    for _ in bar.iterate(range(steps)):
         idx = torch.randint(x.shape[0], (batch_size,), generator=gen)
         out = loss_fn(model, x[idx], y[idx], generator=gen)
         opt.zero_grad(set_to_none=True)
@@ -132,6 +142,8 @@ def train_model(model: torch.nn.Module, loss_fn: Callable, x: torch.Tensor, y: t
         sched.step()
         ema.update(model)
         losses.append(float(out["loss"].detach()))
+        bar.set_postfix(loss=losses[-1])
+    bar.close()
     return ema.model, losses
 
 
@@ -412,26 +424,39 @@ def combine_pngs(paths: Sequence[Path], out: Path) -> None:
 # ------------------------------------------------------------------------------------------ main
 
 
+#: Toy2DConfig field (or library parameter) -> the flag that sets it, for error messages
+FLAGS = {"stages": "--nfes", "nfes": "--nfes", "distill_source": "--source", "datasets": "--datasets",
+         "guidance": "--guidance", **{f: "--" + f.replace("_", "-") for f in (
+             "train_steps", "distill_steps", "n_eval", "n_train", "hidden", "depth", "seed", "threads",
+             "rollout_pool", "rollout_refresh", "batch_size", "distill_batch")}}
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Toy2DConfig, Path]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """``(Toy2DConfig, out)`` from the command line; bad values raise ``cli.UsageError`` (one line naming
+    the flag) or exit with argparse's one-line error, before anything runs."""
+    p = cli.ArgumentParser(prog="experiments/toy2d.py", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/toy2d"), help="output directory")
     p.add_argument("--quick", action="store_true", help="small budget (< 2 min on 2 cores)")
-    p.add_argument("--datasets", type=str, default=None, help=f"comma-separated subset of {','.join(DATASETS)}")
-    p.add_argument("--nfes", type=str, default=None, help="staged schedule / NFE list, e.g. 100,20,4,2,1")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale s (1 = none)")
+    p.add_argument("--datasets", type=cli.choice_list(DATASETS), default=None,
+                   help=f"comma-separated subset of {','.join(DATASETS)}")
+    p.add_argument("--nfes", type=cli.int_list(minimum=1), default=None,
+                   help="staged schedule / NFE list, e.g. 100,20,4,2,1 (each divides the previous)")
+    p.add_argument("--guidance", type=cli.finite_float, default=None, help="guidance scale s (1 = none)")
     p.add_argument("--source", choices=("forward", "rollout"), default=None, help="main distillation source")
     p.add_argument("--no-compare-sources", action="store_true", help="distil with the main source only")
     p.add_argument("--no-one-shot", action="store_true", help="skip one-shot 100 -> 1")
-    for name, typ in (("train-steps", int), ("distill-steps", int), ("n-eval", int), ("n-train", int),
-                      ("hidden", int), ("depth", int), ("seed", int), ("threads", int), ("rollout-pool", int),
-                      ("rollout-refresh", int), ("batch-size", int), ("distill-batch", int)):
+    for name, typ in (("train-steps", cli.positive_int), ("distill-steps", cli.positive_int),
+                      ("n-eval", cli.int_at_least(2)), ("n-train", cli.positive_int), ("hidden", cli.positive_int),
+                      ("depth", cli.positive_int), ("seed", cli.nonnegative_int), ("threads", cli.positive_int),
+                      ("rollout-pool", cli.positive_int), ("rollout-refresh", cli.positive_int),
+                      ("batch-size", cli.positive_int), ("distill-batch", cli.positive_int)):
         p.add_argument(f"--{name}", type=typ, default=None)
     a = p.parse_args(argv)
     kw = dict(QUICK) if a.quick else {}
     if a.datasets:
-        kw["datasets"] = tuple(s.strip() for s in a.datasets.split(",") if s.strip())
+        kw["datasets"] = a.datasets
     if a.nfes:
-        kw["nfes"] = tuple(int(s) for s in a.nfes.split(","))
+        kw["nfes"] = a.nfes
     if a.guidance is not None:
         kw["guidance"] = a.guidance
     if a.source:
@@ -445,11 +470,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Toy2DConfig, Path]
         v = getattr(a, name)
         if v is not None:
             kw[name] = v
-    return Toy2DConfig(**kw), a.out
+    try:
+        cfg = Toy2DConfig(**kw)
+    except ValueError as e:
+        raise cli.UsageError(cli.renamed(cli.one_line(e), FLAGS)) from None
+    return cfg, a.out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
     cfg, out = parse_args(argv)
+    cli.check_out_dir(out, "--out")
+    if "--threads" not in argv and not any(x.startswith("--threads=") for x in argv):
+        cfg = dataclasses.replace(cfg, threads=cli.resolve_threads(None))
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -494,4 +527,4 @@ def _run(cfg: Toy2DConfig, out: Path) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli.run_main(main))

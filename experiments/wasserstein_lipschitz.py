@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import _common  # noqa: E402
+from kacnum import cli  # noqa: E402
 from kacnum import claims  # noqa: E402
 from kacnum.kac import KacProcess  # noqa: E402
 from kacnum.paths import KacPath  # noqa: E402
@@ -134,4 +135,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_main(main))

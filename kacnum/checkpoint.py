@@ -205,8 +205,8 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: boo
                 else "not falling back to a previous copy")
     else:
         hint = "the previous copy is damaged too"
-    raise CheckpointError(f"damaged checkpoint {'; '.join(problems)}; {hint}: delete the file to start "
-                          f"afresh (without --resume) or restore a good copy")
+    raise CheckpointError(f"damaged checkpoint {'; '.join(problems)}; {hint}: restore a good copy, or delete "
+                          f"it and run again without --resume to start afresh")
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -490,11 +490,12 @@ class _Unconditional:
 
 
 def save_image_grid(images: torch.Tensor, path: Union[str, os.PathLike], nrow: int = 8, padding: int = 1,
-                    scale: int = 1) -> Path:
+                    scale: int = 1, row_labels: Optional[list] = None) -> Path:
     """Save ``images: (N, C, H, W)`` in ``[-1, 1]`` (clamped) as one PNG grid, ``nrow`` images per row.
 
     Pixels ``p = round((x + 1) · 127.5)``; 1 channel gives a grey PNG, 3 an RGB one; ``scale``
-    enlarges each pixel (nearest). Written atomically. Returns the path.
+    enlarges each pixel (nearest). ``row_labels`` (one string per row) are written in a white margin
+    left of the rows. Written atomically. Returns the path.
     """
     from PIL import Image
 
@@ -517,7 +518,32 @@ def save_image_grid(images: torch.Tensor, path: Union[str, os.PathLike], nrow: i
         canvas = canvas.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     arr = canvas.permute(1, 2, 0).numpy()
     img = Image.fromarray(arr[:, :, 0], mode="L") if c == 1 else Image.fromarray(arr, mode="RGB")
+    if row_labels is not None:
+        if len(row_labels) != rows:
+            raise ValueError(f"row_labels must hold one label per row ({rows}), got {len(row_labels)}")
+        img = _label_rows(img, [str(t) for t in row_labels], (h + padding) * scale, padding * scale)
     return atomic_write(path, lambda f: img.save(f, format="PNG"))
+
+
+def _label_rows(img, labels: list, row_height: int, top: int):
+    """``img`` with a white margin on its left holding ``labels[i]`` beside row ``i``."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=max(10, min(14, row_height // 3)))
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    draw = ImageDraw.Draw(img)
+    boxes = [draw.textbbox((0, 0), t, font=font) for t in labels]
+    margin = max(b[2] - b[0] for b in boxes) + 8
+    white = 255 if img.mode == "L" else (255, 255, 255)
+    out = Image.new(img.mode, (img.width + margin, img.height), white)
+    out.paste(img, (margin, 0))
+    draw = ImageDraw.Draw(out)
+    for i, (t, b) in enumerate(zip(labels, boxes)):
+        y = top + i * row_height + (row_height - (b[3] - b[1])) // 2 - b[1]
+        draw.text((4, y), t, fill=0 if img.mode == "L" else (0, 0, 0), font=font)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
