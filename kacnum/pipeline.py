@@ -34,6 +34,7 @@ keeps our numbers and the paper's CIFAR-10 numbers in separate, labelled columns
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -53,16 +54,25 @@ from kacnum.metrics import (
     FeatureExtractor,
     FeatureStats,
     InceptionExtractor,
+    KIDReference,
     calc_fid,
     classifier_accuracy,
+    extract_features,
+    fid_bootstrap,
+    kid,
     load_classifier,
+    n_for_precision,
+    ratio_interval,
+    ratio_interval_curve,
+    reference_features,
     reference_stats,
     save_classifier,
+    save_sample_set,
     train_classifier,
 )
 from kacnum.paths import ProbabilityPath, VPPath
 from kacnum.progressive import ProgressiveConfig, ProgressiveDistiller
-from kacnum.solvers import ddim_sample
+from kacnum.solvers import ddim_sample, make_time_grid, parse_time_grid
 from kacnum.train import TrainConfig, Trainer, derive_seed, load_teacher, resolve_device, sample_images, save_image_grid
 
 __all__ = [
@@ -243,11 +253,24 @@ def _plain(v):
     return v
 
 
+def _export_npz(s: SampleSet, pt_file: Path) -> Path:
+    """The set as ``<stem>.npz`` (uint8 images, labels) + ``<stem>.json`` beside ``pt_file``
+    (:func:`kacnum.metrics.save_sample_set`: readable by any other metric)."""
+    pt_file = Path(pt_file)
+    npz = pt_file.with_name(pt_file.name[: -len(SAMPLES_SUFFIX)] + ".npz")
+    meta = dict(s.meta)
+    meta.update({"method": s.method, "steps": int(meta.get("steps", s.nfe)), "nfe": s.nfe, "nfe_model": s.nfe_model,
+                 "guidance": s.guidance, "seed": meta.get("seed"), "solver": meta.get("solver"),
+                 "time_grid": meta.get("time_grid", "uniform"), "source_file": pt_file.name})
+    return save_sample_set(npz, s.images, s.labels, meta)
+
+
 def _store(s: SampleSet, out_dir: Path, num_classes: int, seconds: Optional[float],
            with_guidance: bool = False) -> dict:
     out_dir = Path(out_dir)
     file = out_dir / sample_file_name(s.method, s.nfe, s.guidance, with_guidance)
     s.save(file)
+    _export_npz(s, file)
     grid = _write_grid(s.images, file.with_name(file.name[: -len(SAMPLES_SUFFIX)] + ".png"), num_classes)
     return s.record(file, grid, seconds)
 
@@ -260,6 +283,34 @@ def _num_classes(model) -> int:
     return int(getattr(model, "num_classes", 0) or 0)
 
 
+def _grid_path(path: ProbabilityPath, time_grid: str) -> ProbabilityPath:
+    """``path`` itself for the uniform grid; else a shallow copy whose ``default_time_grid`` is
+    :func:`kacnum.solvers.make_time_grid` of ``time_grid`` (the samplers call ``default_time_grid``)."""
+    name, _ = parse_time_grid(time_grid)
+    if name == "uniform":
+        return path
+    make_time_grid(time_grid, 1, path.T, path.t_min_default, path=path)  # refuses a Kac grid on other paths now
+    p = copy.copy(path)
+
+    def default_time_grid(n_steps, t_min=None, dtype=torch.float64, device=None):
+        t_min = path.t_min_default if t_min is None else t_min
+        return make_time_grid(time_grid, n_steps, path.T, t_min, path=path, dtype=dtype, device=device)
+
+    p.default_time_grid = default_time_grid
+    return p
+
+
+def _grid_meta(time_grid: str, steps: int, path: ProbabilityPath) -> dict:
+    """What a sample set records about a non-uniform grid (nothing for the uniform one, so that the
+    files of earlier runs are still reused): its kind and its times."""
+    name, rho = parse_time_grid(time_grid)
+    if name == "uniform":
+        return {}
+    label = name if rho is None else f"power:{rho:g}"
+    return {"time_grid": label,
+            "time_grid_values": make_time_grid(time_grid, int(steps), path.T, path.t_min_default, path=path).tolist()}
+
+
 def _no_value_checks_on_cuda(model) -> None:
     # the networks' input value checks synchronise with the device on every call (as kacnum.train does)
     p = next(model.parameters(), None)
@@ -270,20 +321,21 @@ def _no_value_checks_on_cuda(model) -> None:
 def sample_flow_set(model: nn.Module, path: ProbabilityPath, method: str, *, num_samples: int, steps: int,
                     solver: str = "ab2", guidance: float = 1.0, labels: Optional[torch.Tensor] = None,
                     seed: int = 0, batch_size: int = 500, device=None, eps_model: bool = False,
-                    bf16: bool = False, progress: bool = False) -> SampleSet:
+                    bf16: bool = False, progress: bool = False, time_grid: str = "uniform") -> SampleSet:
     """``num_samples`` images by integrating the guided velocity of ``model`` with ``steps`` steps of
     ``solver`` from ``T`` to ``path``'s ``t_min`` (:func:`kacnum.train.sample_images`; latents from
     ``path.sample_latent`` seeded per batch by ``derive_seed(seed, batch)``). Labels default to
-    ``arange(n) mod K`` (balanced classes)."""
+    ``arange(n) mod K`` (balanced classes). ``time_grid``: ``uniform`` (default), ``power:RHO`` or
+    ``kac`` (:func:`kacnum.solvers.make_time_grid`; recorded in the set's meta when not uniform)."""
     k = _num_classes(model)
     if labels is None:
         labels = _balanced_labels(num_samples, k)
     _no_value_checks_on_cuda(model)
-    out = sample_images(model, path, num_samples, labels=labels, guidance_scale=guidance, steps=steps,
-                        method=solver, seed=seed, batch_size=batch_size, bf16=bf16, device=device,
+    out = sample_images(model, _grid_path(path, time_grid), num_samples, labels=labels, guidance_scale=guidance,
+                        steps=steps, method=solver, seed=seed, batch_size=batch_size, bf16=bf16, device=device,
                         eps_model=eps_model, progress=progress)
     meta = {"solver": solver, "steps": steps, "seed": seed, "batch_size": batch_size, "path": repr(path),
-            "bf16": bool(bf16)}
+            "bf16": bool(bf16), **_grid_meta(time_grid, steps, path)}
     return SampleSet(method, int(out["nfe"]), int(out["nfe_model"]), out["images"], out["labels"],
                      float(guidance) if k > 0 else None, meta)
 
@@ -291,7 +343,8 @@ def sample_flow_set(model: nn.Module, path: ProbabilityPath, method: str, *, num
 @torch.no_grad()
 def sample_ddim_set(model: nn.Module, path: VPPath, method: str = "vp_ddim", *, num_samples: int, steps: int,
                     guidance: float = 1.0, labels: Optional[torch.Tensor] = None, seed: int = 0,
-                    batch_size: int = 500, device=None, eta: float = 0.0, clip_x0: Optional[float] = 1.0) -> SampleSet:
+                    batch_size: int = 500, device=None, eta: float = 0.0, clip_x0: Optional[float] = 1.0,
+                    time_grid: str = "uniform") -> SampleSet:
     """DDIM samples of a VP ε-model (:func:`kacnum.solvers.ddim_sample` on ``path.default_time_grid(steps)``),
     guided in ε-space ``ε_∅ + s (ε_y - ε_∅)`` when the model has classes. Latents ``N(0, I)`` seeded per
     batch by ``derive_seed(seed, batch)``. ``clip_x0`` (default 1: images in [-1, 1]) clamps the data
@@ -304,7 +357,7 @@ def sample_ddim_set(model: nn.Module, path: VPPath, method: str = "vp_ddim", *, 
     if labels is None:
         labels = _balanced_labels(num_samples, k)
     guided = GuidedField(model, guidance, null_label=model.null_label, num_classes=k) if k > 0 else None
-    grid = path.default_time_grid(steps, device=dev)
+    grid = _grid_path(path, time_grid).default_time_grid(steps, device=dev)
     shape = tuple(_sample_shape(model))
     outs, nfe, nfe_model = [], 0, 0
     for i, s in enumerate(range(0, num_samples, batch_size)):
@@ -315,15 +368,15 @@ def sample_ddim_set(model: nn.Module, path: VPPath, method: str = "vp_ddim", *, 
         res = ddim_sample(fld, x, path.alpha_bar, grid, eta=eta, generator=gen, clip_x0=clip_x0)
         outs.append(res.x.float().cpu())
         nfe, nfe_model = res.nfe, res.nfe_model
-    meta = _ddim_meta(steps, seed, batch_size, path, eta, clip_x0)
+    meta = _ddim_meta(steps, seed, batch_size, path, eta, clip_x0, time_grid)
     return SampleSet(method, nfe, nfe_model, torch.cat(outs), labels, float(guidance) if k > 0 else None, meta)
 
 
 def _ddim_meta(steps: int, seed: int, batch_size: int, path: VPPath, eta: float = 0.0,
-               clip_x0: Optional[float] = 1.0) -> dict:
+               clip_x0: Optional[float] = 1.0, time_grid: str = "uniform") -> dict:
     """The settings recorded with a DDIM sample set (a re-run reuses the file only if they match)."""
     return {"solver": "ddim", "eta": eta, "clip_x0": clip_x0, "steps": int(steps), "seed": seed,
-            "batch_size": batch_size, "path": repr(path)}
+            "batch_size": batch_size, "path": repr(path), **_grid_meta(time_grid, steps, path)}
 
 
 class _Uncond:
@@ -345,15 +398,16 @@ def sample_stage(model: nn.Module, path: ProbabilityPath, out_dir: Union[str, Pa
                  guidance: float, steps: int = 100, method: str = "ab2", batch_size: int = 500,
                  labels: Optional[torch.Tensor] = None, seed: int = 1234, device=None, eps_model: bool = False,
                  name: str = "kac_teacher", resume: bool = True, progress: bool = False,
-                 with_guidance_in_name: bool = False, bf16: bool = False) -> dict:
+                 with_guidance_in_name: bool = False, bf16: bool = False, time_grid: str = "uniform") -> dict:
     """Guided sampling of the (EMA) teacher: ``steps`` steps of ``method`` (DistillKac: 100 AB-2, guidance
     1.2), ``num_samples`` images, balanced labels. Writes ``out_dir/<name>_nfe<steps>.samples.pt`` and
     its PNG grid; returns the record (method, nfe, nfe_model, guidance, num_samples, file, grid, seconds).
-    With ``resume`` an existing file with the same settings is reused. ``bf16``: autocast on CUDA."""
+    With ``resume`` an existing file with the same settings is reused. ``bf16``: autocast on CUDA.
+    ``time_grid``: the sampling grid (:func:`kacnum.solvers.make_time_grid`; default uniform)."""
     out_dir = Path(out_dir)
     check_positive("num_samples", num_samples)
     meta = {"solver": method, "steps": steps, "seed": seed, "batch_size": batch_size, "path": repr(path),
-            "bf16": bool(bf16)}
+            "bf16": bool(bf16), **_grid_meta(time_grid, steps, path)}
     file = out_dir / sample_file_name(name, steps, guidance, with_guidance_in_name)
     old = _reuse(file, meta, resume)
     if old is not None and old.num == num_samples and old.guidance == (float(guidance) if _num_classes(model) else None):
@@ -361,7 +415,7 @@ def sample_stage(model: nn.Module, path: ProbabilityPath, out_dir: Union[str, Pa
     t0 = time.perf_counter()
     s = sample_flow_set(model, path, name, num_samples=num_samples, steps=steps, solver=method, guidance=guidance,
                         labels=labels, seed=seed, batch_size=batch_size, device=device, eps_model=eps_model,
-                        bf16=bf16, progress=progress)
+                        bf16=bf16, progress=progress, time_grid=time_grid)
     return _store(s, out_dir, _num_classes(model), time.perf_counter() - t0, with_guidance_in_name)
 
 
@@ -452,7 +506,7 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
                     nfe_list: Sequence[int] = (100, 20, 4, 2, 1), guidance: float = 1.2, num_samples: int = 1000,
                     sample_batch: int = 500, sample_seed: int = 1234, fm_solvers: Sequence[str] = ("euler", "ab2"),
                     pd_config: Optional[ProgressiveConfig] = None, kinds: Sequence[str] = ("fm", "vp"),
-                    resume: bool = True, device=None, progress: bool = True) -> dict:
+                    resume: bool = True, device=None, progress: bool = True, time_grid: str = "uniform") -> dict:
     """Baselines with the teacher's UNet preset, data, step budget and guidance (SPEC §9).
 
     * ``fm``: ``dataclasses.replace(train_config, path="gaussian")`` trained with
@@ -463,12 +517,17 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
       guided base, ``out_dir/pd``) sampled at each round's step count (``vp_pd``).
 
     Training resumes from each ``checkpoint.pt`` when ``resume`` (a finished run is not retrained);
-    samples go to ``out_dir/samples``. Returns ``{"fm": summary, "vp": summary, "pd": history, "samples": [...]}``.
+    samples go to ``out_dir/samples``. ``time_grid``: the FM and DDIM sampling grid (``uniform`` or
+    ``power:RHO``; ``kac`` is refused: these are not Kac paths; PD keeps its training grid). Returns
+    ``{"fm": summary, "vp": summary, "pd": history, "samples": [...]}``.
     """
     out_dir = Path(out_dir)
     for k in kinds:
         if k not in ("fm", "vp"):
             raise ValueError(f"kinds must hold 'fm' and/or 'vp', got {k!r}")
+    if parse_time_grid(time_grid)[0] == "kac":
+        raise ValueError("time_grid 'kac' needs a Kac path, and the FM/VP baselines are not: use 'uniform' or "
+                         "'power:RHO' for the baselines (PipelineConfig.baseline_time_grid, --baseline-time-grid)")
     result: dict = {"samples": []}
     samples_dir = out_dir / "samples"
     for kind in kinds:
@@ -488,10 +547,10 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
                     result["samples"].append(sample_stage(
                         model, path, samples_dir, num_samples=num_samples, guidance=guidance, steps=int(nfe),
                         method=solver, batch_size=sample_batch, seed=sample_seed, device=trainer.device,
-                        name=f"fm_{solver}", resume=resume, bf16=train_config.bf16))
+                        name=f"fm_{solver}", resume=resume, bf16=train_config.bf16, time_grid=time_grid))
             continue
         for nfe in nfe_list:
-            meta = _ddim_meta(nfe, sample_seed, sample_batch, path)
+            meta = _ddim_meta(nfe, sample_seed, sample_batch, path, time_grid=time_grid)
             file = samples_dir / sample_file_name("vp_ddim", nfe)
             old = _reuse(file, meta, resume)
             if old is not None and old.num == num_samples:
@@ -499,7 +558,7 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
                 continue
             t0 = time.perf_counter()
             s = sample_ddim_set(model, path, num_samples=num_samples, steps=int(nfe), guidance=guidance,
-                                seed=sample_seed, batch_size=sample_batch, device=trainer.device)
+                                seed=sample_seed, batch_size=sample_batch, device=trainer.device, time_grid=time_grid)
             result["samples"].append(_store(s, samples_dir, k, time.perf_counter() - t0))
         if pd_config is None:
             continue
@@ -601,6 +660,50 @@ def _method_order(m: str) -> int:
     return keys.index(m) if m in keys else len(keys)
 
 
+def _sample_file(s) -> Optional[Path]:
+    if isinstance(s, SampleSet):
+        return None
+    return Path(s["file"]) if isinstance(s, Mapping) else Path(s)
+
+
+def _floor_row(floor: Mapping, rows: list, ti: Optional[int], reference: FeatureStats, extractor: FeatureExtractor,
+               kid_reference, n_boot: int, seed: int) -> dict:
+    """FID of real held-out images, as many as the teacher's (else the largest) generated set, against the
+    same reference: the value a perfect generator would get at this n."""
+    split = floor.get("split", "test")
+    row = {"method": "real_heldout", "label": f"real held-out images ({split} split): the FID floor",
+           "split": split, "fid": None, "fid_interval": None, "kid": None, "n": 0, "note": floor.get("note")}
+    images = floor.get("images")
+    if images is None:
+        row["note"] = row["note"] or "no held-out split: floor not measured"
+        return row
+    want = rows[ti]["n_generated"] if ti is not None else max(r["n_generated"] for r in rows)
+    x = images[:want].clamp(-1, 1)
+    f = extract_features(x, extractor)
+    b = fid_bootstrap(f, reference, n_boot=n_boot, seed=seed)
+    row.update({"fid": calc_fid(torch.from_numpy(f), reference, extractor).value, "fid_interval": [b.lo, b.hi],
+                "fid_std": b.std, "n": int(x.shape[0]),
+                "kid": None if kid_reference is None else kid(f, kid_reference, n_boot=n_boot, seed=seed).to_dict()})
+    if x.shape[0] < want:
+        row["note"] = (row["note"] + "; " if row["note"] else "") + \
+            f"only {x.shape[0]} held-out images, fewer than the {want} generated per set"
+    return row
+
+
+def _fid_cell(fid, interval) -> str:
+    if fid is None:
+        return "—"
+    if not interval:
+        return _fmt(fid, ".4g")
+    return f"{_fmt(fid, '.4g')} [{_fmt(interval[0], '.3g')}, {_fmt(interval[1], '.3g')}]"
+
+
+def _kid_cell(k) -> str:
+    if not k:
+        return "—"
+    return f"{1e3 * k['value']:.3g} ± {1e3 * k['std']:.2g}"
+
+
 def _as_sample_set(s) -> SampleSet:
     if isinstance(s, SampleSet):
         return s
@@ -620,7 +723,9 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
                teacher: tuple = ("kac_teacher", 100), dataset: Optional[str] = None,
                paper: Mapping = PAPER_CIFAR10, literature: Mapping = LITERATURE_CIFAR10,
                grid_images_per_method: int = 10, title: Optional[str] = None, extra: Optional[dict] = None,
-               json_name: str = "results.json", md_name: str = "results.md", progress: bool = False) -> dict:
+               json_name: str = "results.json", md_name: str = "results.md", progress: bool = False,
+               n_boot: int = 200, boot_seed: int = 0, kid_reference=None, floor: Optional[Mapping] = None,
+               interval_curve: bool = True, precision_target: float = 0.05) -> dict:
     """FID (with its protocol) of every sample set; ``results.json``, ``results.md`` (names: ``json_name``,
     ``md_name``), grids per NFE.
 
@@ -637,23 +742,52 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
     numbers and other papers' CIFAR-10 numbers in two separate, labelled columns; ``grid_nfe<NNN>.png``
     shows ``grid_images_per_method`` images of every method at that NFE, one method per row, in the
     order of the ``grids`` entry.
+
+    Error bars (:mod:`kacnum.metrics`): every row has ``fid_interval`` (95 %, :func:`~kacnum.metrics.fid_bootstrap`
+    with ``n_boot`` resamples, seed ``boot_seed + row index``), ``fid_std``, ``fid_bootstrap`` and, when
+    ``kid_reference`` (a :class:`~kacnum.metrics.KIDReference` or reference features) is given, ``kid``
+    (value, std over subsets, interval); ``solver``, ``steps`` and ``time_grid`` of the sampler. Ratios carry
+    their ``interval`` (independent bootstraps). ``comparisons`` / ``targets`` compare every student with
+    the other methods at equal network evaluations first (``nfe_model``: a guided teacher or baseline
+    step costs 2, a student step 1), then at equal solver steps (``nfe``); ``decided`` says whether the
+    ratio's interval excludes 1. ``interval_vs_n``: the half-width of each student/teacher ratio's
+    interval at n, n/2, n/4, n/8 and the n predicted for ``±precision_target``. ``floor``: real held-out
+    images (``floor={"images": (N, C, H, W) or None, "split": ..., "note": ...}``) of the generated
+    count against the same reference, the FID floor (None images: a row that says why there is none).
+    ``results.md`` shows the network-evaluation view first. Every set read from a file also gets its
+    ``.npz`` + ``.json`` (:func:`kacnum.metrics.save_sample_set`) if it had none.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sets = [_as_sample_set(s) for s in sample_sets]
+    items = list(sample_sets)
+    sets = [_as_sample_set(s) for s in items]
     if not sets:
         raise ValueError("sample_sets must hold at least one sample set")
+    for item, s in zip(items, sets):  # sets of older runs: write the .npz + .json beside their file once
+        f = _sample_file(item)
+        if f is not None and f.name.endswith(SAMPLES_SUFFIX) and \
+                not f.with_name(f.name[: -len(SAMPLES_SUFFIX)] + ".npz").is_file():
+            _export_npz(s, f)
     sets.sort(key=lambda s: (_method_order(s.method), -s.nfe, s.guidance if s.guidance is not None else 0.0))
-    rows = []
-    for s in sets:
-        r = calc_fid(s.images.clamp(-1, 1), reference, extractor, progress=progress)
+    if kid_reference is not None and not isinstance(kid_reference, KIDReference):
+        kid_reference = KIDReference(kid_reference, seed=boot_seed)
+    rows, feats, boots = [], [], []
+    for i, s in enumerate(sets):
+        x = s.images.clamp(-1, 1)
+        f = extract_features(x, extractor, progress=progress)
+        r = calc_fid(torch.from_numpy(f), reference, extractor)
+        b = fid_bootstrap(f, reference, n_boot=n_boot, seed=boot_seed + i)  # one seed per row: independent
         acc = None
         if s.labels is not None and isinstance(extractor, ClassifierExtractor) \
                 and int(s.labels.max()) < extractor.model.config.num_classes:
-            acc = classifier_accuracy(extractor, s.images.clamp(-1, 1), s.labels)
+            acc = classifier_accuracy(extractor, x, s.labels)
         rows.append({
             "method": s.method, "label": METHODS.get(s.method, s.method), "nfe": s.nfe, "nfe_model": s.nfe_model,
-            "guidance": s.guidance, "fid": r.value,
+            "guidance": s.guidance, "fid": r.value, "fid_interval": [b.lo, b.hi], "fid_std": b.std,
+            "fid_bootstrap": b.to_dict(),
+            "kid": None if kid_reference is None else kid(f, kid_reference, n_boot=n_boot, seed=boot_seed + i).to_dict(),
+            "solver": s.meta.get("solver"), "steps": s.meta.get("steps", s.nfe),
+            "time_grid": s.meta.get("time_grid", "uniform"),
             "protocol": {"extractor": r.extractor, "resize": r.resize, "reference_dataset": r.reference_dataset,
                          "reference_split": r.reference_split, "n_generated": r.n_generated,
                          "n_reference": r.n_reference, "network": r.protocol},
@@ -661,27 +795,77 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
             "paper_fid_cifar10": paper.get((s.method, s.nfe)) if s.method != "kac_teacher_sweep" else None,
             "literature_fid_cifar10": literature.get((s.method, s.nfe)),
         })
+        feats.append(f)
+        boots.append(b)
 
-    def fid_of(method, nfe):
-        for row in rows:
-            if row["method"] == method and row["nfe"] == nfe:
-                return row["fid"]
+    def index_of(method, nfe=None, nfe_model=None):
+        for j, row in enumerate(rows):
+            if row["method"] == method and (nfe is None or row["nfe"] == nfe) \
+                    and (nfe_model is None or row["nfe_model"] == nfe_model):
+                return j
         return None
 
-    t_fid = fid_of(*teacher)
-    ratios, targets = {}, {}
-    for row in rows:
-        if row["method"] == "distillkac" and t_fid:
-            n = row["nfe"]
+    def fid_of(method, nfe):
+        j = index_of(method, nfe)
+        return None if j is None else rows[j]["fid"]
+
+    ti = index_of(*teacher)
+    t_fid = None if ti is None else rows[ti]["fid"]
+    ratios, goals, by_evals, by_steps, comparisons = {}, {}, {}, {}, []
+    others = ("kac_teacher", "kac_teacher_fewstep", "vp_ddim", "fm_euler", "fm_ab2", "vp_pd")
+
+    def compare(j, k, kind):
+        q = ratio_interval(boots[j], boots[k])
+        lo, hi = q["interval"]
+        comparisons.append({"kind": kind, "student": rows[j]["method"], "student_nfe": rows[j]["nfe"],
+                            "other": rows[k]["method"], "other_nfe": rows[k]["nfe"],
+                            "nfe_model": [rows[j]["nfe_model"], rows[k]["nfe_model"]],
+                            "student_fid": rows[j]["fid"], "other_fid": rows[k]["fid"],
+                            "fid_ratio": q["value"], "fid_ratio_interval": [lo, hi],
+                            "student_better": rows[j]["fid"] < rows[k]["fid"],
+                            "decided": bool(hi < 1.0 or lo > 1.0)})
+        return rows[j]["fid"] < rows[k]["fid"]
+
+    for j, row in enumerate(rows):
+        if row["method"] != "distillkac":
+            continue
+        n, m = row["nfe"], row["nfe_model"]
+        for other in others:  # equal network evaluations first (a guided step costs 2, a student step 1)
+            k = index_of(other, nfe_model=m)
+            if k is not None:
+                by_evals[f"distillkac beats {other} at {m} network evaluations"] = compare(j, k, "network evaluations")
+        if t_fid:
             p_s, p_t = paper.get(("distillkac", n)), paper.get(tuple(teacher))
-            ratios[f"distillkac_{n}/teacher"] = {"ours": row["fid"] / t_fid,
+            q = ratio_interval(boots[j], boots[ti])
+            ratios[f"distillkac_{n}/teacher"] = {"ours": row["fid"] / t_fid, "interval": q["interval"],
+                                                 "relative_half_width": q["relative_half_width"],
+                                                 "nfe_model": m, "teacher_nfe_model": rows[ti]["nfe_model"],
                                                  "paper_cifar10": p_s / p_t if p_s and p_t else None}
             if n in TARGETS:
-                targets[f"{n}-step <= {TARGETS[n]}x teacher"] = row["fid"] / t_fid <= TARGETS[n]
-            for other in ("vp_ddim", "fm_euler", "fm_ab2", "vp_pd"):
-                f = fid_of(other, n)
-                if f is not None:
-                    targets[f"distillkac beats {other} at NFE {n}"] = row["fid"] < f
+                goals[f"{n}-step <= {TARGETS[n]}x teacher"] = row["fid"] / t_fid <= TARGETS[n]
+        for other in ("vp_ddim", "fm_euler", "fm_ab2", "vp_pd"):  # then equal solver steps (the paper's NFE)
+            k = index_of(other, nfe=n)
+            if k is not None:
+                by_steps[f"distillkac beats {other} at NFE {n}"] = compare(j, k, "solver steps")
+    targets = {**by_evals, **goals, **by_steps}
+
+    # interval of each student/teacher ratio against n: choose n for +-precision_target
+    interval_vs_n = {}
+    if interval_curve and ti is not None:
+        for j, row in enumerate(rows):
+            if row["method"] != "distillkac":
+                continue
+            n_all = min(feats[j].shape[0], feats[ti].shape[0])
+            ns = sorted({v for v in (n_all, n_all // 2, n_all // 4, n_all // 8) if v >= 10})
+            if not ns:
+                continue
+            curve = ratio_interval_curve(feats[j], feats[ti], reference, ns, n_boot=n_boot, seed=boot_seed)
+            interval_vs_n[f"distillkac_{row['nfe']}/teacher"] = {
+                "curve": curve, "n_for_target": n_for_precision(curve, precision_target)}
+
+    floor_row = None
+    if floor is not None:
+        floor_row = _floor_row(floor, rows, ti, reference, extractor, kid_reference, n_boot, boot_seed + len(rows))
 
     # grids per NFE: one row of images per method
     grids = {}
@@ -694,19 +878,70 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
             if x.shape[0] < k:
                 x = torch.cat([x, torch.ones((k - x.shape[0],) + tuple(x.shape[1:]))])
             imgs.append(x)
+        row_names = [f"{s.method}" + (f" (s={s.guidance:g})" if s.method == "kac_teacher_sweep" else "")
+                     for s in chosen]
         f = save_image_grid(torch.cat(imgs), out_dir / f"grid_nfe{nfe:03d}.png", nrow=k,
-                            scale=max(1, 64 // sets[0].images.shape[-1]))
-        grids[str(nfe)] = {"file": str(f), "rows": [f"{s.method}" + (f" (s={s.guidance:g})" if s.method ==
-                                                                     "kac_teacher_sweep" else "") for s in chosen]}
+                            scale=max(1, 64 // sets[0].images.shape[-1]), row_labels=row_names)
+        grids[str(nfe)] = {"file": str(f), "rows": row_names}
 
     proto = rows[0]["protocol"]
     ds = dataset or proto["reference_dataset"]
     result = {"dataset": ds, "teacher": list(teacher), "teacher_fid": t_fid, "protocol": proto,
-              "rows": rows, "ratios": ratios, "targets": targets, "grids": grids, "extra": extra or {}}
+              "rows": rows, "ratios": ratios, "targets": targets, "grids": grids, "extra": extra or {},
+              "floor": floor_row, "comparisons": comparisons, "interval_vs_n": interval_vs_n,
+              "bootstrap": {"n_boot": n_boot, "seed": boot_seed, "level": 0.95, "method": "centered",
+                            "precision_target": precision_target},
+              "kid_protocol": None if kid_reference is None else {
+                  "kernel": "(x.y/d + 1)^3", "n_subsets": kid_reference.n_subsets,
+                  "subset_size": kid_reference.subset_size, "n_reference": kid_reference.n_reference}}
     save_json(out_dir / json_name, result)
     md = _markdown(result, title)
     atomic_write(out_dir / md_name, lambda f: f.write(md), mode="w")
     return result
+
+
+def _nfe_view(res: dict) -> list[str]:
+    """The table by network evaluations (rows) and method (columns), then the comparisons at equal
+    network evaluations and at equal solver steps."""
+    rows = res["rows"]
+    methods = []
+    for r in rows:
+        key = (r["method"], r["guidance"]) if r["method"] == "kac_teacher_sweep" else (r["method"], None)
+        if key not in methods:
+            methods.append(key)
+    head = [METHODS.get(m, m) + (f" (s={g:g})" if g is not None else "") for m, g in methods]
+    lines = ["", "## NFE (network evaluations)", "",
+             "Network evaluations per image: a guided teacher or baseline step costs 2, a distilled student step 1. "
+             "FID [95 % interval].", "",
+             "| network evals | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for m_evals in sorted({r["nfe_model"] for r in rows}, reverse=True):
+        cells = []
+        for m, g in methods:
+            hit = [r for r in rows if r["method"] == m and r["nfe_model"] == m_evals
+                   and (g is None or r["guidance"] == g)]
+            cells.append(_fid_cell(hit[0]["fid"], hit[0].get("fid_interval")) if hit else "—")
+        lines.append(f"| {m_evals} | " + " | ".join(cells) + " |")
+    fl = res.get("floor")
+    if fl is not None:
+        lines += ["", f"FID floor (real {fl['split']}-split images, {fl.get('n') or 0} of them, against the same "
+                      f"reference): {_fid_cell(fl['fid'], fl.get('fid_interval'))}"
+                  + (f"; {fl['note']}" if fl.get("note") else "")]
+    comps = res.get("comparisons") or []
+    for kind, title in (("network evaluations", "At equal network evaluations"), ("solver steps",
+                                                                                  "At equal solver steps")):
+        sel = [c for c in comps if c["kind"] == kind]
+        if not sel:
+            continue
+        lines += ["", f"{title} (student FID / other FID with its 95 % interval; decided: the interval excludes 1):",
+                  ""]
+        for c in sel:
+            lo, hi = c["fid_ratio_interval"]
+            verdict = ("better" if c["student_better"] else "worse") + ("" if c["decided"] else ", not decided")
+            at = f"{c['nfe_model'][0]} evals" if kind == "network evaluations" else f"NFE {c['student_nfe']}"
+            lines.append(f"- {at}: DistillKac {c['student_nfe']}-step {_fmt(c['student_fid'], '.4g')} "
+                         f"vs {c['other']} {c['other_nfe']}-step ({c['nfe_model'][1]} evals) {_fmt(c['other_fid'], '.4g')}: "
+                         f"ratio {c['fid_ratio']:.3f} [{lo:.3f}, {hi:.3f}], {verdict}")
+    return lines
 
 
 def _markdown(res: dict, title: Optional[str]) -> str:
@@ -723,23 +958,47 @@ def _markdown(res: dict, title: Optional[str]) -> str:
     if proto["extractor"] != "inception-v3-fid":
         lines.append("These FIDs use the project's own classifier features, not Inception: they are not "
                      "comparable with Inception FIDs; compare the ratios.")
-    lines += ["", "NFE = solver steps (calls of the guided field, the paper's count); network evals count the two "
+    boot = res.get("bootstrap") or {}
+    if boot:
+        lines.append(f"FID [95 % interval]: bootstrap over the generated images ({boot['n_boot']} resamples, fixed "
+                     f"seed, reference statistics fixed); the interval is the spread at this sample count. "
+                     f"KID × 10³ ± std over reference subsets, kernel (x·y/d + 1)³.")
+    lines += _nfe_view(res)
+    fl = res.get("floor")
+    lines += ["", "## Every set (equal solver steps)", "",
+              "NFE = solver steps (calls of the guided field, the paper's count); network evals count the two "
               "halves of a guided call.", "",
-              f"| method | NFE | network evals | guidance | FID, ours ({ds}) | class accuracy | "
-              f"FID, DistillKac paper (CIFAR-10, the paper's own table) | FID, other papers (CIFAR-10, literature) |",
-              "|---|---|---|---|---|---|---|---|"]
+              f"| method | NFE | network evals | guidance | FID, ours ({ds}) | FID 95 % interval | KID × 10³ | "
+              f"time grid | class accuracy | FID, DistillKac paper (CIFAR-10, the paper's own table) | "
+              f"FID, other papers (CIFAR-10, literature) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
+        iv = r.get("fid_interval")
         lines.append(f"| {r['label']} | {r['nfe']} | {r['nfe_model']} | {_fmt(r['guidance'], 'g')} | "
-                     f"{_fmt(r['fid'], '.4g')} | {_fmt(r['accuracy'], '.3f')} | {_fmt(r['paper_fid_cifar10'], '.2f')} | "
+                     f"{_fmt(r['fid'], '.4g')} | {'—' if not iv else f'[{iv[0]:.3g}, {iv[1]:.3g}]'} | "
+                     f"{_kid_cell(r.get('kid'))} | {r.get('time_grid', 'uniform')} | "
+                     f"{_fmt(r['accuracy'], '.3f')} | {_fmt(r['paper_fid_cifar10'], '.2f')} | "
                      f"{_fmt(r['literature_fid_cifar10'], '.2f')} |")
+    if fl is not None:
+        iv = fl.get("fid_interval")
+        lines.append(f"| {fl['label']}{' (' + fl['note'] + ')' if fl.get('note') else ''} | — | 0 | — | "
+                     f"{_fmt(fl['fid'], '.4g')} | {'—' if not iv else f'[{iv[0]:.3g}, {iv[1]:.3g}]'} | "
+                     f"{_kid_cell(fl.get('kid'))} | — | — | — | — |")
     if res["ratios"]:
         lines += ["", f"Student / teacher FID ratios (teacher: {res['teacher'][0]} at NFE {res['teacher'][1]}, "
                   f"FID {_fmt(res['teacher_fid'], '.4g')}):", "",
-                  "| ratio | ours | DistillKac paper (CIFAR-10) | target |", "|---|---|---|---|"]
+                  "| ratio | network evals (student / teacher) | ours | 95 % interval | DistillKac paper (CIFAR-10) "
+                  "| target | n for ±5 % |", "|---|---|---|---|---|---|---|"]
+        ivn = res.get("interval_vs_n") or {}
         for name, v in res["ratios"].items():
             n = int(name.split("_")[1].split("/")[0])
-            lines.append(f"| {name} | {_fmt(v['ours'], '.3f')} | {_fmt(v['paper_cifar10'], '.3f')} | "
-                         f"{'≤ ' + format(TARGETS[n], 'g') if n in TARGETS else '—'} |")
+            iv = v.get("interval")
+            need = (ivn.get(name) or {}).get("n_for_target")
+            lines.append(f"| {name} | {v.get('nfe_model', '?')} / {v.get('teacher_nfe_model', '?')} | "
+                         f"{_fmt(v['ours'], '.3f')} | {'—' if not iv else f'[{iv[0]:.3f}, {iv[1]:.3f}]'} | "
+                         f"{_fmt(v['paper_cifar10'], '.3f')} | "
+                         f"{'≤ ' + format(TARGETS[n], 'g') if n in TARGETS else '—'} | "
+                         f"{'—' if not need else need['predicted']} |")
     if res["targets"]:
         lines += ["", "Goals:", ""] + [f"- {k}: {'yes' if v else 'no'}" for k, v in res["targets"].items()]
     if res["grids"]:
@@ -772,6 +1031,11 @@ class PipelineConfig:
             ``sample_steps``.
         classifier_epochs, reference_split, inception_path, feature: FID set-up (``feature``: ``auto``,
             ``inception`` or ``classifier``).
+        time_grid: sampling grid of the teacher (``uniform``, ``power:RHO``, ``kac``;
+            :func:`kacnum.solvers.make_time_grid`); baseline_time_grid: of the FM/DDIM baselines (None: the
+            same as ``time_grid``; ``kac`` is refused for them).
+        eval_bootstrap: bootstrap resamples per FID interval; kid_reference_images: reference images whose
+            features KID uses (cached in ``eval/``; None: all).
     """
 
     train: TrainConfig = TrainConfig()
@@ -798,6 +1062,10 @@ class PipelineConfig:
     reference_split: str = "train"
     inception_path: Optional[str] = None
     feature: str = "auto"
+    time_grid: str = "uniform"
+    baseline_time_grid: Optional[str] = None
+    eval_bootstrap: int = 200
+    kid_reference_images: Optional[int] = 10_000
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -848,6 +1116,11 @@ def run_pipeline(config: PipelineConfig, out_dir: Union[str, Path], *, stages: S
         if s not in PIPELINE_STAGES:
             raise ValueError(f"stages must be drawn from {PIPELINE_STAGES}, got {s!r}")
     cfg = config
+    parse_time_grid(cfg.time_grid)  # a bad grid name fails here, before any stage
+    base_grid = cfg.baseline_time_grid if cfg.baseline_time_grid is not None else cfg.time_grid
+    if "baselines" in stages and cfg.baselines and parse_time_grid(base_grid)[0] == "kac":
+        raise ValueError("time_grid 'kac' needs a Kac path, and the FM/VP baselines are not: set "
+                         "baseline_time_grid (--baseline-time-grid) to 'uniform' or 'power:RHO'")
     summary_file = out / "pipeline.json"
     summary = load_json(summary_file) if (resume and summary_file.is_file()) else {}
     summary["config"] = cfg.to_dict()
@@ -876,18 +1149,20 @@ def run_pipeline(config: PipelineConfig, out_dir: Union[str, Path], *, stages: S
             model, path, _ = load_teacher(ckpt, device=device)
             recs = [sample_stage(model, path, out / "sample", num_samples=cfg.num_samples, guidance=cfg.guidance,
                                  steps=cfg.sample_steps, method=cfg.sample_method, batch_size=cfg.sample_batch,
-                                 seed=cfg.sample_seed, resume=resume, progress=progress, bf16=cfg.train.bf16)]
+                                 seed=cfg.sample_seed, resume=resume, progress=progress, bf16=cfg.train.bf16,
+                                 time_grid=cfg.time_grid)]
             if cfg.teacher_fewstep:
                 for n in cfg.nfe_list:
                     if n < cfg.sample_steps:
                         recs.append(sample_stage(model, path, out / "sample", num_samples=cfg.num_samples,
                                                  guidance=cfg.guidance, steps=int(n), method=cfg.sample_method,
                                                  batch_size=cfg.sample_batch, seed=cfg.sample_seed,
-                                                 name="kac_teacher_fewstep", resume=resume, bf16=cfg.train.bf16))
+                                                 name="kac_teacher_fewstep", resume=resume, bf16=cfg.train.bf16,
+                                                 time_grid=cfg.time_grid))
             if cfg.guidance_sweep:
                 recs += guidance_sweep(model, path, out / "sample", cfg.guidance_sweep, num_samples=cfg.num_samples,
                                        steps=cfg.sample_steps, method=cfg.sample_method, batch_size=cfg.sample_batch,
-                                       seed=cfg.sample_seed, resume=resume)
+                                       seed=cfg.sample_seed, resume=resume, time_grid=cfg.time_grid)
             res = {"samples": recs}
         elif stage == "distill":
             model, path, _ = load_teacher(ckpt, device=device)
@@ -904,7 +1179,8 @@ def run_pipeline(config: PipelineConfig, out_dir: Union[str, Path], *, stages: S
             res = baselines_stage(cfg.train, out / "baselines", data=data, nfe_list=cfg.nfe_list,
                                   guidance=cfg.guidance, num_samples=cfg.num_samples, sample_batch=cfg.sample_batch,
                                   sample_seed=cfg.sample_seed, fm_solvers=cfg.fm_solvers, pd_config=cfg.pd,
-                                  kinds=cfg.baseline_kinds, resume=resume, device=device, progress=progress)
+                                  kinds=cfg.baseline_kinds, resume=resume, device=device, progress=progress,
+                                  time_grid=base_grid)
         else:
             ds = cfg.train.dataset
             ext = feature_extractor_for(ds, out / "eval", inception_path=cfg.inception_path, kind=cfg.feature,
@@ -915,9 +1191,15 @@ def run_pipeline(config: PipelineConfig, out_dir: Union[str, Path], *, stages: S
             ref_data = data[0] if (data is not None and ds not in CLASSIFIER_DATASETS + INCEPTION_DATASETS) else None
             ref = reference_for(ds, ext, out / "eval", split=cfg.reference_split, data=ref_data,
                                 data_dir=cfg.train.data_dir, progress=progress)
+            ref_feats = reference_features(ds, ref_data if ref_data is not None else
+                                           (lambda: _load_split(ds, cfg.reference_split, cfg.train.data_dir)[0]),
+                                           ext, out / "eval", split=cfg.reference_split,
+                                           max_images=cfg.kid_reference_images, progress=progress)
             files = collect_sample_sets(*(out / d for d in ("sample", "distill", "baselines") if (out / d).is_dir()))
             res = eval_stage(files, ref, ext, out / "eval", teacher=("kac_teacher", cfg.sample_steps), dataset=ds,
-                             progress=progress)
+                             progress=progress, n_boot=cfg.eval_bootstrap, kid_reference=ref_feats,
+                             floor=_heldout(ds, cfg, data),
+                             extra={"time_grid": cfg.time_grid, "baseline_time_grid": base_grid})
         seconds = time.perf_counter() - t0
         results[stage] = res
         summary["seconds"][stage] = seconds
@@ -925,6 +1207,21 @@ def run_pipeline(config: PipelineConfig, out_dir: Union[str, Path], *, stages: S
         save_json(summary_file, summary)
         log(f"[pipeline] stage {stage} done in {seconds:.1f} s")
     return results
+
+
+def _heldout(dataset: str, cfg: "PipelineConfig", data) -> dict:
+    """Real images the reference did not use, for the FID floor row: the ``test`` split when the reference
+    is the ``train`` split and the data set has one; else ``images=None`` and a note saying why."""
+    if data is not None and dataset not in CLASSIFIER_DATASETS + INCEPTION_DATASETS:
+        return {"images": None, "split": "test", "note": f"{dataset}: data given in memory, no held-out split"}
+    if cfg.reference_split != "train":
+        return {"images": None, "split": "test",
+                "note": f"the reference is the {cfg.reference_split!r} split: no disjoint held-out split"}
+    try:
+        images, _ = _load_split(dataset, "test", cfg.train.data_dir)
+    except (FileNotFoundError, ValueError) as e:  # DataNotFoundError is both
+        return {"images": None, "split": "test", "note": f"{dataset} has no held-out split here: {e}"}
+    return {"images": images, "split": "test", "note": None}
 
 
 def _strip(res):
