@@ -288,6 +288,37 @@ class PlanarFlight:
         return (xp * scale[..., None]).reshape(x.shape)
 
     # ------------------------------------------------------------------ sampling
+    def _radius_from_uniform(self, t: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(|X|, atom)`` at level ``v ∈ [0, 1]`` of the radial law (``t`` broadcasting against ``v``, its dtype).
+
+        ``E = -log(1 - v)``; ``E ≥ λt`` is the atom (radius ``ct`` exactly); otherwise ``w = (c/λ) E < ct``
+        and ``|X| = sqrt(w (2ct - w))`` (``2ct - w > ct``: no cancellation, unlike ``sqrt(c²t² - q²)``).
+        """
+        lam, c = self.a, self.c
+        e = torch.log1p(v.neg()).neg_()
+        ct = c * t
+        atoms = e >= lam * t
+        w = e.mul_(c / lam)
+        rho = torch.sqrt(w * (2.0 * ct - w))
+        rho = torch.where(atoms, ct.expand(rho.shape), rho)
+        return rho, atoms
+
+    def radial_quantile(self, t: TimeLike, v) -> torch.Tensor:
+        """Quantile of ``|X_t|`` (whole law): the smallest ``r`` with ``radial_cdf(t, r) ≥ v``.
+
+        ``ct`` (the circle) for ``v ≥ 1 - e^{-λt}``; this is the map :meth:`sample` applies to its radial
+        uniform. ``t`` and ``v`` broadcast; computed in ``v``'s dtype.
+        """
+        v = self._float_tensor("v", v)
+        if v.numel() and (bool((v < 0).any()) or bool((v > 1).any())):
+            raise ValueError(f"v must lie in [0, 1]; got values in [{float(v.min()):.6g}, {float(v.max()):.6g}]")
+        tt = self._time(t, like=v)
+        try:
+            shape = torch.broadcast_shapes(tt.shape, v.shape)
+        except RuntimeError:
+            raise ValueError(f"t with shape {tuple(tt.shape)} does not broadcast against v with shape {tuple(v.shape)}") from None
+        return self._radius_from_uniform(tt, v.expand(shape))[0]
+
     def sample(
         self,
         t: TimeLike,
@@ -328,15 +359,8 @@ class PlanarFlight:
         self._fits(tt, shape, "shape")
         tp = self._pair_time(tt, shape)
         pshape = shape[:-1] + (k,)
-        lam, c = self.a, self.c
         u = torch.rand(pshape + (2,), generator=generator, dtype=dtype, device=device)
-        e = torch.log1p(u[..., 0].neg())  # -E ≤ 0
-        e.neg_()
-        ct = c * tp
-        atoms = e >= lam * tp
-        w = e.mul_(c / lam)
-        rho = torch.sqrt(w * (2.0 * ct - w))  # w < ct off the atoms, so 2ct - w > ct: no cancellation
-        rho = torch.where(atoms, ct.expand(pshape), rho)
+        rho, atoms = self._radius_from_uniform(tp, u[..., 0])
         ang = u[..., 1].mul_(2.0 * math.pi)
         out = torch.empty(pshape + (2,), dtype=dtype, device=device)
         torch.mul(torch.cos(ang), rho, out=out[..., 0])

@@ -304,6 +304,38 @@ def test_event_driven_paths_follow_the_closed_form(flights):
         torch.testing.assert_close(paths.velocities.norm(dim=-1), torch.full((n, 1), 3.0, dtype=F64))
 
 
+def radius_at_level_mp(lam, c, t, v, dps=60):
+    """Quantile of |X_t| at level v from the SPEC CDF, solved in closed form at high precision:
+    exp(-λt + (λ/c) q) = 1 - v  =>  q = ct + (c/λ) log(1 - v), r = sqrt(c²t² - q²); ct on the atom."""
+    with mpmath.workdps(dps):
+        lam, c, t, v = (mpmath.mpf(x) for x in (lam, c, t, v))
+        q = c * t + (c / lam) * mpmath.log(1 - v) if v < 1 else -1
+        return float(c * t) if q <= 0 else float(mpmath.sqrt(c * c * t * t - q * q))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("lam,c,t", [(1000.0, 1.0, 10.0), (900.0, 10.0, 1.0), (9.0, 3.0, 0.3), (0.1, 2.0, 1e-7), (1000.0, 0.1, 1e-7)])
+def test_radial_quantile_to_a_few_ulps(lam, c, t, dtype):
+    """The sampler's map uniform -> radius, against mpmath: relative error of a few ulps at every level
+    (the form sqrt(c²t² - q²) loses ~λt ulps where q ≈ ct, i.e. in the bulk when λt is large)."""
+    f = PlanarFlight(lam, c)
+    levels = [0.0, 2.0**-24, 1e-6, 1e-3, 0.1, 0.3, 0.5, 0.7, 0.9, 0.999, 1 - 2.0**-24, 1.0]
+    v = torch.tensor(levels, dtype=dtype)
+    t_d = torch.tensor(t, dtype=dtype)
+    got = f.radial_quantile(t_d, v).double().tolist()
+    ref = [radius_at_level_mp(lam, c, float(t_d), x) for x in v.double().tolist()]
+    tol = 8 * EPS[dtype]
+    for lv, g, r in zip(v.double().tolist(), got, ref):
+        assert abs(g - r) <= tol * r + 1e-300, (lv, g, r)
+    # the quantile inverts the CDF: F(Q(v)) = v off the atom, and Q(v) = ct on it
+    vv = torch.rand(1000, generator=torch.Generator().manual_seed(2), dtype=F64)
+    q = f.radial_quantile(t, vv)
+    cont = -math.expm1(-lam * t)
+    off = vv < cont
+    torch.testing.assert_close(f.radial_cdf(t, q)[off], vv[off], rtol=1e-9, atol=1e-12)
+    assert bool((q[~off] == c * t).all())
+
+
 def _angle_tests(x, mask, bins_a=8, bins_r=4):
     """(KS sqrt(n)D of the angle vs uniform, chi² statistic and its 1% critical value for angle ⟂ radius)."""
     xp = x.double().reshape(-1, 2)
@@ -554,6 +586,8 @@ def test_bad_inputs_name_the_parameter():
         (lambda: f.velocity(0.5, x, atom_mask=torch.zeros(4, 1, dtype=torch.bool)), r"atom_mask must be"),
         (lambda: f.velocity(0.5, x, atom_mask=torch.tensor([[True, False]] * 4)), r"atom_mask must be equal"),
         (lambda: f.radial_cdf(0.5, torch.tensor([math.nan])), r"r must be finite"),
+        (lambda: f.radial_quantile(0.5, torch.tensor([1.5])), r"v must lie in \[0, 1\]"),
+        (lambda: f.radial_quantile(0.5, torch.tensor([math.nan])), r"v must be finite"),
         (lambda: f.radial_cdf(-0.5, torch.tensor([1.0])), r"t must lie in \[0"),
         (lambda: f.atom_mass(-1.0), r"t must lie in \[0"),
         (lambda: f.variance(math.nan), r"t must be finite"),
