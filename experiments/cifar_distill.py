@@ -117,6 +117,7 @@ from kacnum.pipeline import (
     run_pipeline,
 )
 from kacnum.progressive import ProgressiveConfig, validate_schedule
+from kacnum.solvers import parse_time_grid
 from kacnum.train import PATH_KINDS, TrainConfig, Trainer, synthetic_dataset
 
 #: TrainConfig fields of each preset (the teacher; the baselines reuse it with another path)
@@ -153,7 +154,8 @@ PIPELINE_FLAGS = {"steps_per_round": "--distill-steps", "steps_per_stage": "--di
                   "classifier_epochs": "--classifier-epochs", "sample_steps": "--sample-steps"}
 STAGE_ORDER = PIPELINE_STAGES  # teacher, sample, distill, baselines, eval
 #: keys of ``eval_stage``'s result copied to the top of ``OUT/results.json``
-EVAL_KEYS = ("dataset", "teacher", "teacher_fid", "protocol", "rows", "ratios", "targets", "grids", "extra")
+EVAL_KEYS = ("dataset", "teacher", "teacher_fid", "protocol", "rows", "ratios", "targets", "grids", "extra",
+             "floor", "comparisons", "interval_vs_n", "bootstrap", "kid_protocol")
 
 
 class StageError(RuntimeError):
@@ -267,7 +269,23 @@ def build_pipeline_config(args: argparse.Namespace, train: TrainConfig) -> Pipel
         over["pd"] = ProgressiveConfig(**{**pd.to_dict(), **pd_fields})
     if args.no_baselines:
         over["baselines"] = False
+    over["time_grid"] = getattr(args, "time_grid", "uniform")
+    if getattr(args, "baseline_time_grid", None) is not None:
+        over["baseline_time_grid"] = args.baseline_time_grid
+    base_grid = over.get("baseline_time_grid", over["time_grid"])
+    if not args.no_baselines and parse_time_grid(base_grid)[0] == "kac":
+        raise ValueError("--time-grid kac is for Kac paths; the FM/VP baselines need --baseline-time-grid uniform "
+                         "or power:RHO (or --no-baselines)")
     return pipeline_config(args.preset, train, **over)
+
+
+def _time_grid_arg(text: str) -> str:
+    """``--time-grid`` values: ``uniform``, ``power:RHO`` (RHO > 0) or ``kac`` (kacnum.solvers.make_time_grid)."""
+    try:
+        parse_time_grid(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text.strip().lower()
 
 
 def _uses_inception(cfg: PipelineConfig) -> bool:
@@ -461,6 +479,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--sample-seed", type=cli.nonnegative_int, default=1234)
     g.add_argument("--nfe-list", type=cli.int_list(minimum=1), default=None, metavar="N1,N2,...",
                    help="NFEs of the baselines and the undistilled few-step teacher (default 100,20,4,2,1)")
+    g.add_argument("--time-grid", type=_time_grid_arg, default="uniform", metavar="KIND",
+                   help="sampling time grid of the teacher (and, unless --baseline-time-grid, the baselines): "
+                        "uniform (default), power:RHO (t_i = t_min + (T - t_min)(1 - i/N)^RHO, small steps near "
+                        "the data end t = 0, e.g. power:2) or kac (uniform in the atom mass e^(-a g(t))); "
+                        "recorded in results.json")
+    g.add_argument("--baseline-time-grid", type=_time_grid_arg, default=None, metavar="KIND",
+                   help="time grid of the FM/DDIM baselines: uniform or power:RHO (default: --time-grid)")
     g = p.add_argument_group("distillation")
     g.add_argument("--schedule", type=cli.int_list(minimum=1), default=None, metavar="K0,K1,...",
                    help="teacher steps, then student steps (default 100,20,4,2,1)")
