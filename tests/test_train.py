@@ -175,6 +175,24 @@ def test_save_image_grid_pixels(tmp_path):
     assert int(a[0, 0]) == 255 and a[4:6, 4:6].tolist() == [[255, 255], [255, 255]]  # empty 4th slot
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_save_image_grid_row_labels(tmp_path, channels):
+    x = torch.full((6, channels, 4, 4), -1.0)  # black images
+    plain = np.array(Image.open(save_image_grid(x, tmp_path / "p.png", nrow=3, scale=4)))
+    f = save_image_grid(x, tmp_path / "l.png", nrow=3, scale=4, row_labels=["kac_teacher", "vp_ddim"])
+    a = np.array(Image.open(f))
+    margin = a.shape[1] - plain.shape[1]
+    assert a.shape[0] == plain.shape[0] and margin > 20  # a margin wide enough for the longer label
+    assert (a[:, margin:] == plain).all()  # the images themselves are untouched
+    left = a[:, :margin].reshape(a.shape[0], margin, -1).min(axis=2)
+    row_h = 5 * 4
+    inked = [(left[r * row_h + 4:(r + 1) * row_h + 4] < 128).sum() for r in range(2)]
+    assert all(n > 10 for n in inked)  # dark text beside each row
+    assert inked[0] > inked[1]  # "kac_teacher" has more letters than "vp_ddim"
+    with pytest.raises(ValueError, match="one label per row"):
+        save_image_grid(x, tmp_path / "bad.png", nrow=3, row_labels=["only one"])
+
+
 def test_synthetic_dataset_is_deterministic_and_class_structured():
     x1, y1 = synthetic_dataset(200, 3, 16, 10, seed=3)
     x2, y2 = synthetic_dataset(200, 3, 16, 10, seed=3)
