@@ -289,18 +289,21 @@ class PlanarFlight:
 
     # ------------------------------------------------------------------ sampling
     def _radius_from_uniform(self, t: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(|X|, atom)`` at level ``v ∈ [0, 1]`` of the radial law (``t`` broadcasting against ``v``, its dtype).
+        """``(|X|, atom)`` at levels ``v ∈ [0, 1]`` of the radial law; ``v`` (a fresh tensor) is overwritten.
 
-        ``E = -log(1 - v)``; ``E ≥ λt`` is the atom (radius ``ct`` exactly); otherwise ``w = (c/λ) E < ct``
-        and ``|X| = sqrt(w (2ct - w))`` (``2ct - w > ct``: no cancellation, unlike ``sqrt(c²t² - q²)``).
+        ``w = -(c/λ) log(1 - v)``, capped at ``ct``; ``w ≥ ct`` (``E = -log(1 - v) ≥ λt``) is the atom. Then
+        ``|X| = sqrt(w (2ct - w))``: ``2ct - w ≥ ct``, no cancellation (unlike ``sqrt(c²t² - q²)``), and on the
+        atom ``sqrt(ct·ct) = ct`` exactly (IEEE square root of a square). ``t`` broadcasts against ``v``.
         """
         lam, c = self.a, self.c
-        e = torch.log1p(v.neg()).neg_()
         ct = c * t
-        atoms = e >= lam * t
-        w = e.mul_(c / lam)
-        rho = torch.sqrt(w * (2.0 * ct - w))
-        rho = torch.where(atoms, ct.expand(rho.shape), rho)
+        w = v.neg_().log1p_().mul_(-c / lam)
+        torch.minimum(w, ct, out=w)
+        atoms = w >= ct
+        rho = torch.sub(2.0 * ct, w).mul_(w).sqrt_()
+        tiny = math.sqrt(torch.finfo(v.dtype).tiny) * 1e3
+        if ct.numel() and bool(((ct < tiny) & (ct > 0)).any()):  # ct² would lose bits as a subnormal
+            rho = torch.where(atoms, ct.expand(rho.shape), rho)
         return rho, atoms
 
     def radial_quantile(self, t: TimeLike, v) -> torch.Tensor:
@@ -317,7 +320,7 @@ class PlanarFlight:
             shape = torch.broadcast_shapes(tt.shape, v.shape)
         except RuntimeError:
             raise ValueError(f"t with shape {tuple(tt.shape)} does not broadcast against v with shape {tuple(v.shape)}") from None
-        return self._radius_from_uniform(tt, v.expand(shape))[0]
+        return self._radius_from_uniform(tt, v.expand(shape).clone())[0]
 
     def sample(
         self,
@@ -331,8 +334,9 @@ class PlanarFlight:
         """Draw ``X_t`` exactly: ``k`` independent planar flights per ``(..., 2k)`` tensor.
 
         Per pair, two uniforms: ``E = -log(1 - U₁)``; if ``E ≥ λt`` the pair is an atom (``|X| = ct``,
-        ``ct`` in the output dtype), else ``w = (c/λ) E`` and ``|X| = sqrt(w (2ct - w))``; the angle is
-        ``2π U₂``. The law is exact up to the resolution of the uniforms (``2^-24`` in float32).
+        ``ct`` in the output dtype), else ``w = (c/λ) E`` and ``|X| = sqrt(w (2ct - w))`` (see
+        :meth:`radial_quantile`); the angle is ``2π U₂``. The law is exact up to the resolution of the
+        uniforms (``2^-24`` in float32).
 
         Args:
             t: float or tensor broadcasting to ``shape`` (``(B, 1)`` for one time per row), equal within pairs.
@@ -359,12 +363,13 @@ class PlanarFlight:
         self._fits(tt, shape, "shape")
         tp = self._pair_time(tt, shape)
         pshape = shape[:-1] + (k,)
-        u = torch.rand(pshape + (2,), generator=generator, dtype=dtype, device=device)
-        rho, atoms = self._radius_from_uniform(tp, u[..., 0])
-        ang = u[..., 1].mul_(2.0 * math.pi)
+        # the radial uniforms, then the angular ones (same generator state, same draws)
+        v = torch.rand(pshape, generator=generator, dtype=dtype, device=device)
+        ang = torch.rand(pshape, generator=generator, dtype=dtype, device=device).mul_(2.0 * math.pi)
+        rho, atoms = self._radius_from_uniform(tp, v)
         out = torch.empty(pshape + (2,), dtype=dtype, device=device)
         torch.mul(torch.cos(ang), rho, out=out[..., 0])
-        torch.mul(torch.sin(ang), rho, out=out[..., 1])
+        torch.mul(ang.sin_(), rho, out=out[..., 1])
         out = out.reshape(shape)
         if return_atoms:
             return out, atoms[..., None].expand(pshape + (2,)).reshape(shape)

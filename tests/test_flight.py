@@ -551,6 +551,11 @@ def test_properties_no_nan_support_atoms_speed(lam, c, t, dtype, seed):
     F = f.radial_cdf(t, rho.to(dtype))
     assert bool(torch.isfinite(F).all()) and bool(((F >= 0) & (F <= 1)).all())
     assert math.isfinite(float(f.variance(t))) and float(f.variance(t)) <= (c * t) ** 2 / 2 * (1 + 1e-12)
+    # the radius map puts the atom exactly on the circle (ct in dtype) and stays inside below it
+    t_d = torch.tensor(t, dtype=dtype)
+    lv = torch.tensor([0.0, 0.5, 1 - math.exp(-lam * t) * 0.5, 1.0], dtype=dtype)
+    rq = f.radial_quantile(t_d, lv)
+    assert float(rq[-1]) == float(c * t_d) and bool((rq <= c * t_d).all()) and bool(torch.isfinite(rq).all())
 
 
 # ------------------------------------------------------------------------------------------------
