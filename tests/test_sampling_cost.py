@@ -1,0 +1,88 @@
+"""experiments/sampling_cost.py on a tiny run built here (digits_tiny teacher, a few training steps)."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kacnum.data import digits
+from kacnum.metrics import save_classifier, train_classifier
+from kacnum.train import TrainConfig, Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import sampling_cost  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    images, labels = digits("train")
+    cfg = TrainConfig(model="digits_tiny", dataset="digits", batch_size=32, total_steps=30, lr=2e-3,
+                      warmup_steps=2, ema_decay=0.5, log_every=10, checkpoint_every=0, sample_every=0,
+                      num_samples=4, sample_steps=2)
+    trainer = Trainer(cfg, run / "teacher", data=(images, labels))
+    try:
+        trainer.fit(resume=False, progress=False)
+    finally:
+        trainer.close()
+    # the run's evaluation cache: a (weak, 1-epoch) feature classifier
+    model, _ = train_classifier(images, labels, 1, data_name="digits/train", progress=False)
+    save_classifier(model, run / "eval" / "classifier_digits.pt")
+    return run
+
+
+def test_sampling_cost_on_a_tiny_run(tiny_run, tmp_path):
+    out = tmp_path / "cost"
+    res = sampling_cost.main(["--run", str(tiny_run), "--out", str(out), "--solvers", "euler,heun,ab2,rk4",
+                              "--grids", "uniform,power:2,power:3,kac", "--steps", "2,16",
+                              "--reference", "rk4:16", "--num-samples", "12", "--batch-size", "6",
+                              "--fid", "--n-boot", "50", "--threads", "1", "--quiet"])
+    assert (out / "sampling_cost.json").is_file() and (out / "sampling_cost.png").is_file()
+    saved = json.loads((out / "sampling_cost.json").read_text())
+    assert len(saved["configs"]) == 4 * 4 * 2
+    by = {(c["solver"], c["grid"], c["steps"]): c for c in res["configs"]}
+    # the reference configuration itself, from the same latents, has zero coupled error
+    assert by[("rk4", "uniform", 16)]["rms"] == 0.0
+    assert by[("rk4", "uniform", 16)]["fid"] == pytest.approx(res["reference"]["fid"], rel=1e-12)
+    # network evaluations: guided (2 per call), Heun 2 calls per step
+    assert by[("euler", "kac", 2)]["nfe_model"] == 4 and by[("heun", "uniform", 2)]["nfe_model"] == 8
+    assert by[("ab2", "power:2", 16)]["nfe_model"] == 32 and res["reference"]["nfe_model"] == 128
+    # the grids differ (different samples) and the error falls with the steps for each (solver, grid)
+    assert by[("euler", "uniform", 2)]["rms"] != by[("euler", "power:2", 2)]["rms"]
+    for s in ("euler", "heun", "ab2"):
+        for g in ("uniform", "power:2", "power:3", "kac"):
+            assert by[(s, g, 16)]["rms"] < by[(s, g, 2)]["rms"], (s, g)
+    # second-order solvers beat Euler at 16 steps on the uniform grid
+    assert by[("heun", "uniform", 16)]["rms"] < by[("euler", "uniform", 16)]["rms"]
+    for c in res["configs"]:
+        lo, hi = c["fid_interval"]
+        assert lo <= c["fid"] <= hi and math.isfinite(c["rms"])
+    f_ref = res["reference"]["fid"]
+    assert res["fewest_steps"]["fid"]["rk4/uniform"]["steps"] <= 16  # 16 RK4 steps are the reference
+    for key, ok in (("fid", lambda v: abs(v / f_ref - 1) <= 0.03), ("rms", lambda v: v <= 0.01)):
+        assert len(res["fewest_steps"][key]) == 16
+        for name, v in res["fewest_steps"][key].items():
+            solver, grid = name.split("/")
+            good = [k for k in (2, 16) if ok(by[(solver, grid, k)][key])]
+            assert (v is None) == (not good) and (v is None or v["steps"] == min(good)), (key, name, v)
+
+
+def test_sampling_cost_refuses_bad_input(tiny_run, tmp_path):
+    with pytest.raises(SystemExit):
+        sampling_cost.main(["--run", str(tiny_run), "--grids", "power:-1"])
+    with pytest.raises(SystemExit):
+        sampling_cost.main(["--run", str(tiny_run), "--reference", "rk5:10"])
+    with pytest.raises(ValueError, match="run"):
+        sampling_cost.main(["--run", str(tmp_path / "nothing")])
+
+
+def test_fewest_steps():
+    cfgs = [{"solver": "ab2", "grid": "uniform", "steps": k, "nfe_model": 2 * k, "fid": f}
+            for k, f in ((4, 12.0), (8, 10.4), (16, 10.1), (32, 10.0))]
+    got = sampling_cost.fewest_steps(cfgs, "fid", 10.0, 0.03, relative=True)
+    assert got == {"ab2/uniform": {"steps": 16, "nfe_model": 32, "fid": 10.1}}
+    got = sampling_cost.fewest_steps(cfgs, "fid", 10.0, 0.001, relative=True)
+    assert got["ab2/uniform"]["steps"] == 32
+    assert sampling_cost.fewest_steps(cfgs, "fid", 1.0, 0.03, relative=True) == {"ab2/uniform": None}
