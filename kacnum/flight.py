@@ -372,7 +372,9 @@ class PlanarFlight:
         torch.mul(ang.sin_(), rho, out=out[..., 1])
         out = out.reshape(shape)
         if return_atoms:
-            return out, atoms[..., None].expand(pshape + (2,)).reshape(shape)
+            # each pair's flag twice: a 0/1 byte times 257 as int16 is the byte pair (1, 1) (either endianness)
+            twice = atoms.contiguous().view(torch.uint8).to(torch.int16).mul_(257).view(torch.bool)
+            return out, twice.reshape(shape)
         return out
 
     # ------------------------------------------------------------------ reference paths
