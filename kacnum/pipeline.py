@@ -16,7 +16,11 @@ Sample sets. Every sampler writes one :class:`SampleSet` per (method, NFE[, guid
 PNG grid beside it. ``nfe`` is the paper's count: solver steps, i.e. calls of the (guided) velocity
 field (AB-2 and Euler: one per step; DDIM: one per step); ``nfe_model`` counts network evaluations,
 twice ``nfe`` for a guided call (SPEC §6). A re-run with ``resume=True`` reuses a sample file whose
-recorded settings match.
+recorded settings match. Beside every ``.samples.pt`` the same set is written as ``<stem>.npz``
+(``images`` uint8 ``(N, H, W, C)``, ``labels``) with a ``<stem>.json`` sidecar (method, steps, nfe,
+nfe_model, guidance, seed, solver, time_grid): the format of :func:`kacnum.metrics.save_sample_set`,
+readable by any other metric with ``numpy.load``. The teacher and baseline samplers take a
+``time_grid`` (``uniform`` default, ``power:RHO``, ``kac``: :func:`kacnum.solvers.make_time_grid`).
 
 Methods (``METHODS``): ``kac_teacher`` (guided Kac flow, 100 AB-2 steps), ``kac_teacher_fewstep``
 (the same teacher at fewer AB-2 steps, undistilled), ``kac_teacher_sweep`` (guidance sweep),
