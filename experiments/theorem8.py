@@ -1,41 +1,35 @@
-"""Theorem 8 (endpoint → path stability of few-step students), measured on finite data (SPEC §8).
+"""Theorem 8 (endpoint → path stability of few-step students), inside and outside its hypotheses (SPEC §8, §13).
 
-Data: ``n_support`` seeded points uniform in ``[-1, 1]^d`` (``d = 2`` by default; 8 and 32 work),
-uniform weights, so the exact marginal velocity of every path is known
-(:meth:`kacnum.paths.ProbabilityPath.exact_velocity`). Time runs from the latent at ``T = 1`` to the
-data end ``t_min`` (the SAME ``t_min`` for every path; default 1e-3, since the VP field needs
-``t > 0``).
+DistillKac's Theorem 8 (derived form, SPEC §8): a student of ``M`` Euler steps of a field ``ε``-close to a
+**Lipschitz** teacher field has path error ``≤ (ε + A h/2)(e^{LΔ} - 1)/L``, ``h = Δ/M``: ``O(1/M)``. This
+script measures that rate in three regimes, each with its fit range, a paired bootstrap interval over the
+starting latents and the local slopes between consecutive ``M``:
 
-For each path (Kac flow ``a = 9, c = 3``; Gaussian flow matching; VP diffusion) the script
+1. **smooth** (the hypotheses hold): Kac path (``a = 9, c = 3``) on Gaussian-mixture data
+   ``Σ_k w_k N(μ_k, σ² I)`` (``σ = 0.1``, the ``n_support`` seeded means uniform in ``[-1, 1]^d``), whose
+   exact marginal field (``KacPath.exact_velocity(..., data_sigma=σ)``) is Lipschitz in ``x``. Teacher: RK4
+   on the exact field; students: Euler with ``M = 4 … 256`` (slope fitted on ``M ≥ fit_min_m``); sup over
+   the path of the coupled RMS error and of ``W2`` (POT); the measured Lipschitz constant ``L(t)`` (max,
+   p99, median over samples, at two finite-difference steps) and acceleration ``A(t)`` along the teacher,
+   ``∫ L dt``, and the bound's constant (Grönwall, :func:`kacnum.stability.gronwall_constant`) against the
+   measured ``C = max_M M · err``. The same for the Gaussian (rectified-flow) and VP paths on the same data
+   (closed-form fields). Repeated over ``data_seeds`` (the spread of the slope). Distilled students
+   (MLP fitted to the exact Kac field, then staged endpoint distillation ``K0 → 8 → 4 → 2 → 1`` with that
+   MLP as the teacher) with the per-interval bound ``sup W2 ≤ sqrt(endpoint MSE) + A Δ²/8`` and the
+   endpoint/path correlation.
+2. **finite** (the hypothesis fails): the same means as a Dirac mixture (``σ = 0``). The Kac and Gaussian
+   paths, and a single data point (Kac, whose field only jumps at the cone faces) as a control. Slopes of
+   the whole path, at fixed ``τ ∈ {0.5, 0.2, 0.1, 0.05, 0.01}`` and of the median sample; the share of
+   samples that a student sends to another data point than the teacher does, against ``M``, with its
+   own slope; ``L(t)`` along the teacher.
+3. **transition**: ``σ ∈ {0.25, 0.1, 0.03, 0}``: slope and constant against ``σ`` (Kac).
 
-1. integrates the teacher: RK4 on the exact field with ``teacher_steps`` uniform steps from the same
-   ``samples`` latents, kept at every step; its self-convergence is measured against ``teacher_steps/2``
-   steps on ``conv_samples`` of the latents;
-2. runs the students ``M = 1, 2, 4, ..., 64``: Euler on the exact field (``--vp-solver ddim``: DDIM on
-   the exact ε for VP, the VP sampler; ``euler`` for plain Euler on its probability-flow field);
-3. (Kac by default, ``--distill-paths``) fits an MLP to the exact field, then distils the exact-field
-   RK4 teacher into ``M = 8, 4, 2, 1``-step Euler students with :class:`kacnum.distill.Distiller`
-   (staged ``K0 → 8 → 4 → 2 → 1`` from teacher roll-outs; ``--distill-schedule direct`` trains each
-   ``M`` from the exact teacher instead);
-4. measures for every student, on a τ grid of ``n_tau`` points (student paths piecewise linear between
-   their steps, teacher from its fine trajectory): the coupled RMS error ``sqrt(mean_b |Y_τ - X_τ|²)``
-   (same latents) and its sup over τ (also restricted to ``τ >= t_cut``), the median over samples of
-   the per-sample sup, the fraction of samples sent to another data point than the teacher's
-   (``mode_mismatch``), and ``W2`` (POT, exact) at the end point and at every ``w2_stride``-th τ (plus
-   the coupled argmax), on the first ``w2_samples``;
-5. fits the log-log slope of the sup path error against ``M`` (``M >= fit_min_m``) with a paired
-   bootstrap interval over the latents (whole path, ``τ >= t_cut``, and the median sample), the
-   constants ``C`` in ``err ≈ C/M`` per path, and the correlation between endpoint ``W2`` and
-   whole-path ``W2`` (sup and τ-average) across all students;
-6. checks the per-interval bound ``sup_τ W2 ≤ sqrt(endpoint MSE) + A Δ²/8`` for the distilled students
-   started on the teacher (``A`` = max acceleration of the teacher on the interval, by second
-   differences), and the sharper chord bound.
+The top-level ``slope`` of ``theorem8.json`` is the smooth regime's Kac slope (data seed ``data_seeds[0]``).
 
-Outputs in ``--out`` (default ``runs/theorem8``): ``config.json``, ``theorem8.json`` (= ``results.json``)
-with top-level ``slope``, ``slope_ci`` (Kac, whole path, RMS), ``slope_restricted``, ``slope_median``,
-``correlation``, ``constants``, ``equal_m``, ``bound_worst_ratio``, ``rows`` and ``wall_time_s``, and
-``theorem8_rate.png``, ``theorem8_correlation.png``, ``theorem8_trajectories.png``
-(``--paper-figures`` also writes them to ``paper_figures/``).
+Outputs in ``--out`` (default ``runs/theorem8``): ``config.json``, ``theorem8.json`` (= ``results.json``),
+``theorem8_rate.png`` (both regimes), ``theorem8_local_slopes.png``, ``theorem8_profiles.png``
+(``L(t)``, ``A(t)``), ``theorem8_sigma.png`` (the transition), ``theorem8_correlation.png``,
+``theorem8_trajectories.png`` (``--paper-figures`` also writes them to ``paper_figures/``).
 
     python experiments/theorem8.py --quick --out runs/theorem8_quick     # < 60 s on 2 cores
     python experiments/theorem8.py                                       # < 5 min on 2 cores
@@ -43,7 +37,9 @@ with top-level ``slope``, ``slope_ci`` (Kac, whole path, RMS), ``slope_restricte
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import math
 import os
 import platform
 import sys
@@ -68,16 +64,19 @@ from kacnum.solvers import uniform_grid  # noqa: E402
 from kacnum.stability import (  # noqa: E402
     ExactField,
     ExactTeacherDistiller,
+    ModelField,
     bootstrap_slope,
     coupled_sq_errors,
     fit_loglog_slope,
     fit_velocity_mlp,
+    gronwall_constant,
     interval_bound_check,
+    lipschitz_profile,
+    local_slopes,
     loglog_correlation,
     mode_mismatch,
     path_error_summary,
     piecewise_linear,
-    rate_constant,
     student_states,
     teacher_trajectory,
     w2_along_path,
@@ -87,39 +86,56 @@ PATHS = ("kac", "gaussian", "vp")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _pos_int(name: str, v) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+
+
 @dataclass(frozen=True)
 class Theorem8Config:
     """Everything one run depends on (``--quick`` changes only the budget fields)."""
 
     dim: int = 2
     n_support: int = 32
-    data_seed: int = 0
+    data_seeds: tuple = (0, 1, 2)
     latent_seed: int = 1
-    paths: tuple = PATHS
     kac_a: float = 9.0
     kac_c: float = 3.0
     T: float = 1.0
     t_min: float = 1e-3
     t_cut: float = 0.2
+    sigma: float = 0.1
+    sigmas: tuple = (0.25, 0.1, 0.03, 0.0)
+    smooth_paths: tuple = PATHS
     vp_solver: str = "ddim"
-    samples: int = 1000
-    w2_samples: int = 500
-    teacher_steps: int = 768
-    conv_samples: int = 250
-    n_tau: int = 193
-    w2_stride: int = 12
-    ms: tuple = (1, 2, 4, 8, 16, 32, 64)
-    fit_min_m: int = 4
-    n_boot: int = 1000
-    # distillation
-    distill_paths: tuple = ("kac",)
+    # smooth regime
+    samples: int = 400
+    spread_samples: int = 200
+    teacher_steps: int = 192
+    conv_samples: int = 100
+    ms: tuple = (4, 8, 16, 32, 64, 128, 256)
+    fit_min_m: int = 16
+    n_tau: int = 129
+    w2_samples: int = 300
+    w2_stride: int = 8
+    n_boot: int = 500
+    lip_times: int = 25
+    lip_samples: int = 100
+    lip_eps: tuple = (1e-3, 1e-5)
+    # finite regime and transition
+    finite_samples: int = 600
+    finite_teacher_steps: int = 768
+    taus_fixed: tuple = (0.5, 0.2, 0.1, 0.05, 0.01)
+    transition_samples: int = 120
+    transition_teacher_steps: int = 1024
+    # distillation (smooth regime; MLP teacher fitted to the exact Kac field)
+    distill: bool = True
     distill_ms: tuple = (8, 4, 2, 1)
-    distill_schedule: str = "staged"
-    distill_teacher_steps: int = 128
-    distill_steps: int = 600
+    distill_teacher_steps: int = 64
+    distill_steps: int = 400
     distill_batch: int = 256
     distill_lr: float = 1e-3
-    distill_pool: int = 2048
+    distill_pool: int = 1024
     distill_ema: float = 0.99
     mlp_hidden: int = 128
     mlp_depth: int = 3
@@ -132,50 +148,76 @@ class Theorem8Config:
     quick: bool = False
 
     def __post_init__(self):
-        if not set(self.paths) <= set(PATHS) or not self.paths:
-            raise ValueError(f"paths must be a non-empty subset of {PATHS}, got {self.paths!r}")
-        if not set(self.distill_paths) <= set(self.paths):
-            raise ValueError(f"distill_paths must be a subset of paths {self.paths!r}, got {self.distill_paths!r}")
-        if self.vp_solver not in ("ddim", "euler"):
-            raise ValueError(f"vp_solver must be 'ddim' or 'euler', got {self.vp_solver!r}")
-        if self.distill_schedule not in ("staged", "direct"):
-            raise ValueError(f"distill_schedule must be 'staged' or 'direct', got {self.distill_schedule!r}")
-        if not 0.0 < self.t_min < self.T:
-            raise ValueError(f"t_min must lie in (0, T) (the VP field needs t > 0), got {self.t_min!r}")
-        if not self.t_min <= self.t_cut < self.T:
-            raise ValueError(f"t_cut must lie in [t_min, T), got {self.t_cut!r}")
-        for name in ("dim", "n_support", "samples", "w2_samples", "teacher_steps", "conv_samples", "n_tau",
-                     "w2_stride", "n_boot", "distill_teacher_steps", "distill_steps", "distill_batch",
-                     "distill_pool", "mlp_hidden", "mlp_depth", "fit_points", "fit_steps", "bound_sub_points"):
+        for name in ("kac_a", "kac_c", "T"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if self.teacher_steps % 2:
-            raise ValueError(f"teacher_steps must be even (its self-convergence uses half), got {self.teacher_steps}")
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v!r}")
+        if not (math.isfinite(self.t_min) and 0.0 < self.t_min < self.T):
+            raise ValueError(f"--t-min must lie in (0, T={self.T:g}) (the VP and Gaussian fields need t > 0), "
+                             f"got {self.t_min!r}")
+        if not (math.isfinite(self.t_cut) and self.t_min <= self.t_cut < self.T):
+            raise ValueError(f"--t-cut must lie in [t_min, T), got {self.t_cut!r}")
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"--sigma must be a finite number > 0 (the smooth regime), got {self.sigma!r}")
+        if not self.sigmas or any(not (math.isfinite(s) and s >= 0) for s in self.sigmas):
+            raise ValueError(f"--sigmas must be finite numbers >= 0, got {self.sigmas!r}")
+        if not set(self.smooth_paths) <= set(PATHS) or "kac" not in self.smooth_paths:
+            raise ValueError(f"--smooth-paths must be a subset of {PATHS} containing 'kac', got {self.smooth_paths!r}")
+        if self.vp_solver not in ("ddim", "euler"):
+            raise ValueError(f"--vp-solver must be 'ddim' or 'euler', got {self.vp_solver!r}")
+        if self.device not in ("cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"--device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if str(self.device).startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device} asked for, but this torch has no CUDA device")
+        if not self.data_seeds:
+            raise ValueError("--data-seeds must hold at least one seed")
+        for name in ("dim", "n_support", "samples", "spread_samples", "teacher_steps", "conv_samples", "n_tau",
+                     "w2_samples", "w2_stride", "n_boot", "lip_times", "lip_samples", "finite_samples",
+                     "finite_teacher_steps", "transition_samples", "transition_teacher_steps",
+                     "distill_teacher_steps", "distill_steps", "distill_batch", "distill_pool", "mlp_hidden",
+                     "mlp_depth", "fit_points", "fit_steps", "bound_sub_points"):
+            _pos_int(name, getattr(self, name))
+        for name in ("teacher_steps", "finite_teacher_steps", "transition_teacher_steps"):
+            if getattr(self, name) % 4:
+                raise ValueError(f"--{name.replace('_', '-')} must be a multiple of 4 (self-convergence uses N/2, N/4), "
+                                 f"got {getattr(self, name)}")
         if self.n_tau < 3:
-            raise ValueError(f"n_tau must be >= 3, got {self.n_tau}")
-        if len(self.ms) < 2 or any(not isinstance(m, int) or m < 1 for m in self.ms):
-            raise ValueError(f"ms must hold >= 2 integers >= 1, got {self.ms!r}")
+            raise ValueError(f"--n-tau must be >= 3, got {self.n_tau}")
+        if len(self.ms) < 2 or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.ms):
+            raise ValueError(f"--ms must hold >= 2 integers >= 1, got {self.ms!r}")
         if sum(m >= self.fit_min_m for m in self.ms) < 2:
-            raise ValueError(f"fit_min_m={self.fit_min_m} leaves fewer than 2 step counts of {self.ms!r}")
-        if self.distill_paths:
+            raise ValueError(f"--fit-min-m={self.fit_min_m} leaves fewer than 2 step counts of --ms {self.ms!r}")
+        if any(not (math.isfinite(e) and e > 0) for e in self.lip_eps) or not self.lip_eps:
+            raise ValueError(f"--lip-eps must be numbers > 0, got {self.lip_eps!r}")
+        if any(not (self.t_min <= t < self.T) for t in self.taus_fixed):
+            raise ValueError(f"--taus-fixed must lie in [t_min, T), got {self.taus_fixed!r}")
+        if not (math.isfinite(self.distill_lr) and self.distill_lr > 0):
+            raise ValueError(f"--distill-lr must be > 0, got {self.distill_lr!r}")
+        if not (0.0 <= self.distill_ema < 1.0):
+            raise ValueError(f"--distill-ema must lie in [0, 1), got {self.distill_ema!r}")
+        if self.distill:
             dm = tuple(sorted(self.distill_ms, reverse=True))
-            if not dm or any(self.distill_teacher_steps % m for m in dm):
-                raise ValueError(f"distill_ms must be non-empty and divide distill_teacher_steps, got {self.distill_ms!r}")
-            if self.distill_schedule == "staged" and any(a % b for a, b in zip(dm, dm[1:])):
-                raise ValueError(f"staged distill_ms must each divide the previous one, got {dm!r}")
+            if not dm or any(not isinstance(m, int) or m < 1 or self.distill_teacher_steps % m for m in dm):
+                raise ValueError(f"--distill-ms must be integers >= 1 dividing --distill-teacher-steps "
+                                 f"({self.distill_teacher_steps}), got {self.distill_ms!r}")
+            if any(a % b for a, b in zip(dm, dm[1:])):
+                raise ValueError(f"--distill-ms must each divide the previous one (staged), got {dm!r}")
 
 
-QUICK = dict(samples=400, w2_samples=250, teacher_steps=192, conv_samples=150, n_tau=97, w2_stride=12,
-             n_boot=400, distill_teacher_steps=32, distill_steps=80, distill_batch=128, distill_pool=512,
-             mlp_hidden=64, mlp_depth=2, fit_points=4096, fit_steps=200, bound_sub_points=4, quick=True)
+QUICK = dict(data_seeds=(0, 1, 2), sigmas=(0.25, 0.1, 0.0), samples=160, spread_samples=64, teacher_steps=128,
+             conv_samples=40,
+             ms=(4, 8, 16, 32, 64, 128), n_tau=65, w2_samples=150, w2_stride=8, n_boot=200, lip_times=9,
+             lip_samples=40, finite_samples=200, finite_teacher_steps=256, transition_samples=80,
+             transition_teacher_steps=128, distill_teacher_steps=32, distill_steps=80, distill_batch=128,
+             distill_pool=256, mlp_hidden=64, mlp_depth=2, fit_points=4096, fit_steps=200, bound_sub_points=4,
+             quick=True)
 
 
 # ------------------------------------------------------------------------------------------------ setup
 
 
 def make_support(dim: int, n: int, seed: int) -> torch.Tensor:
-    """``n`` points uniform in ``[-1, 1]^dim`` from ``seed``: ``(n, dim)`` float64."""
+    """``n`` points uniform in ``[-1, 1]^dim`` from ``seed``: ``(n, dim)`` float64 (the means / Dirac points)."""
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(n, dim, generator=gen, dtype=torch.float64) * 2.0 - 1.0
 
@@ -188,428 +230,701 @@ def make_path(name: str, cfg: Theorem8Config):
     return VPPath(T=cfg.T)
 
 
-def _stamp(msg: str, t0: float) -> None:
-    print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
+class _Log:
+    """Progress lines with the elapsed wall time, flushed (readable in a log file)."""
+
+    def __init__(self, t0: float):
+        self.t0 = t0
+
+    def __call__(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", flush=True)
 
 
-# ------------------------------------------------------------------------------------------------ measurement
+# ------------------------------------------------------------------------------------------------ one case
 
 
-def measure_student(name: str, kind: str, m: int, times: torch.Tensor, states: torch.Tensor, teacher_tau: torch.Tensor,
-                    taus: torch.Tensor, cfg: Theorem8Config, nfe: int, support: torch.Tensor) -> tuple[dict, torch.Tensor]:
-    """One student's row and its coupled squared errors ``(Q, B)``."""
+def _student_row(case: str, path: str, kind: str, m: int, times, states, teacher_tau, taus, cfg, support,
+                 w2: bool) -> tuple[dict, torch.Tensor]:
     y_tau = piecewise_linear(times, states, taus)
     sq = coupled_sq_errors(y_tau, teacher_tau)
     pe = path_error_summary(sq, taus, cfg.t_cut)
-    q = taus.numel()
-    regular = sorted(set(range(0, q, cfg.w2_stride)) | {q - 1})
-    idx = sorted(set(regular) | {int(pe.rms.argmax())})
-    w2 = w2_along_path(y_tau, teacher_tau, idx, n_samples=cfg.w2_samples)
-    on_regular = np.isin(np.asarray(idx), np.asarray(regular))
-    w2_taus = taus[idx]
-    keep = (w2_taus >= cfg.t_cut).numpy()
-    j = int(np.argmax(w2))
-    row = {
-        "path": name, "kind": kind, "M": m, "nfe": nfe,
-        "endpoint_w2": float(w2[-1]),
-        "path_w2_sup": float(w2[j]), "path_w2_argmax_tau": float(w2_taus[j]),
-        "path_w2_sup_restricted": float(w2[keep].max()) if keep.any() else float("nan"),
-        "path_w2_mean": float(w2[on_regular].mean()),
-        "coupled_endpoint_rms": pe.endpoint, "coupled_sup": pe.sup, "coupled_argmax_tau": pe.argmax_tau,
-        "coupled_sup_restricted": pe.sup_restricted,
-        "median_sample_sup": float(torch.quantile(sq.amax(dim=0).sqrt(), 0.5)),
-        "mode_mismatch": mode_mismatch(y_tau[-1], teacher_tau[-1], support),
-        "path_over_endpoint_w2": float(w2[j] / w2[-1]) if w2[-1] > 0 else float("inf"),
-    }
+    row = {"case": case, "path": path, "kind": kind, "M": m, "nfe": m,
+           "coupled_endpoint_rms": pe.endpoint, "coupled_sup": pe.sup, "coupled_argmax_tau": pe.argmax_tau,
+           "coupled_sup_restricted": pe.sup_restricted,
+           "median_sample_sup": float(torch.quantile(sq.amax(dim=0).sqrt(), 0.5)),
+           "mode_mismatch": mode_mismatch(y_tau[-1], teacher_tau[-1], support)}
+    if w2:
+        q = taus.numel()
+        regular = sorted(set(range(0, q, cfg.w2_stride)) | {q - 1})
+        idx = sorted(set(regular) | {int(pe.rms.argmax())})
+        vals = w2_along_path(y_tau, teacher_tau, idx, n_samples=cfg.w2_samples)
+        on_regular = np.isin(np.asarray(idx), np.asarray(regular))
+        j = int(np.argmax(vals))
+        row.update({"endpoint_w2": float(vals[-1]), "path_w2_sup": float(vals[j]),
+                    "path_w2_argmax_tau": float(taus[idx[j]]), "path_w2_mean": float(vals[on_regular].mean())})
     return row, sq
 
 
-def run_teacher(name: str, path, field, latents: torch.Tensor, taus: torch.Tensor, cfg: Theorem8Config) -> tuple:
-    grid = uniform_grid(cfg.T, cfg.t_min, cfg.teacher_steps, device=latents.device)
+def _per_sample_accel(states: torch.Tensor, h: float) -> torch.Tensor:
+    """``(N+1, B)`` per-sample acceleration by second differences (0 at the two ends)."""
+    acc = torch.zeros(states.shape[0], states.shape[1], dtype=states.dtype)
+    acc[1:-1] = (states[2:] - 2.0 * states[1:-1] + states[:-2]).norm(dim=-1) / (h * h)
+    return acc
+
+
+def _profiles(field, teacher, cfg: Theorem8Config) -> dict:
+    """``L(t)`` (two ε) and ``A(t)`` along the teacher, ``∫ L dt`` and the Grönwall constants."""
+    N = teacher.grid.numel() - 1
+    idx = sorted(set(np.linspace(0, N, cfg.lip_times).round().astype(int).tolist()))
+    times = teacher.grid[idx].cpu()
+    lip = lipschitz_profile(field, teacher.states[idx], teacher.grid[idx], cfg.lip_eps, cfg.lip_samples)
+    h = abs(float(teacher.grid[1] - teacher.grid[0]))
+    acc = _per_sample_accel(teacher.states.cpu(), h)
+    # A at a node: the max over the neighbouring fine nodes (the second difference is centred)
+    A = {"max": [], "p99": [], "median": []}
+    for j in idx:
+        lo, hi = max(1, j - 1), min(N - 1, j + 1)
+        a = acc[lo:hi + 1].reshape(-1)
+        A["max"].append(float(a.max()))
+        A["p99"].append(float(torch.quantile(a, 0.99)))
+        A["median"].append(float(a.median()))
+    t = times.numpy()
+    delta = cfg.T - cfg.t_min
+    out = {"t": t.tolist(), "lipschitz": lip["eps"], "accel": A, "lip_samples": lip["n_samples"]}
+    e_fine = repr(float(min(cfg.lip_eps)))
+    e_coarse = repr(float(max(cfg.lip_eps)))
+    integ, bound_c = {}, {}
+    for stat in ("max", "p99", "median"):
+        Lc = np.asarray(lip["eps"][e_coarse][stat])
+        order = np.argsort(t)
+        integ[stat] = float(np.trapezoid(Lc[order], t[order])) if hasattr(np, "trapezoid") else \
+            float(np.trapz(Lc[order], t[order]))
+        bound_c[stat] = gronwall_constant(t, Lc, np.asarray(A[stat]), delta)
+    out["integral_L"] = integ
+    out["bound_constant"] = bound_c
+    out["eps_ratio_max"] = float(max(np.asarray(lip["eps"][e_fine]["max"]) /
+                                     np.maximum(np.asarray(lip["eps"][e_coarse]["max"]), 1e-300)))
+    return out
+
+
+def run_case(case: str, path_name: str, support: torch.Tensor, sigma: float, cfg: Theorem8Config, *, samples: int,
+             teacher_steps: int, ms: Sequence[int], w2: bool, profiles: bool, log: _Log, taus: torch.Tensor,
+             keep_plot: bool = False) -> dict:
+    """Teacher (RK4 on the exact field), students of every ``M``, slopes, optional ``W2`` and profiles."""
+    device = torch.device(cfg.device)
+    path = make_path(path_name, cfg)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.latent_seed)
+    latents = path.sample_latent((samples, cfg.dim), generator=gen, dtype=torch.float64).to(device)
+    exact = ExactField(path, support.to(device), data_sigma=sigma)
     t0 = time.perf_counter()
-    teacher = teacher_trajectory(field, latents, grid, "rk4", progress=True)
-    wall = time.perf_counter() - t0
-    n = min(cfg.conv_samples, latents.shape[0])
-    half = teacher_trajectory(field, latents[:n], uniform_grid(cfg.T, cfg.t_min, cfg.teacher_steps // 2,
-                                                               device=latents.device), "rk4")
-    sq = coupled_sq_errors(half.at(taus), teacher.at(taus)[:, :n])
-    conv = path_error_summary(sq, taus, cfg.t_cut)
-    keep = teacher.grid >= cfg.t_cut
-    acc = teacher.accel[1:-1]
-    info = {
-        "method": "rk4", "steps": cfg.teacher_steps, "nfe": teacher.nfe, "wall_s": wall,
-        "self_convergence": {"vs_steps": cfg.teacher_steps // 2, "samples": n, "endpoint_rms": conv.endpoint,
-                             "sup_rms": conv.sup, "sup_rms_restricted": conv.sup_restricted},
-        "max_speed": teacher.max_speed(),
-        "max_accel": float(acc.max()),
-        "median_node_accel": float(acc.median()),
-        "max_accel_restricted": float(teacher.accel[keep][1:].max()) if int(keep.sum()) > 2 else float("nan"),
-    }
-    return teacher, info
+    teacher = teacher_trajectory(exact, latents, uniform_grid(cfg.T, cfg.t_min, teacher_steps, device=device), "rk4")
+    n_conv = min(cfg.conv_samples, samples)
+    teacher_tau = teacher.at(taus).cpu()
+    coarse = [teacher_trajectory(exact, latents[:n_conv], uniform_grid(cfg.T, cfg.t_min, teacher_steps // k,
+                                                                      device=device), "rk4").at(taus).cpu()
+              for k in (2, 4)]
+    conv = path_error_summary(coupled_sq_errors(coarse[0], teacher_tau[:, :n_conv]), taus, cfg.t_cut)
+    conv4 = path_error_summary(coupled_sq_errors(coarse[1], coarse[0]), taus, cfg.t_cut)
+    # observed order from three levels, and the Richardson estimate of the N-step teacher's own error
+    order = math.log2(conv4.sup / conv.sup) if conv.sup > 0 and conv4.sup > 0 else 4.0
+    order_c = min(max(order, 1.0), 4.0)
+    teacher_err = conv.sup / (2.0 ** order_c - 1.0)
+    solver = cfg.vp_solver if path_name == "vp" else "euler"
+    sfield = ExactField(path, support.to(device), quantity="epsilon", data_sigma=sigma) if solver == "ddim" else exact
+    rows, sqs = [], {}
+    plot = {}
+    for m in ms:
+        grid = uniform_grid(cfg.T, cfg.t_min, m, device=device)
+        st = student_states(sfield, latents, grid, solver, alpha_bar=path.alpha_bar if solver == "ddim" else None)
+        row, sq = _student_row(case, path_name, solver, m, grid.cpu(), st.cpu(), teacher_tau, taus, cfg,
+                               support.cpu(), w2)
+        rows.append(row)
+        sqs[m] = sq
+        if keep_plot and m == 8:
+            plot["student"] = (grid.cpu(), st[:, :12].cpu())
+    fit_ms = [m for m in ms if m >= cfg.fit_min_m]
+    fit_sq = [sqs[m] for m in fit_ms]
+    full = bootstrap_slope(fit_ms, fit_sq, cfg.n_boot, seed=cfg.seed)
+    med = bootstrap_slope(fit_ms, fit_sq, cfg.n_boot, seed=cfg.seed, stat="median")
+    errs = [r["coupled_sup"] for r in rows]
+    slope = {"fit_ms": fit_ms, "slope": full["slope"], "ci": full["ci"], "level": full["level"],
+             "slope_median": med["slope"], "ci_median": med["ci"],
+             "local": local_slopes(list(ms), errs),
+             "local_median": local_slopes(list(ms), [r["median_sample_sup"] for r in rows]),
+             "C_measured": max(m * e for m, e in zip(ms, errs)),
+             "C_fit": float(math.exp(full["intercept"]))}
+    # fixed tau (finite regime diagnostics; cheap everywhere)
+    fixed = {}
+    for tau in cfg.taus_fixed:
+        q = int((taus - tau).abs().argmin())
+        mask = torch.zeros(taus.numel(), dtype=torch.bool)
+        mask[q] = True
+        b = bootstrap_slope(fit_ms, fit_sq, cfg.n_boot, seed=cfg.seed, rows=mask)
+        fixed[f"{float(taus[q]):.3g}"] = {"slope": b["slope"], "ci": b["ci"], "err": b["err"]}
+    slope["fixed_tau"] = fixed
+    mm = [(m, r["mode_mismatch"]) for m, r in zip(ms, rows) if m in fit_ms and r["mode_mismatch"] > 0]
+    slope["mismatch"] = {"M": [m for m, _ in mm], "share": [v for _, v in mm],
+                         "slope": fit_loglog_slope([m for m, _ in mm], [v for _, v in mm])[0] if len(mm) >= 2 else None}
+    min_err = min(errs)
+    info = {"case": case, "path": path_name, "sigma": sigma, "n_support": int(support.shape[0]), "samples": samples,
+            "teacher": {"method": "rk4", "steps": teacher_steps, "nfe": teacher.nfe,
+                        "self_convergence": {"vs_steps": teacher_steps // 2, "samples": n_conv, "sup_rms": conv.sup,
+                                             "endpoint_rms": conv.endpoint, "sup_rms_quarter_vs_half": conv4.sup,
+                                             "observed_order": order, "richardson_error": teacher_err,
+                                             "over_smallest_student_error": teacher_err / min_err if min_err > 0 else None,
+                                             "definition": "richardson_error = sup_tau RMS(N/2 vs N) / (2^p - 1), p the "
+                                                           "observed order from N/4, N/2, N clamped to [1, 4]; "
+                                                           "over_smallest_student_error = richardson_error / min_M err"},
+                        "max_speed": teacher.max_speed(), "max_accel": float(teacher.accel[1:-1].max())},
+            "slope": slope, "rows": rows, "wall_s": None}
+    if profiles:
+        info["profiles"] = _profiles(exact, teacher, cfg)
+        pb = info["profiles"]["bound_constant"]
+        info["bound_vs_measured"] = {k: (v / slope["C_measured"] if slope["C_measured"] > 0 else None)
+                                     for k, v in pb.items()}
+    if keep_plot:
+        plot["teacher"] = teacher.states[:, :12].cpu()
+        plot["teacher_grid"] = teacher.grid.cpu()
+        info["_plot"] = plot
+    info["_sq"] = sqs
+    info["_teacher"] = teacher if (case == "smooth/kac") else None
+    info["_latents"] = latents if (case == "smooth/kac") else None
+    info["wall_s"] = time.perf_counter() - t0
+    sc = info["teacher"]["self_convergence"]
+    log(f"{case:24s} sigma={sigma:<5g} n={samples:<4d} teacher RK4x{teacher_steps} (error {sc['richardson_error']:.1e}, "
+        f"order {sc['observed_order']:.1f}, {sc['over_smallest_student_error']:.2g} of the smallest)  slope {slope['slope']:+.3f} "
+        f"[{slope['ci'][0]:+.3f}, {slope['ci'][1]:+.3f}]  C = {slope['C_measured']:.3g}  ({info['wall_s']:.1f}s)")
+    return info
 
 
-def run_distillation(name: str, path, support: torch.Tensor, exact: ExactField, cfg: Theorem8Config, device,
-                     t0: float) -> tuple[list, dict]:
-    """Fit an MLP to the exact field, then distil. Returns ``([(M, distiller, stage)], info)``."""
+# ------------------------------------------------------------------------------------------------ distillation
+
+
+def run_distillation(support: torch.Tensor, cfg: Theorem8Config, taus: torch.Tensor, base: dict, log: _Log) -> dict:
+    """MLP fitted to the exact Kac field (Gaussian-mixture data), then staged endpoint distillation with the MLP
+    as teacher; students measured against the MLP teacher's RK4 trajectory, per-interval bound checked."""
+    device = torch.device(cfg.device)
+    path = make_path("kac", cfg)
+    exact = ExactField(path, support.to(device), data_sigma=cfg.sigma)
     torch.manual_seed(cfg.seed)
     model = MLP(dim=cfg.dim, hidden=cfg.mlp_hidden, depth=cfg.mlp_depth, T=cfg.T).to(device)
-    fit = fit_velocity_mlp(model, path, support, exact, n_points=cfg.fit_points, steps=cfg.fit_steps,
-                           lr=cfg.fit_lr, t_min=cfg.t_min, seed=cfg.seed, progress=True)
-    _stamp(f"{name}: MLP fitted to the exact field, mse {fit['final_mse']:.3g}", t0)
-    data = support.to(device=device, dtype=torch.float32)
+    fit = fit_velocity_mlp(model, path, support, exact, n_points=cfg.fit_points, steps=cfg.fit_steps, lr=cfg.fit_lr,
+                           t_min=cfg.t_min, seed=cfg.seed, data_sigma=cfg.sigma)
+    log(f"distillation: MLP fitted to the exact Kac field (mse {fit['final_mse']:.3g})")
+    teacher_net = copy.deepcopy(model).eval()
+    for p in teacher_net.parameters():
+        p.requires_grad_(False)
+    tfield = ModelField(teacher_net)
+    latents = base["_latents"]
+    teacher = teacher_trajectory(tfield, latents, uniform_grid(cfg.T, cfg.t_min, cfg.teacher_steps, device=device), "rk4")
+    teacher_tau = teacher.at(taus).cpu()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    k = torch.randint(support.shape[0], (max(cfg.distill_pool, 1024),), generator=gen)
+    data = (support[k] + cfg.sigma * torch.randn(k.numel(), cfg.dim, generator=gen, dtype=torch.float64))
     ms = tuple(sorted(cfg.distill_ms, reverse=True))
-    base = dict(steps_per_stage=cfg.distill_steps, batch_size=cfg.distill_batch, lr=cfg.distill_lr,
-                lr_schedule="cosine", ema_decay=cfg.distill_ema, source="rollout", teacher_method="rk4",
-                p_uncond=0.0, t_end=cfg.t_min, rollout_pool=cfg.distill_pool,
-                rollout_refresh=max(cfg.distill_steps, 1), seed=cfg.seed, log_every=10)
-    students, hist = [], []
-    schedules = [(cfg.distill_teacher_steps,) + ms] if cfg.distill_schedule == "staged" else \
-        [(cfg.distill_teacher_steps, m) for m in ms]
-    for stages in schedules:
-        d = ExactTeacherDistiller(model, exact, path, data, config=DistillConfig(stages=stages, **base))
-        h = d.run(progress=True)
-        for i, m in enumerate(stages[1:], start=1):
-            students.append((m, d, i))
-        hist.extend({k: v for k, v in e.items() if k != "losses"} for e in h)
-        _stamp(f"{name}: distilled {' -> '.join(map(str, stages))}", t0)
-    return students, {"mlp_fit_mse": fit["final_mse"], "stages": hist}
+    dcfg = DistillConfig(stages=(cfg.distill_teacher_steps,) + ms, steps_per_stage=cfg.distill_steps,
+                         batch_size=cfg.distill_batch, lr=cfg.distill_lr, lr_schedule="cosine",
+                         ema_decay=cfg.distill_ema, source="rollout", teacher_method="rk4", p_uncond=0.0,
+                         t_end=cfg.t_min, rollout_pool=cfg.distill_pool, rollout_refresh=max(cfg.distill_steps, 1),
+                         seed=cfg.seed, log_every=10)
+    d = ExactTeacherDistiller(model, teacher_net, path, data.to(device=device, dtype=torch.float32), config=dcfg)
+    d.run(progress=False)
+    log(f"distillation: {' -> '.join(map(str, dcfg.stages))} done")
+    rows, bounds = [], []
+    for stage, m in enumerate(ms, start=1):
+        grid = uniform_grid(cfg.T, cfg.t_min, m, device=device)
+        st = student_states(d.student_field(stage), latents, grid, "euler")
+        row, _ = _student_row("smooth/kac_distilled", "kac", "distilled", m, grid.cpu(), st.cpu(), teacher_tau, taus,
+                              cfg, support.cpu(), True)
+        checks = interval_bound_check(d.student_step_fn(stage), teacher, grid, cfg.bound_sub_points,
+                                      w2_samples=cfg.w2_samples)
+        row.update({"bound_worst_ratio_accel": max(c.ratio_accel for c in checks),
+                    "bound_worst_ratio_chord": max(c.ratio_chord for c in checks),
+                    "bound_holds": all(c.ratio_accel <= 1.0 + 1e-9 for c in checks)})
+        bounds.append({"M": m, "intervals": [dataclasses.asdict(c) for c in checks]})
+        rows.append(row)
+    return {"mlp_fit_mse": fit["final_mse"], "rows": rows, "bounds": bounds,
+            "bound_worst_ratio": max(r["bound_worst_ratio_accel"] for r in rows),
+            "bound_worst_ratio_chord": max(r["bound_worst_ratio_chord"] for r in rows),
+            "teacher_note": "the MLP fitted to the exact Kac field (a smooth network teacher), RK4"}
 
 
-def run(cfg: Theorem8Config, progress_t0: Optional[float] = None) -> dict:
-    t0 = time.perf_counter() if progress_t0 is None else progress_t0
-    device = torch.device(cfg.device)
-    support = make_support(cfg.dim, cfg.n_support, cfg.data_seed).to(device)
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def _strip(info: dict) -> dict:
+    return {k: v for k, v in info.items() if not k.startswith("_")}
+
+
+def run(cfg: Theorem8Config, t0: Optional[float] = None) -> dict:
+    log = _Log(time.perf_counter() if t0 is None else t0)
     taus = uniform_grid(cfg.T, cfg.t_min, cfg.n_tau - 1)
-    rows, slopes, teachers, distill_info, bounds, traj_plot = [], {}, {}, {}, {}, {}
-    sq_by_path: dict = {}
-    for name in cfg.paths:
-        path = make_path(name, cfg)
-        gen = torch.Generator(device="cpu").manual_seed(cfg.latent_seed)
-        latents = path.sample_latent((cfg.samples, cfg.dim), generator=gen, dtype=torch.float64).to(device)
-        exact = ExactField(path, support)
-        teacher, info = run_teacher(name, path, exact, latents, taus, cfg)
-        teachers[name] = info
-        _stamp(f"{name}: teacher RK4 x{cfg.teacher_steps} ({info['wall_s']:.1f}s), self-convergence "
-               f"{info['self_convergence']['sup_rms']:.2e}", t0)
-        teacher_tau = teacher.at(taus).cpu()
-        solver = cfg.vp_solver if name == "vp" else "euler"
-        student_field = ExactField(path, support, quantity="epsilon") if solver == "ddim" else exact
-        sq_by_path[name] = {}
-        traj_plot[name] = {"teacher": teacher.states[:, :12].cpu(), "teacher_grid": teacher.grid.cpu()}
-        for m in cfg.ms:
-            grid = uniform_grid(cfg.T, cfg.t_min, m, device=device)
-            st = student_states(student_field, latents, grid, solver,
-                                alpha_bar=path.alpha_bar if solver == "ddim" else None)
-            row, sq = measure_student(name, solver, m, grid.cpu(), st.cpu(), teacher_tau, taus, cfg, nfe=m,
-                                      support=support.cpu())
-            rows.append(row)
-            sq_by_path[name][m] = sq
-            if m == 4:
-                traj_plot[name]["euler"] = (grid.cpu(), st[:, :12].cpu())
-        _stamp(f"{name}: {len(cfg.ms)} {solver} students measured", t0)
-        if name in cfg.distill_paths:
-            students, dinfo = run_distillation(name, path, support, exact, cfg, device, t0)
-            distill_info[name] = dinfo
-            sq_by_path[name + "_distilled"] = {}
-            bounds[name] = []
-            for m, d, stage in sorted(students, key=lambda s: s[0]):
-                grid = uniform_grid(cfg.T, cfg.t_min, m, device=device)  # d.grid(stage) in float64
-                st = student_states(d.student_field(stage), latents, grid, "euler")
-                row, sq = measure_student(name, "distilled", m, grid.cpu(), st.cpu(), teacher_tau, taus, cfg, nfe=m,
-                                          support=support.cpu())
-                checks = interval_bound_check(d.student_step_fn(stage), teacher, grid, cfg.bound_sub_points,
-                                              w2_samples=cfg.w2_samples)
-                worst = max(checks, key=lambda c: c.ratio_accel)
-                worst_c = max(checks, key=lambda c: c.ratio_chord)
-                row.update({"bound_worst_ratio_accel": worst.ratio_accel, "bound_worst_ratio_chord": worst_c.ratio_chord,
-                            "bound_holds": all(c.ratio_accel <= 1.0 + 1e-9 for c in checks)})
-                bounds[name].append({"M": m, "intervals": [dataclasses.asdict(c) for c in checks]})
-                rows.append(row)
-                sq_by_path[name + "_distilled"][m] = sq
-                if m == min(4, max(cfg.distill_ms)):
-                    traj_plot[name]["distilled"] = (grid.cpu(), st[:, :12].cpu())
-            _stamp(f"{name}: {len(students)} distilled students measured, bound checked", t0)
-        del teacher
-    return summarize(cfg, rows, sq_by_path, taus, teachers, distill_info, bounds, traj_plot, support.cpu())
+    seed0 = cfg.data_seeds[0]
+    support0 = make_support(cfg.dim, cfg.n_support, seed0)
+    cases, rows = {}, []
+    log(f"smooth regime: Kac/Gaussian/VP on Gaussian-mixture data (sigma={cfg.sigma}, {cfg.n_support} means, "
+        f"d={cfg.dim}), Euler students M={list(cfg.ms)}")
+    for name in cfg.smooth_paths:
+        cases[f"smooth/{name}"] = run_case(f"smooth/{name}", name, support0, cfg.sigma, cfg, samples=cfg.samples,
+                                           teacher_steps=cfg.teacher_steps, ms=cfg.ms, w2=True,
+                                           profiles=(name == "kac"), log=log, taus=taus, keep_plot=(name == "kac"))
+    for s in cfg.data_seeds[1:]:
+        sup = make_support(cfg.dim, cfg.n_support, s)
+        cases[f"smooth/kac_seed{s}"] = run_case(f"smooth/kac_seed{s}", "kac", sup, cfg.sigma, cfg,
+                                                samples=cfg.spread_samples, teacher_steps=cfg.teacher_steps, ms=cfg.ms,
+                                                w2=False, profiles=False, log=log, taus=taus)
+    distill = None
+    if cfg.distill:
+        distill = run_distillation(support0, cfg, taus, cases["smooth/kac"], log)
+    log("finite regime: the same points as a Dirac mixture (sigma = 0)")
+    cases["finite/kac"] = run_case("finite/kac", "kac", support0, 0.0, cfg, samples=cfg.finite_samples,
+                                   teacher_steps=cfg.finite_teacher_steps, ms=cfg.ms, w2=True, profiles=True, log=log,
+                                   taus=taus, keep_plot=True)
+    cases["finite/gaussian"] = run_case("finite/gaussian", "gaussian", support0, 0.0, cfg, samples=cfg.finite_samples,
+                                        teacher_steps=cfg.finite_teacher_steps, ms=cfg.ms, w2=True, profiles=False,
+                                        log=log, taus=taus)
+    cases["finite/kac_single_point"] = run_case("finite/kac_single_point", "kac", support0[:1], 0.0, cfg,
+                                                samples=cfg.finite_samples, teacher_steps=cfg.finite_teacher_steps,
+                                                ms=cfg.ms, w2=False, profiles=False, log=log, taus=taus)
+    log(f"transition: sigma in {list(cfg.sigmas)} (Kac)")
+    transition = []
+    for s in cfg.sigmas:
+        if s == cfg.sigma:
+            c = cases["smooth/kac"]
+        elif s == 0:
+            c = cases["finite/kac"]
+        else:
+            steps = cfg.teacher_steps if s >= cfg.sigma else cfg.transition_teacher_steps  # L grows like 1/sigma
+            c = run_case(f"transition/kac_sigma{s:g}", "kac", support0, s, cfg, samples=cfg.transition_samples,
+                         teacher_steps=steps, ms=cfg.ms, w2=False, profiles=False, log=log, taus=taus)
+            cases[c["case"]] = c
+        transition.append({"sigma": s, "case": c["case"], "slope": c["slope"]["slope"], "ci": c["slope"]["ci"],
+                           "slope_median": c["slope"]["slope_median"], "C_measured": c["slope"]["C_measured"],
+                           "teacher_self_convergence": c["teacher"]["self_convergence"]["over_smallest_student_error"]})
+    for c in cases.values():
+        rows.extend(c["rows"])
+    if distill:
+        rows.extend(distill["rows"])
+    return summarize(cfg, cases, rows, transition, distill)
 
 
-def summarize(cfg, rows, sq_by_path, taus, teachers, distill_info, bounds, traj_plot, support) -> dict:
-    keep = taus >= cfg.t_cut
-    slopes, constants = {}, {}
-    for key, per_m in sq_by_path.items():
-        ms = sorted(per_m)
-        fit_ms = [m for m in ms if m >= cfg.fit_min_m] if key in cfg.paths else ms
-        if len(fit_ms) < 2:
-            continue
-        sqs = [per_m[m] for m in fit_ms]
-        full = bootstrap_slope(fit_ms, sqs, cfg.n_boot, seed=cfg.seed)
-        rest = bootstrap_slope(fit_ms, sqs, cfg.n_boot, seed=cfg.seed, rows=keep)
-        med = bootstrap_slope(fit_ms, sqs, cfg.n_boot, seed=cfg.seed, stat="median")
-        med_r = bootstrap_slope(fit_ms, sqs, cfg.n_boot, seed=cfg.seed, rows=keep, stat="median")
-        all_m = fit_loglog_slope(ms, [float(per_m[m].mean(1).sqrt().max()) for m in ms])[0]
-        slopes[key] = {"fit_ms": fit_ms, "slope": full["slope"], "ci": full["ci"], "slope_all_ms": all_m,
-                       "slope_restricted": rest["slope"], "ci_restricted": rest["ci"],
-                       "slope_median": med["slope"], "ci_median": med["ci"],
-                       "slope_median_restricted": med_r["slope"], "ci_median_restricted": med_r["ci"],
-                       "level": full["level"]}
-        constants[key] = {"C": rate_constant(fit_ms, full["err"]), "C_restricted": rate_constant(fit_ms, rest["err"]),
-                          "C_median": rate_constant(fit_ms, med["err"])}
-    # equal-M comparison (Euler/DDIM students)
-    by = {(r["path"], r["kind"], r["M"]): r for r in rows}
+def summarize(cfg: Theorem8Config, cases: dict, rows: list, transition: list, distill: Optional[dict]) -> dict:
+    head = cases["smooth/kac"]["slope"]
+    spread_cases = ["smooth/kac"] + [f"smooth/kac_seed{s}" for s in cfg.data_seeds[1:]]
+    spread = [cases[k]["slope"]["slope"] for k in spread_cases]
+    # correlation of endpoint W2 and sup path W2 across the students that have W2
+    def corr(sel):
+        sel = [r for r in sel if "endpoint_w2" in r]
+        return loglog_correlation([r["endpoint_w2"] for r in sel], [r["path_w2_sup"] for r in sel])
+
+    smooth_rows = [r for r in rows if r["case"].startswith("smooth/")]
+    finite_rows = [r for r in rows if r["case"].startswith("finite/")]
+    corr_detail = {"smooth_all_students": corr(smooth_rows), "finite_all_students": corr(finite_rows),
+                   "smooth_distilled": corr([r for r in rows if r["kind"] == "distilled"])}
     equal_m = []
     for m in cfg.ms:
         e = {"M": m}
-        for name in cfg.paths:
-            kind = cfg.vp_solver if name == "vp" else "euler"
-            r = by.get((name, kind, m))
-            if r:
-                e[name] = r["coupled_sup"]
-                e[name + "_restricted"] = r["coupled_sup_restricted"]
-                e[name + "_endpoint_w2"] = r["endpoint_w2"]
-        for other in ("gaussian", "vp"):
-            if "kac" in e and other in e:
-                e[f"kac_over_{other}"] = e["kac"] / e[other]
+        for regime in ("smooth", "finite"):
+            for name in PATHS:
+                c = cases.get(f"{regime}/{name}")
+                if c is None:
+                    continue
+                r = next(r for r in c["rows"] if r["M"] == m)
+                e[f"{regime}/{name}"] = r["coupled_sup"]
+            if f"{regime}/kac" in e and f"{regime}/gaussian" in e:
+                e[f"{regime}/kac_over_gaussian"] = e[f"{regime}/kac"] / e[f"{regime}/gaussian"]
         equal_m.append(e)
-    ep = [r["endpoint_w2"] for r in rows]
-    pw = [r["path_w2_sup"] for r in rows]
-    corr_all = loglog_correlation(ep, pw)
-    corr_detail = {"all_students": corr_all,
-                   "all_students_mean_path": loglog_correlation(ep, [r["path_w2_mean"] for r in rows])}
-    for name in cfg.paths:
-        sel = [r for r in rows if r["path"] == name]
-        corr_detail[name] = loglog_correlation([r["endpoint_w2"] for r in sel], [r["path_w2_sup"] for r in sel])
-    dist = [r for r in rows if r["kind"] == "distilled"]
-    if dist:
-        corr_detail["distilled"] = loglog_correlation([r["endpoint_w2"] for r in dist], [r["path_w2_sup"] for r in dist])
-    worst = {name: max((iv["ratio_accel"] for b in bl for iv in b["intervals"]), default=float("nan"))
-             for name, bl in bounds.items()}
-    worst_chord = {name: max((iv["ratio_chord"] for b in bl for iv in b["intervals"]), default=float("nan"))
-                   for name, bl in bounds.items()}
-    head = "kac" if "kac" in slopes else cfg.paths[0]
-    min_student = {name: min(r["coupled_sup"] for r in rows if r["path"] == name) for name in cfg.paths}
-    for name, info in teachers.items():
-        sc = info["self_convergence"]
-        sc["over_smallest_student_error"] = sc["sup_rms"] / min_student[name] if min_student[name] > 0 else float("inf")
-        sc["ok"] = bool(sc["over_smallest_student_error"] < 0.1)
-        if not sc["ok"]:
-            print(f"WARNING: the {name} teacher's self-convergence error is {sc['over_smallest_student_error']:.2f} of "
-                  f"the smallest student error (want << 1): raise --teacher-steps", flush=True)
-    return {
-        "slope": slopes[head]["slope"], "slope_ci": slopes[head]["ci"], "slope_path": head,
-        "slope_restricted": slopes[head]["slope_restricted"], "slope_restricted_ci": slopes[head]["ci_restricted"],
-        "slope_median": slopes[head]["slope_median"], "slope_median_ci": slopes[head]["ci_median"],
-        "slope_definition": ("least-squares slope of log sup_tau sqrt(mean_b |Y_tau - X_tau|^2) against log M over "
-                             f"M >= {cfg.fit_min_m}, Euler students on the exact field, tau in [t_min, T]; "
-                             f"'restricted': tau in [t_cut={cfg.t_cut}, T]; 'median': median over samples of the "
-                             "per-sample sup_tau |Y_tau - X_tau|; CI: paired bootstrap over latents"),
-        "correlation": corr_all["pearson_log"],
-        "correlation_definition": "Pearson correlation of log endpoint W2 and log sup_tau W2 across all students",
-        "correlation_detail": corr_detail,
-        "slopes": slopes, "constants": constants, "equal_m": equal_m,
-        "bound_worst_ratio": worst, "bound_worst_ratio_chord": worst_chord,
-        "teachers": teachers, "distillation": distill_info, "bounds": bounds, "rows": rows,
-        "_plot": {"traj": traj_plot, "support": support},
+    constants = {k: {"C_measured": c["slope"]["C_measured"], "C_fit": c["slope"]["C_fit"]} for k, c in cases.items()}
+    fin = cases["finite/kac"]["slope"]
+    verdict = {
+        "smooth": (f"O(1/M) holds where the teacher field is Lipschitz: Kac slope {head['slope']:+.3f} "
+                   f"[{head['ci'][0]:+.3f}, {head['ci'][1]:+.3f}] on M >= {cfg.fit_min_m}, over {len(spread)} data sets "
+                   f"{min(spread):+.3f} to {max(spread):+.3f}"),
+        "finite": (f"on Dirac data the rate is lost: whole-path slope {fin['slope']:+.3f} "
+                   f"[{fin['ci'][0]:+.3f}, {fin['ci'][1]:+.3f}], median sample {fin['slope_median']:+.3f}; the share "
+                   f"of samples ending at another data point falls like M^{fin['mismatch']['slope'] or float('nan'):+.2f}, "
+                   "each such sample errs by the data spacing, so the RMS error falls like its square root"),
     }
+    res = {
+        "slope": head["slope"], "slope_ci": head["ci"], "slope_path": "kac",
+        "slope_regime": f"smooth: Kac path, Gaussian-mixture data sigma={cfg.sigma}, data seed {cfg.data_seeds[0]}",
+        "slope_fit_ms": head["fit_ms"], "slope_local": head["local"], "slope_median": head["slope_median"],
+        "slope_median_ci": head["ci_median"],
+        "slope_definition": ("least-squares slope of log sup_tau sqrt(mean_b |Y_tau - X_tau|^2) against log M over "
+                             f"M >= {cfg.fit_min_m}, Euler students on the exact field, tau in [t_min, T] (whole path); "
+                             "CI: paired bootstrap over the starting latents; local slopes between consecutive M"),
+        "slope_spread": {"cases": spread_cases, "seeds": list(cfg.data_seeds), "slopes": spread,
+                         "cis": [cases[k]["slope"]["ci"] for k in spread_cases],
+                         "mean": float(np.mean(spread)), "sd": float(np.std(spread, ddof=1)) if len(spread) > 1 else 0.0,
+                         "min": min(spread), "max": max(spread)},
+        "finite": {"slope": fin["slope"], "ci": fin["ci"], "slope_median": fin["slope_median"],
+                   "ci_median": fin["ci_median"], "fixed_tau": fin["fixed_tau"], "mismatch": fin["mismatch"],
+                   "gaussian": {k: cases["finite/gaussian"]["slope"][k] for k in ("slope", "ci", "slope_median",
+                                                                                  "fixed_tau", "mismatch")},
+                   "single_point": {k: cases["finite/kac_single_point"]["slope"][k] for k in ("slope", "ci",
+                                                                                              "slope_median")}},
+        "transition": transition,
+        "profiles": {"smooth/kac": cases["smooth/kac"].get("profiles"), "finite/kac": cases["finite/kac"].get("profiles")},
+        "bound_vs_measured": {"smooth/kac": cases["smooth/kac"].get("bound_vs_measured"),
+                              "finite/kac": cases["finite/kac"].get("bound_vs_measured")},
+        "correlation": corr_detail["smooth_all_students"]["pearson_log"],
+        "correlation_definition": "Pearson correlation of log endpoint W2 and log sup_tau W2 across the smooth "
+                                  "regime's students (Euler on the exact Kac/Gaussian/VP fields, distilled)",
+        "correlation_detail": corr_detail,
+        "constants": constants, "equal_m": equal_m,
+        "bound_worst_ratio": {"kac_distilled": distill["bound_worst_ratio"]} if distill else {},
+        "bound_worst_ratio_chord": {"kac_distilled": distill["bound_worst_ratio_chord"]} if distill else {},
+        "distillation": {k: v for k, v in distill.items() if k != "rows"} if distill else None,
+        "cases": {k: _strip({kk: vv for kk, vv in c.items() if kk != "rows"}) for k, c in cases.items()},
+        "verdict": verdict,
+        "rows": rows,
+    }
+    for k, c in cases.items():
+        sc = c["teacher"]["self_convergence"]
+        r = sc["over_smallest_student_error"]
+        sc["ok"] = bool(r is not None and r < 0.1)
+        if not sc["ok"]:
+            print(f"WARNING: the {k} teacher's self-convergence error is {r:.2f} of the smallest student error "
+                  "(want << 1): raise the teacher steps", flush=True)
+    res["_plot"] = {"smooth": cases["smooth/kac"].get("_plot"), "finite": cases["finite/kac"].get("_plot")}
+    res["_cases"] = cases
+    return res
 
 
-# ------------------------------------------------------------------------------------------------ outputs
+# ------------------------------------------------------------------------------------------------ figures
 
-COLORS = {"kac": "C0", "gaussian": "C1", "vp": "C2"}
+COLORS = {"kac": "C0", "gaussian": "C1", "vp": "C2", "kac_single_point": "C4", "kac_distilled": "C3"}
+
+
+def _case_curve(c):
+    ms = [r["M"] for r in c["rows"]]
+    return np.asarray(ms, float), np.asarray([r["coupled_sup"] for r in c["rows"]]), \
+        np.asarray([r["median_sample_sup"] for r in c["rows"]])
 
 
 def plot_rate(res: dict, cfg: Theorem8Config, path: Path) -> None:
-    """Left: the coupled RMS path error (whole path, and tau >= t_cut); right: the median sample's."""
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.2))
-    rows = res["rows"]
-    for name in cfg.paths:
-        kind = cfg.vp_solver if name == "vp" else "euler"
-        sel = sorted((r for r in rows if r["path"] == name and r["kind"] == kind), key=lambda r: r["M"])
-        dsel = sorted((r for r in rows if r["path"] == name and r["kind"] == "distilled"), key=lambda r: r["M"])
-        s = res["slopes"][name]
-        m = np.array([r["M"] for r in sel], dtype=float)
-        for ax, key, rkey, sk, lab in ((axes[0], "coupled_sup", "coupled_sup_restricted", "slope", "RMS"),
-                                        (axes[1], "median_sample_sup", None, "slope_median", "median")):
-            e = np.array([r[key] for r in sel])
-            ci = s["ci" + sk[len("slope"):]]
-            ax.loglog(m, e, "o-", color=COLORS[name], label=f"{name} {kind}: {s[sk]:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]")
-            if rkey is not None:
-                ax.loglog(m, [r[rkey] for r in sel], "s--", color=COLORS[name], alpha=0.55, ms=4,
-                          label=f"{name}, tau >= {cfg.t_cut:g}: {s['slope_restricted']:.2f}")
-            if dsel:
-                ax.loglog([r["M"] for r in dsel], [r[key] for r in dsel], "D", color=COLORS[name], mfc="none",
-                          ms=7, label=f"{name} distilled (MLP)")
-    for ax, title in zip(axes, ("sup over tau of the coupled RMS error", "median over samples of sup over tau")):
-        m = np.array(cfg.ms, dtype=float)
+    cases = res["_cases"]
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.4))
+    ax = axes[0]
+    for k, c in cases.items():
+        if not k.startswith("smooth/"):
+            continue
+        name = k.split("/")[1]
+        m, e, _ = _case_curve(c)
+        s = c["slope"]
+        color = COLORS.get(name, "C0" if name.startswith("kac") else "C7")
+        style = "o-" if "seed" not in name else ".:"
+        ax.loglog(m, e, style, color=color, alpha=1.0 if "seed" not in name else 0.6,
+                  label=f"{name}: {s['slope']:+.2f} [{s['ci'][0]:+.2f}, {s['ci'][1]:+.2f}]")
+    if res.get("distillation"):
+        dr = sorted((r for r in res["rows"] if r["kind"] == "distilled"), key=lambda r: r["M"])
+        ax.loglog([r["M"] for r in dr], [r["coupled_sup"] for r in dr], "D", color="C3", mfc="none", ms=7,
+                  label="kac distilled (vs its MLP teacher)")
+    ax.set_title(f"smooth: Gaussian-mixture data, sigma = {cfg.sigma:g} (hypotheses hold)", fontsize=9)
+    ax = axes[1]
+    for k in ("finite/kac", "finite/gaussian", "finite/kac_single_point"):
+        c = cases[k]
+        name = k.split("/")[1]
+        m, e, med = _case_curve(c)
+        s = c["slope"]
+        ax.loglog(m, e, "o-", color=COLORS[name], label=f"{name} RMS: {s['slope']:+.2f} [{s['ci'][0]:+.2f}, {s['ci'][1]:+.2f}]")
+        ax.loglog(m, med, "s--", color=COLORS[name], alpha=0.6, ms=4, label=f"{name} median sample: {s['slope_median']:+.2f}")
+    ax.set_title("finite: the same points as Dirac data (Lipschitz hypothesis fails)", fontsize=9)
+    for ax in axes:
+        m = np.asarray(cfg.ms, float)
         ys = [ln.get_ydata()[0] for ln in ax.get_lines()]
-        ax.loglog(m, max(ys) / m, "k-", lw=0.8, alpha=0.4, label="slope -1")
-        ax.loglog(m, max(ys) / np.sqrt(m), "k:", lw=0.8, alpha=0.4, label="slope -1/2")
-        ax.set_xlabel("student steps M")
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=6, loc="lower left")
+        ax.loglog(m, max(ys) / m * m[0], "k-", lw=0.8, alpha=0.35, label="slope -1")
+        ax.loglog(m, max(ys) / np.sqrt(m) * np.sqrt(m[0]), "k:", lw=0.8, alpha=0.35, label="slope -1/2")
+        ax.axvspan(cfg.fit_min_m, max(cfg.ms), color="0.9", zorder=-1)
+        ax.set_xlabel("Euler student steps M (shaded: fit range)")
+        ax.set_ylabel("sup over the path of the coupled RMS error")
         ax.grid(True, which="both", alpha=0.25)
-    axes[0].set_ylabel("path error")
-    fig.suptitle(f"Theorem 8: path error vs M (d={cfg.dim}, n={cfg.n_support} points, t_min={cfg.t_min:g}); "
-                 f"slopes fitted on M >= {cfg.fit_min_m}", fontsize=9)
+        ax.legend(fontsize=6, loc="lower left")
+    fig.suptitle(f"Theorem 8: path error against M (d={cfg.dim}, {cfg.n_support} points, a={cfg.kac_a:g}, c={cfg.kac_c:g}, "
+                 f"t in [{cfg.t_min:g}, {cfg.T:g}])", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_local_slopes(res: dict, cfg: Theorem8Config, path: Path) -> None:
+    cases = res["_cases"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for k, style in (("smooth/kac", "o-"), ("smooth/gaussian", "o-"), ("smooth/vp", "o-"), ("finite/kac", "s--"),
+                     ("finite/gaussian", "s--"), ("finite/kac_single_point", "^:")):
+        if k not in cases:
+            continue
+        loc = cases[k]["slope"]["local"]
+        mid = [math.sqrt(v["m"][0] * v["m"][1]) for v in loc]
+        name = k.split("/")[1]
+        ax.semilogx(mid, [v["slope"] for v in loc], style, color=COLORS.get(name, "C7"), label=k)
+    ax.axhline(-1.0, color="k", lw=0.8, alpha=0.5)
+    ax.axhline(-0.5, color="k", lw=0.8, ls=":", alpha=0.5)
+    ax.set_xlabel("M (geometric mean of consecutive step counts)")
+    ax.set_ylabel("local slope d log err / d log M")
+    ax.set_title("local slopes of the sup path error", fontsize=9)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_profiles(res: dict, cfg: Theorem8Config, path: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(13.0, 4.0))
+    for ax, key in zip(axes[:2], ("smooth/kac", "finite/kac")):
+        pr = res["profiles"].get(key)
+        if not pr:
+            continue
+        t = np.asarray(pr["t"])
+        for j, (eps, rec) in enumerate(sorted(pr["lipschitz"].items(), key=lambda kv: -float(kv[0]))):
+            ls = "-" if j == 0 else "--"
+            for stat, col in (("max", "C3"), ("p99", "C1"), ("median", "C0")):
+                ax.semilogy(t, np.maximum(rec[stat], 1e-6), ls, color=col, label=f"L {stat}, eps={float(eps):g}")
+        ax.set_xlabel("t (data at 0, latent at T)")
+        ax.set_title(f"{key}: Lipschitz constant along the teacher", fontsize=9)
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=6)
+    ax = axes[2]
+    for key, ls in (("smooth/kac", "-"), ("finite/kac", "--")):
+        pr = res["profiles"].get(key)
+        if not pr:
+            continue
+        t = np.asarray(pr["t"])
+        for stat, col in (("max", "C3"), ("median", "C0")):
+            ax.semilogy(t, np.maximum(pr["accel"][stat], 1e-6), ls, color=col, label=f"{key} A {stat}")
+    ax.set_xlabel("t")
+    ax.set_title("acceleration A(t) along the teacher", fontsize=9)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=85)
+    plt.close(fig)
+
+
+def plot_sigma(res: dict, cfg: Theorem8Config, path: Path) -> None:
+    tr = res["transition"]
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.8))
+    lab = [f"{r['sigma']:g}" for r in tr]
+    x = np.arange(len(tr))
+    s = np.asarray([r["slope"] for r in tr])
+    lo = np.asarray([r["ci"][0] for r in tr])
+    hi = np.asarray([r["ci"][1] for r in tr])
+    axes[0].errorbar(x, s, yerr=[s - lo, hi - s], fmt="o-", capsize=4, label="RMS (whole path)")
+    axes[0].plot(x, [r["slope_median"] for r in tr], "s--", label="median sample")
+    axes[0].axhline(-1, color="k", lw=0.8, alpha=0.5)
+    axes[0].axhline(-0.5, color="k", lw=0.8, ls=":", alpha=0.5)
+    axes[0].set_ylabel(f"slope on M >= {cfg.fit_min_m}")
+    axes[1].semilogy(x, [r["C_measured"] for r in tr], "o-")
+    axes[1].set_ylabel("C = max_M M err")
+    for ax in axes:
+        ax.set_xticks(x, lab)
+        ax.set_xlabel("data smoothing sigma (0 = Dirac data)")
+        ax.grid(True, alpha=0.25)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Kac path: from Gaussian-mixture to finite data", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
 def plot_correlation(res: dict, cfg: Theorem8Config, path: Path) -> None:
-    """Endpoint W2 against sup_tau W2 (left) and against the tau-average of W2 (right), every student."""
-    fig, axes = plt.subplots(1, 2, figsize=(8.6, 4.0))
-    rows = res["rows"]
-    det = res["correlation_detail"]
-    for ax, key, lab, c in ((axes[0], "path_w2_sup", r"sup$_\tau$ W2 along the path", det["all_students"]),
-                            (axes[1], "path_w2_mean", r"mean over $\tau$ of W2", det["all_students_mean_path"])):
-        for r in rows:
-            mk = "D" if r["kind"] == "distilled" else "o"
-            ax.loglog(r["endpoint_w2"], r[key], mk, color=COLORS[r["path"]], mfc="none" if mk == "D" else None)
-        vals = [r["endpoint_w2"] for r in rows] + [r[key] for r in rows]
-        lo, hi = min(vals), max(vals)
-        ax.loglog([lo, hi], [lo, hi], "k-", lw=0.8, alpha=0.4)
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("endpoint W2")
-        ax.set_ylabel(lab)
-        ax.set_title(f"r(log) = {c['pearson_log']:.3f}, Spearman {c['spearman']:.3f} (n = {c['n']})", fontsize=9)
-        ax.grid(True, which="both", alpha=0.25)
-    for name in cfg.paths:
-        axes[0].plot([], [], "o", color=COLORS[name], label=name)
-    axes[0].plot([], [], "D", color="gray", mfc="none", label="distilled")
-    axes[0].legend(fontsize=7)
-    fig.suptitle("endpoint error vs whole-path error across students (W2, POT exact)", fontsize=9)
+    fig, ax = plt.subplots(figsize=(5.0, 4.2))
+    for r in res["rows"]:
+        if "endpoint_w2" not in r:
+            continue
+        name = "kac_distilled" if r["kind"] == "distilled" else r["path"]
+        mk = "o" if r["case"].startswith("smooth") else "x"
+        ax.loglog(r["endpoint_w2"], r["path_w2_sup"], mk, color=COLORS.get(name, "C7"), mfc="none" if mk == "o" else None)
+    vals = [r["endpoint_w2"] for r in res["rows"] if "endpoint_w2" in r] + \
+        [r["path_w2_sup"] for r in res["rows"] if "endpoint_w2" in r]
+    ax.loglog([min(vals), max(vals)], [min(vals), max(vals)], "k-", lw=0.8, alpha=0.4)
+    for name in ("kac", "gaussian", "vp", "kac_distilled"):
+        ax.plot([], [], "o", color=COLORS[name], mfc="none", label=name)
+    ax.plot([], [], "x", color="gray", label="finite regime")
+    cs, cf = res["correlation_detail"]["smooth_all_students"], res["correlation_detail"]["finite_all_students"]
+    ax.set_title(f"endpoint vs sup path W2: r(log) smooth {cs['pearson_log']:.3f} (n={cs['n']}), "
+                 f"finite {cf['pearson_log']:.3f}", fontsize=8)
+    ax.set_xlabel("endpoint W2")
+    ax.set_ylabel("sup over tau of W2")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.25)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def plot_trajectories(res: dict, cfg: Theorem8Config, path: Path) -> None:
-    traj = res["_plot"]["traj"]
-    names = [n for n in cfg.paths if n in traj]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.0 * len(names), 4.0), squeeze=False)
-    sup = res["_plot"]["support"]
-    for ax, name in zip(axes[0], names):
-        tp = traj[name]
+def plot_trajectories(res: dict, cfg: Theorem8Config, path: Path, support: torch.Tensor) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.2))
+    for ax, key in zip(axes, ("smooth", "finite")):
+        tp = res["_plot"].get(key)
+        if not tp:
+            continue
         X = tp["teacher"].numpy()
         for b in range(X.shape[1]):
             ax.plot(X[:, b, 0], X[:, b, 1], "-", color="k", lw=0.8, alpha=0.7, label="teacher (RK4)" if b == 0 else None)
-        if "euler" in tp:
-            g, Y = tp["euler"]
+        if "student" in tp:
+            g, Y = tp["student"]
             Y = Y.numpy()
             for b in range(Y.shape[1]):
-                ax.plot(Y[:, b, 0], Y[:, b, 1], "o-", color=COLORS[name], lw=1, ms=2.5, alpha=0.8,
+                ax.plot(Y[:, b, 0], Y[:, b, 1], "o-", color="C0", lw=1, ms=2.5, alpha=0.8,
                         label=f"Euler M={g.numel() - 1}" if b == 0 else None)
-        if "distilled" in tp:
-            g, Y = tp["distilled"]
-            Y = Y.numpy()
-            for b in range(Y.shape[1]):
-                ax.plot(Y[:, b, 0], Y[:, b, 1], "s--", color="C3", lw=1, ms=2.5, alpha=0.8,
-                        label=f"distilled M={g.numel() - 1}" if b == 0 else None)
-        ax.plot(sup[:, 0], sup[:, 1], "x", color="gray", ms=4, label="data")
-        ax.set_title(name + ("" if cfg.dim == 2 else " (coords 0, 1)"), fontsize=10)
+        ax.plot(support[:, 0], support[:, 1], "x", color="gray", ms=4, label="means / data points")
+        ax.set_title(f"Kac, {key} regime", fontsize=9)
         ax.set_aspect("equal", adjustable="datalim")
         ax.legend(fontsize=6.5, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
 def print_table(res: dict) -> None:
-    head = (f"{'path':9s} {'kind':9s} {'M':>3s} {'endpt W2':>9s} {'sup W2':>9s} {'argmax':>7s} "
-            f"{'RMS end':>9s} {'RMS sup':>9s} {'sup t>=c':>9s} {'median':>9s} {'mismatch':>8s} {'M*sup':>7s} "
-            f"{'bound r':>8s}")
+    head = (f"{'case':30s} {'M':>4s} {'RMS sup':>9s} {'median':>9s} {'M*RMS':>7s} {'endpt W2':>9s} {'sup W2':>9s} "
+            f"{'mismatch':>8s} {'bound r':>8s}")
     print(head)
     print("-" * len(head))
     for r in res["rows"]:
         br = r.get("bound_worst_ratio_accel")
-        print(f"{r['path']:9s} {r['kind']:9s} {r['M']:3d} {r['endpoint_w2']:9.3e} {r['path_w2_sup']:9.3e} "
-              f"{r['path_w2_argmax_tau']:7.3f} {r['coupled_endpoint_rms']:9.3e} {r['coupled_sup']:9.3e} "
-              f"{r['coupled_sup_restricted']:9.3e} {r['median_sample_sup']:9.3e} {r['mode_mismatch']:8.4f} "
-              f"{r['M'] * r['coupled_sup']:7.3f} "
-              f"{'' if br is None else f'{br:8.2e}'}")
+        ew, pw = r.get("endpoint_w2"), r.get("path_w2_sup")
+        case = r["case"] + ("" if r["kind"] != "distilled" else "")
+        print(f"{case:30s} {r['M']:4d} {r['coupled_sup']:9.3e} {r['median_sample_sup']:9.3e} "
+              f"{r['M'] * r['coupled_sup']:7.3f} {'' if ew is None else f'{ew:9.3e}':>9s} "
+              f"{'' if pw is None else f'{pw:9.3e}':>9s} {r['mode_mismatch']:8.4f} {'' if br is None else f'{br:8.2e}'}")
     print()
-    for k, s in res["slopes"].items():
-        print(f"slope {k:15s} {s['slope']:+.3f} [{s['ci'][0]:+.3f}, {s['ci'][1]:+.3f}]   tau>=t_cut: "
-              f"{s['slope_restricted']:+.3f} [{s['ci_restricted'][0]:+.3f}, {s['ci_restricted'][1]:+.3f}]   "
-              f"median: {s['slope_median']:+.3f} [{s['ci_median'][0]:+.3f}, {s['ci_median'][1]:+.3f}]   "
-              f"all M: {s['slope_all_ms']:+.3f}   C = {res['constants'][k]['C']:.3f} "
-              f"(restricted {res['constants'][k]['C_restricted']:.3f})")
-    print(f"correlation (log endpoint W2, log sup path W2), all students: {res['correlation']:.3f}")
-    for name, info in res["teachers"].items():
-        sc = info["self_convergence"]
-        print(f"teacher {name:9s}: RK4 x{info['steps']}, vs x{sc['vs_steps']}: sup RMS {sc['sup_rms']:.2e} "
-              f"({sc['over_smallest_student_error']:.2e} of the smallest student error), V {info['max_speed']:.3g}, "
-              f"A {info['max_accel']:.3g} (tau>=t_cut {info['max_accel_restricted']:.3g})")
-    for name, w in res["bound_worst_ratio"].items():
-        print(f"bound {name}: worst sup W2 / (sqrt(endpoint MSE) + A D^2/8) = {w:.3e};  worst chord-bound ratio "
-              f"{res['bound_worst_ratio_chord'][name]:.3f}")
+    for k, c in res["cases"].items():
+        s = c["slope"]
+        loc = " ".join(f"{v['slope']:+.2f}" for v in s["local"])
+        print(f"slope {k:30s} {s['slope']:+.3f} [{s['ci'][0]:+.3f}, {s['ci'][1]:+.3f}] (M >= {s['fit_ms'][0]})  "
+              f"median {s['slope_median']:+.3f}  C {s['C_measured']:.3g}  local: {loc}")
+    print()
+    fin = res["finite"]
+    print("finite regime, slopes at fixed tau (Kac | Gaussian):")
+    for tau, v in fin["fixed_tau"].items():
+        g = fin["gaussian"]["fixed_tau"].get(tau, {})
+        print(f"  tau = {tau:>6s}: {v['slope']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]  |  "
+              f"{g.get('slope', float('nan')):+.3f}")
+    mm, gm = fin["mismatch"], fin["gaussian"]["mismatch"]
+    print(f"  share of samples ending at another data point: Kac {mm['share']} (slope {mm['slope']}), "
+          f"Gaussian {gm['share']} (slope {gm['slope']})")
+    print()
+    for key in ("smooth/kac", "finite/kac"):
+        pr = res["profiles"].get(key)
+        if pr:
+            print(f"{key}: integral of L dt (max / p99 / median) = {pr['integral_L']['max']:.3g} / "
+                  f"{pr['integral_L']['p99']:.3g} / {pr['integral_L']['median']:.3g};  bound constant "
+                  f"{pr['bound_constant']['max']:.3g} / {pr['bound_constant']['p99']:.3g} / "
+                  f"{pr['bound_constant']['median']:.3g}  vs measured C {res['cases'][key]['slope']['C_measured']:.3g};"
+                  f"  max L(eps_fine)/L(eps_coarse) = {pr['eps_ratio_max']:.3g}")
+    print("transition (Kac): " + ";  ".join(f"sigma={r['sigma']:g}: {r['slope']:+.3f} [{r['ci'][0]:+.3f}, "
+                                              f"{r['ci'][1]:+.3f}], C {r['C_measured']:.3g}" for r in res["transition"]))
+    sp = res["slope_spread"]
+    print(f"spread over data seeds {sp['seeds']}: slopes {[round(v, 3) for v in sp['slopes']]} (sd {sp['sd']:.3f})")
+    print(f"correlation (log endpoint W2, log sup path W2): smooth {res['correlation']:.3f}, finite "
+          f"{res['correlation_detail']['finite_all_students']['pearson_log']:.3f}")
+    if res["bound_worst_ratio"]:
+        print(f"per-interval bound, distilled students: worst sup W2 / (sqrt(endpoint MSE) + A D^2/8) = "
+              f"{res['bound_worst_ratio']['kac_distilled']:.3e}; chord form {res['bound_worst_ratio_chord']['kac_distilled']:.3f}")
+    for k, v in res["verdict"].items():
+        print(f"{k}: {v}")
 
 
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Theorem8Config, argparse.Namespace]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("runs/theorem8"), help="output directory")
+def _tuple_of(typ):
+    def parse(text: str):
+        try:
+            return tuple(typ(v) for v in str(text).replace(" ", ",").split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {typ.__name__}s, got {text!r}")
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="experiments/theorem8.py", description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/theorem8"), help="output directory (default runs/theorem8)")
     p.add_argument("--quick", action="store_true", help="small budget (< 60 s on 2 cores)")
     p.add_argument("--paper-figures", action="store_true", help="also write the figures to paper_figures/")
     p.add_argument("--paper-dir", type=Path, default=REPO / "paper_figures", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: the field evaluations are small, and on a shared "
-                        "2-core machine 2 threads ran the Kac teacher 10x slower than 1)")
-    p.add_argument("--paths", nargs="+", choices=PATHS, default=None)
-    p.add_argument("--distill-paths", nargs="*", choices=PATHS, default=None, help="paths with distilled students")
-    p.add_argument("--ms", nargs="+", type=int, default=None, help="Euler student step counts")
-    p.add_argument("--distill-ms", nargs="+", type=int, default=None, help="distilled student step counts")
+                   help="torch intra-op threads (default 1: the field evaluations are small)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    p.add_argument("--no-distill", action="store_true", help="skip the distilled students")
     fields = {f.name: f for f in dataclasses.fields(Theorem8Config)}
-    for name in ("dim", "n_support", "data_seed", "latent_seed", "kac_a", "kac_c", "t_min", "t_cut", "vp_solver",
-                 "samples", "w2_samples", "teacher_steps", "conv_samples", "n_tau", "w2_stride", "fit_min_m",
-                 "n_boot", "distill_schedule", "distill_teacher_steps", "distill_steps", "distill_batch",
-                 "distill_lr", "distill_pool", "mlp_hidden", "mlp_depth", "fit_points", "fit_steps",
-                 "bound_sub_points", "seed", "device"):
-        typ = type(fields[name].default)
-        p.add_argument("--" + name.replace("_", "-"), type=typ, default=None)
-    a = p.parse_args(argv)
+    for name, f in fields.items():
+        if name in ("quick", "distill"):
+            continue
+        d = f.default
+        if isinstance(d, tuple):
+            typ = _tuple_of(type(d[0]) if d else int)
+            if name in ("smooth_paths",):
+                typ = _tuple_of(str)
+            p.add_argument("--" + name.replace("_", "-"), type=typ, default=None, metavar="A,B,...")
+        else:
+            p.add_argument("--" + name.replace("_", "-"), type=type(d), default=None)
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Theorem8Config, argparse.Namespace]:
+    a = build_parser().parse_args(argv)
     over = dict(QUICK) if a.quick else {}
-    for name in fields:
-        v = getattr(a, name, None)
-        if v is not None and name != "quick":
-            over[name] = tuple(v) if isinstance(v, list) else v
+    for f in dataclasses.fields(Theorem8Config):
+        v = getattr(a, f.name, None)
+        if v is not None and f.name not in ("quick", "distill"):
+            over[f.name] = v
+    if a.no_distill:
+        over["distill"] = False
+    if a.threads < 1:
+        raise ValueError(f"--threads must be an integer >= 1, got {a.threads}")
     return Theorem8Config(**over), a
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    cfg, a = parse_args(argv)
-    if a.threads is not None:
-        torch.set_num_threads(a.threads)
-    out = a.out
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    save_json(out / "config.json", dataclasses.asdict(cfg))
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out {out} is not writable")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
     t0 = time.perf_counter()
+    cfg, a = parse_args(argv)
+    print(f"theorem8: {'quick' if cfg.quick else 'default'} budget, output in {a.out}; three regimes (smooth, finite, "
+          f"transition), {len(cfg.data_seeds)} data sets", flush=True)
+    torch.set_num_threads(a.threads)
+    out = a.out
+    _check_out(out)
+    save_json(out / "config.json", dataclasses.asdict(cfg))
     load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
     res = run(cfg, t0)
-    plot = res.pop("_plot")
+    plot, cases = res.pop("_plot"), res.pop("_cases")
     res["wall_time_s"] = time.perf_counter() - t0
     res["machine"] = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "loadavg_start": load0,
                       "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
                       "python": platform.python_version(), "torch": torch.__version__}
     res["config"] = dataclasses.asdict(cfg)
-    res["_plot"] = plot
-    figs = {"rate": "theorem8_rate.png", "correlation": "theorem8_correlation.png",
-            "trajectories": "theorem8_trajectories.png"}
-    dirs = [out] + ([a.paper_dir] if a.paper_figures else [])
-    for d in dirs:
+    res["_plot"], res["_cases"] = plot, cases
+    figs = {"rate": "theorem8_rate.png", "local_slopes": "theorem8_local_slopes.png",
+            "profiles": "theorem8_profiles.png", "sigma": "theorem8_sigma.png",
+            "correlation": "theorem8_correlation.png", "trajectories": "theorem8_trajectories.png"}
+    support = make_support(cfg.dim, cfg.n_support, cfg.data_seeds[0])
+    for d in [out] + ([a.paper_dir] if a.paper_figures else []):
         d.mkdir(parents=True, exist_ok=True)
         plot_rate(res, cfg, d / figs["rate"])
+        plot_local_slopes(res, cfg, d / figs["local_slopes"])
+        plot_profiles(res, cfg, d / figs["profiles"])
+        plot_sigma(res, cfg, d / figs["sigma"])
         plot_correlation(res, cfg, d / figs["correlation"])
-        plot_trajectories(res, cfg, d / figs["trajectories"])
+        plot_trajectories(res, cfg, d / figs["trajectories"], support)
     res.pop("_plot")
+    res.pop("_cases")
     res["figures"] = {k: str(out / v) for k, v in figs.items()}
     save_json(out / "theorem8.json", res)
     save_json(out / "results.json", res)
     print_table(res)
-    print(f"wall time {res['wall_time_s']:.1f}s (load average at start {load0}); results in {out}")
+    print(f"wall time {res['wall_time_s']:.1f}s (load average at start {load0}); results in {out}", flush=True)
     return res
 
 

@@ -93,6 +93,11 @@ def _check_data(name: str, x: torch.Tensor) -> torch.Tensor:
     return check_finite(name, x)
 
 
+def _check_data_sigma(data_sigma) -> float:
+    """``data_sigma``: the standard deviation of the Gaussian around each data point, finite and ``>= 0``."""
+    return check_in_range("data_sigma", data_sigma, 0.0, math.inf)
+
+
 def _logsumexp_rows(L: torch.Tensor) -> torch.Tensor:
     """``log Σ_i exp(L_bi)`` for ``L: (B, n)``, ``-inf`` for an all ``-inf`` row (no NaN)."""
     m = L.max(dim=1).values
@@ -216,13 +221,14 @@ class ProbabilityPath:
         raise NotImplementedError
 
     def exact_velocity(self, x: torch.Tensor, t: TimeLike, support: torch.Tensor,
-                       weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Exact marginal velocity ``E[u_t | x_t = x]`` for the data law ``Σ_i w_i δ_{support_i}``:
+                       weights: Optional[torch.Tensor] = None, *, data_sigma: float = 0.0) -> torch.Tensor:
+        """Exact marginal velocity ``E[u_t | x_t = x]`` for the data law ``Σ_i w_i δ_{support_i}``
+        (``data_sigma = 0``) or the Gaussian mixture ``Σ_i w_i N(support_i, data_sigma² I)``:
         ``x: (B, *D)``, ``t``: float or ``(B,)``, ``support: (n, *D)``, ``weights: (n,)`` -> ``(B, *D)``."""
         raise NotImplementedError
 
     def mixture_log_density(self, x: torch.Tensor, t: TimeLike, support: torch.Tensor,
-                            weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+                            weights: Optional[torch.Tensor] = None, *, data_sigma: float = 0.0) -> torch.Tensor:
         """``log`` of the (continuous part of the) density of ``x_t`` for finite data: ``(B,)`` float64."""
         raise NotImplementedError
 
@@ -332,6 +338,100 @@ def _kac_logp_velocity(y: torch.Tensor, cg: torch.Tensor, ag: torch.Tensor, a: f
     lp.masked_fill_(~inside, -math.inf)
     v = (y * Q).div_(den).mul_(a)
     return lp, v
+
+
+
+#: Gauss–Legendre nodes of the Gaussian-mixture Kac field and its window half-width in units of f σ
+GM_NODES = 20
+GM_WIDTH = 6.5
+_GL_CACHE: dict = {}
+
+
+def _gauss_legendre_nodes(n: int, dtype, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    key = (n, str(device), dtype)
+    if key not in _GL_CACHE:
+        import numpy as np
+
+        x, w = np.polynomial.legendre.leggauss(n)
+        _GL_CACHE[key] = (torch.as_tensor(x, dtype=dtype, device=device), torch.as_tensor(w, dtype=dtype, device=device))
+    return _GL_CACHE[key]
+
+
+def _kac_gm_pass(path: "KacPath", x: torch.Tensor, t: torch.Tensor, mu: torch.Tensor, logw: torch.Tensor,
+                 sigma: float, velocity: bool, nodes: int = GM_NODES, width: float = GM_WIDTH,
+                 chunk: int = 2 ** 21) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Log density ``(B,)`` and exact marginal velocity ``(B, d)`` of ``X_t = f X0 + K_g`` for Gaussian-mixture
+    data ``X0 ~ Σ_k w_k N(μ_k, σ² I)`` (SPEC §13), ``x: (B, d)`` float64, ``t: (B,)``, ``mu: (K, d)``.
+
+    Per component and coordinate the law is the Kac law at ``g`` convolved with ``N(f μ, s²)``, ``s = f σ``:
+
+        q(z) = e^{-ag}/2 [φ_s(z - cg) + φ_s(z + cg)] + ∫_{|y|<cg} p(g, y) φ_s(z - y) dy,   z = x - f μ,
+
+    the integral by ``nodes``-point Gauss–Legendre on the window ``|y - z| ≤ width · s`` clipped to the
+    open cone (the integrand is smooth there; outside it the Gaussian weight is below e^{-36}). Given
+    the component and ``x``, the displacement ``y`` has the normalised weights of those terms, the
+    velocity is ``f' X0 + g' v(g, y)`` with ``X0 = μ + σ ξ``, ``ξ = (z - y)/s`` (``v = ±c`` on the atoms).
+    Component posteriors from the product of coordinate densities, all in log space. Rows with
+    ``f(t) = 0`` (the latent end) have a data-free law: the Kac law at ``g`` and ``E[X0 | x] = Σ w_k μ_k``.
+    """
+    a, c = path.a, path.c
+    B, d = x.shape
+    K = mu.shape[0]
+    f, df, g, dg = path._row_schedules(t)
+    gl_x, gl_w = _gauss_legendre_nodes(nodes, x.dtype, x.device)
+    lse = torch.empty(B, dtype=x.dtype, device=x.device)
+    u = torch.empty_like(x) if velocity else None
+    log_a2c = math.log(a / (2.0 * c))
+    half_log_2pi = 0.5 * math.log(2.0 * math.pi)
+    zero_f = f <= 0
+    rows = max(1, chunk // max(K * d * (nodes + 2), 1))
+    for b0 in range(0, B, rows):
+        b1 = min(B, b0 + rows)
+        fb = f[b0:b1]
+        s = (fb.abs() * sigma).clamp_min(1e-300)[:, None, None]  # (R,1,1)
+        cg = (c * g[b0:b1])[:, None, None]
+        ag = (a * g[b0:b1])[:, None, None]
+        z = x[b0:b1, None, :] - fb[:, None, None] * mu[None]  # (R,K,d)
+        zc = torch.minimum(torch.maximum(z, -cg), cg)  # the window starts at the cone edge nearest to z
+        lo = torch.maximum(-cg, zc - width * s)
+        hi = torch.minimum(cg, zc + width * s)
+        half = ((hi - lo) * 0.5).clamp_min(0.0)
+        mid = (hi + lo) * 0.5
+        y = mid[..., None] + half[..., None] * gl_x  # (R,K,d,Q)
+        lp, v = _kac_logp_velocity(y, cg[..., None], ag[..., None], a, c, "table")
+        has = half[..., None] > 0
+        lq = lp + log_a2c + torch.log(half[..., None] * gl_w) \
+            - 0.5 * ((z[..., None] - y) / s[..., None]) ** 2 - torch.log(s[..., None]) - half_log_2pi
+        lq = torch.where(has, lq, torch.full_like(lq, -math.inf))
+        log_atom = (-ag - math.log(2.0)).expand_as(z)
+        la_p = log_atom - 0.5 * ((z - cg) / s) ** 2 - torch.log(s) - half_log_2pi
+        la_m = log_atom - 0.5 * ((z + cg) / s) ** 2 - torch.log(s) - half_log_2pi
+        L = torch.cat([lq, la_p[..., None], la_m[..., None]], dim=-1)  # (R,K,d,Q+2)
+        logH = torch.logsumexp(L, dim=-1)  # (R,K,d)
+        logq = logH.sum(dim=-1) + logw[None]  # (R,K)
+        lse[b0:b1] = torch.logsumexp(logq, dim=1)
+        if velocity:
+            wts = torch.exp(L - logH[..., None])
+            wts = torch.nan_to_num(wts, nan=0.0)
+            cgq = cg.expand_as(z)[..., None]
+            Y = torch.cat([y, cgq, -cgq], dim=-1)
+            V = torch.cat([v, torch.full_like(cgq, c), torch.full_like(cgq, -c)], dim=-1)
+            Ey = (wts * Y).sum(dim=-1)
+            Ev = (wts * V).sum(dim=-1)
+            X0 = mu[None] + sigma * (z - Ey) / s  # (R,K,d)
+            post = torch.softmax(logq, dim=1)[..., None]  # (R,K,1)
+            u[b0:b1] = df[b0:b1, None] * (post * X0).sum(dim=1) + dg[b0:b1, None] * (post * Ev).sum(dim=1)
+    if bool(zero_f.any()):  # the latent end: the law does not depend on the data
+        idx = zero_f.nonzero().squeeze(1)
+        gz = g[idx][:, None]
+        lp, v = _kac_logp_velocity(x[idx], c * gz, a * gz, a, c, "table")
+        lse[idx] = lp.sum(dim=1) + d * log_a2c
+        if velocity:
+            on_face = x[idx].abs() >= c * gz
+            v = torch.where(on_face, c * torch.sign(x[idx]), v)
+            mean = (torch.exp(logw)[:, None] * mu).sum(dim=0)
+            u[idx] = df[idx, None] * mean[None] + dg[idx, None] * v
+    return lse, u
 
 
 class KacPath(ProbabilityPath):
@@ -585,9 +685,12 @@ class KacPath(ProbabilityPath):
 
     @torch.no_grad()
     def exact_velocity(self, x: torch.Tensor, t: TimeLike, support: torch.Tensor,
-                       weights: Optional[torch.Tensor] = None, *, chunk_size: Optional[int] = None,
-                       bessel: str = "table", atom_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Exact marginal velocity of the Kac path for the data law ``Σ_i w_i δ_{x^(i)}`` (SPEC §4).
+                       weights: Optional[torch.Tensor] = None, *, data_sigma: float = 0.0,
+                       chunk_size: Optional[int] = None, bessel: str = "table",
+                       atom_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Exact marginal velocity of the Kac path for the data law ``Σ_i w_i δ_{x^(i)}`` (SPEC §4), or, with
+        ``data_sigma = σ > 0``, for the Gaussian mixture ``Σ_i w_i N(x^(i), σ² I)`` (SPEC §13, :func:`_kac_gm_pass`:
+        no atoms, a Lipschitz field; ``σ → 0`` recovers the finite-data field away from the atoms).
 
             u(t, x) = Σ_i w_i p_i(x) u(t, x | x^(i)) / Σ_i w_i p_i(x),
             p_i(x) = Π_j p(g(t), x_j - f(t) x^(i)_j),
@@ -625,6 +728,14 @@ class KacPath(ProbabilityPath):
         Returns:
             ``(B, *D)`` in ``x``'s dtype (computed without autograd, like every exact field here).
         """
+        data_sigma = _check_data_sigma(data_sigma)
+        if data_sigma > 0:
+            if atom_mask is not None:
+                raise ValueError("atom_mask is for finite data (data_sigma = 0): a Gaussian mixture has no atoms")
+            xs, s, logw = self._support_inputs(x, support, weights)
+            t = self._times(t, x.shape[0], xs)
+            _, u = _kac_gm_pass(self, xs, t, s, logw, data_sigma, velocity=True)
+            return u.to(x.dtype).reshape(x.shape)
         if atom_mask is not None:
             if torch.is_tensor(t):
                 if t.numel() != 1:
@@ -645,11 +756,18 @@ class KacPath(ProbabilityPath):
 
     @torch.no_grad()
     def mixture_log_density(self, x: torch.Tensor, t: TimeLike, support: torch.Tensor,
-                            weights: Optional[torch.Tensor] = None, *, chunk_size: Optional[int] = None,
-                            bessel: str = "table") -> torch.Tensor:
+                            weights: Optional[torch.Tensor] = None, *, data_sigma: float = 0.0,
+                            chunk_size: Optional[int] = None, bessel: str = "table") -> torch.Tensor:
         """``log Σ_i w_i Π_j p(g(t), x_j - f(t) x^(i)_j)``: the log density of the fully continuous part
         of ``X_t`` (all coordinates off the atoms; its mass is ``(1 - e^{-a g})^d``). ``-inf`` in no
-        open cone. ``x: (B, *D)`` -> ``(B,)`` float64."""
+        open cone. With ``data_sigma > 0``: the log density of ``X_t`` for Gaussian-mixture data (a
+        probability density, no atoms, for ``t < T``). ``x: (B, *D)`` -> ``(B,)`` float64."""
+        data_sigma = _check_data_sigma(data_sigma)
+        if data_sigma > 0:
+            xs, s, logw = self._support_inputs(x, support, weights)
+            t = self._times(t, x.shape[0], xs)
+            lse, _ = _kac_gm_pass(self, xs, t, s, logw, data_sigma, velocity=False)
+            return lse
         if bessel not in ("table", "reference"):
             raise ValueError(f"bessel must be 'table' or 'reference', got {bessel!r}")
         xs, s, logw = self._support_inputs(x, support, weights)
@@ -725,11 +843,14 @@ def _kac_velocity_with_atoms(path: "KacPath", x: torch.Tensor, t: float, support
 
 
 def gaussian_posterior_mean(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, s: torch.Tensor,
-                             logw: torch.Tensor, chunk: int, want_mean: bool = True):
-    """For ``x = alpha x0 + sigma ε``, ``x0 ~ Σ w_i δ_{s_i}``: ``(E[x0 | x] (B, d), log ρ(x) (B,))``.
+                             logw: torch.Tensor, chunk: int, want_mean: bool = True, data_sigma: float = 0.0):
+    """For ``x = alpha x0 + sigma ε``, ``x0 ~ Σ w_i N(s_i, data_sigma² I)`` (``data_sigma = 0``: the
+    Dirac mixture ``Σ w_i δ_{s_i}``): ``(E[x0 | x] (B, d), log ρ(x) (B,))``.
 
-    Posterior logits ``log w_i - |x - alpha s_i|² / (2 sigma²)`` from direct differences (no
-    ``|x|² - 2x·s + |s|²`` cancellation), softmax per row. ``alpha, sigma: (B,)``.
+    Given component ``i``, ``x ~ N(alpha s_i, v I)`` with ``v = alpha² data_sigma² + sigma²`` and
+    ``E[x0 | x, i] = s_i + alpha data_sigma² / v · (x - alpha s_i)``. Posterior logits
+    ``log w_i - |x - alpha s_i|² / (2 v)`` from direct differences (no ``|x|² - 2x·s + |s|²``
+    cancellation), softmax per row. ``alpha, sigma: (B,)``.
     """
     B, d = x.shape
     n = s.shape[0]
@@ -738,13 +859,18 @@ def gaussian_posterior_mean(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.T
     logrho = torch.empty(B, dtype=x.dtype, device=x.device)
     for b0 in range(0, B, rows):
         b1 = min(B, b0 + rows)
-        diff = x[b0:b1, None, :] - alpha[b0:b1, None, None] * s[None]
-        sig = sigma[b0:b1]
-        L = logw[None] - diff.pow_(2).sum(dim=-1) / (2.0 * sig[:, None] ** 2)
+        al = alpha[b0:b1]
+        var = sigma[b0:b1] ** 2 + (al * data_sigma) ** 2
+        diff = x[b0:b1, None, :] - al[:, None, None] * s[None]
+        L = logw[None] - diff.pow(2).sum(dim=-1) / (2.0 * var[:, None])
         lse = torch.logsumexp(L, dim=1)
-        logrho[b0:b1] = lse - d * (torch.log(sig) + 0.5 * math.log(2.0 * math.pi))
+        logrho[b0:b1] = lse - 0.5 * d * (torch.log(var) + math.log(2.0 * math.pi))
         if want_mean:
-            mean[b0:b1] = torch.softmax(L, dim=1) @ s
+            post = torch.softmax(L, dim=1)
+            m = post @ s
+            if data_sigma > 0:
+                m = m + (al * data_sigma ** 2 / var)[:, None] * (post[..., None] * diff).sum(dim=1)
+            mean[b0:b1] = m
     return mean, logrho
 
 
@@ -807,26 +933,31 @@ class GaussianPath(ProbabilityPath):
 
     @torch.no_grad()
     def exact_velocity(self, x: torch.Tensor, t: TimeLike, support: torch.Tensor,
-                       weights: Optional[torch.Tensor] = None, *, chunk_size: Optional[int] = None) -> torch.Tensor:
-        """``u(t, x) = (x - E[x0 | x_t = x]) / t`` for the data law ``Σ_i w_i δ_{x^(i)}``; ``t ∈ (0, T]``.
+                       weights: Optional[torch.Tensor] = None, *, data_sigma: float = 0.0,
+                       chunk_size: Optional[int] = None) -> torch.Tensor:
+        """``u(t, x) = (x - E[x0 | x_t = x]) / t`` for the data law ``Σ_i w_i δ_{x^(i)}`` (or, with
+        ``data_sigma = σ > 0``, ``Σ_i w_i N(x^(i), σ² I)``: closed form, see :func:`gaussian_posterior_mean`);
+        ``t ∈ (0, T]``.
 
         ``x: (B, *D)``, ``support: (n, *D)``, ``weights: (n,)``; float64 inside, ``x``'s dtype out.
         """
         xs, s, logw = self._support_inputs(x, support, weights)
         t = self._times(t, x.shape[0], xs, open_at_zero=True)
         mean, _ = gaussian_posterior_mean(xs, self.alpha(t), self.sigma(t), s, logw,
-                                           self._chunk(chunk_size, x.device))
+                                           self._chunk(chunk_size, x.device),
+                                           data_sigma=_check_data_sigma(data_sigma))
         return ((xs - mean) / t[:, None]).to(x.dtype).reshape(x.shape)
 
     @torch.no_grad()
     def mixture_log_density(self, x: torch.Tensor, t: TimeLike, support: torch.Tensor,
-                            weights: Optional[torch.Tensor] = None, *,
+                            weights: Optional[torch.Tensor] = None, *, data_sigma: float = 0.0,
                             chunk_size: Optional[int] = None) -> torch.Tensor:
         """``log Σ_i w_i N(x; α x^(i), σ² I)``, ``t ∈ (0, T]``: ``(B,)`` float64."""
         xs, s, logw = self._support_inputs(x, support, weights)
         t = self._times(t, x.shape[0], xs, open_at_zero=True)
         _, lr = gaussian_posterior_mean(xs, self.alpha(t), self.sigma(t), s, logw,
-                                         self._chunk(chunk_size, x.device), want_mean=False)
+                                         self._chunk(chunk_size, x.device), want_mean=False,
+                                         data_sigma=_check_data_sigma(data_sigma))
         return lr
 
 
@@ -949,33 +1080,38 @@ class VPPath(ProbabilityPath):
 
     @torch.no_grad()
     def exact_epsilon(self, x: torch.Tensor, t: TimeLike, support: torch.Tensor,
-                      weights: Optional[torch.Tensor] = None, *, chunk_size: Optional[int] = None) -> torch.Tensor:
+                      weights: Optional[torch.Tensor] = None, *, data_sigma: float = 0.0,
+                      chunk_size: Optional[int] = None) -> torch.Tensor:
         """``ε̂(x, t) = E[ε | x_t = x] = (x - m E[x0 | x]) / σ`` for the data law ``Σ_i w_i δ_{x^(i)}``."""
         xs, s, logw = self._support_inputs(x, support, weights)
         t = self._times(t, x.shape[0], xs)
         m, sig = self.alpha(t), self.sigma(t)
-        mean, _ = gaussian_posterior_mean(xs, m, sig, s, logw, self._chunk(chunk_size, x.device))
+        mean, _ = gaussian_posterior_mean(xs, m, sig, s, logw, self._chunk(chunk_size, x.device),
+                                           data_sigma=_check_data_sigma(data_sigma))
         return ((xs - m[:, None] * mean) / sig[:, None]).to(x.dtype).reshape(x.shape)
 
     @torch.no_grad()
     def exact_velocity(self, x: torch.Tensor, t: TimeLike, support: torch.Tensor,
-                       weights: Optional[torch.Tensor] = None, *, chunk_size: Optional[int] = None) -> torch.Tensor:
+                       weights: Optional[torch.Tensor] = None, *, data_sigma: float = 0.0,
+                       chunk_size: Optional[int] = None) -> torch.Tensor:
         """Exact probability-flow velocity ``eps_to_velocity(x, t, exact_epsilon(x, t, ...))`` (float64 inside)."""
         xs, s, logw = self._support_inputs(x, support, weights)
         t = self._times(t, x.shape[0], xs)
         m, sig = self.alpha(t), self.sigma(t)
-        mean, _ = gaussian_posterior_mean(xs, m, sig, s, logw, self._chunk(chunk_size, x.device))
+        mean, _ = gaussian_posterior_mean(xs, m, sig, s, logw, self._chunk(chunk_size, x.device),
+                                           data_sigma=_check_data_sigma(data_sigma))
         eps = (xs - m[:, None] * mean) / sig[:, None]
         u = -0.5 * self.beta(t)[:, None] * (xs - eps / sig[:, None])
         return u.to(x.dtype).reshape(x.shape)
 
     @torch.no_grad()
     def mixture_log_density(self, x: torch.Tensor, t: TimeLike, support: torch.Tensor,
-                            weights: Optional[torch.Tensor] = None, *,
+                            weights: Optional[torch.Tensor] = None, *, data_sigma: float = 0.0,
                             chunk_size: Optional[int] = None) -> torch.Tensor:
         """``log Σ_i w_i N(x; m x^(i), σ² I)``: ``(B,)`` float64."""
         xs, s, logw = self._support_inputs(x, support, weights)
         t = self._times(t, x.shape[0], xs)
         _, lr = gaussian_posterior_mean(xs, self.alpha(t), self.sigma(t), s, logw,
-                                         self._chunk(chunk_size, x.device), want_mean=False)
+                                         self._chunk(chunk_size, x.device), want_mean=False,
+                                         data_sigma=_check_data_sigma(data_sigma))
         return lr

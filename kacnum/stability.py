@@ -72,6 +72,9 @@ __all__ = [
     "interval_bound",
     "interval_bound_check",
     "euler_path_bound",
+    "gronwall_constant",
+    "local_slopes",
+    "lipschitz_profile",
     "fit_velocity_mlp",
     "ExactTeacherDistiller",
 ]
@@ -84,8 +87,9 @@ __all__ = [
 class ExactField:
     """Network-free field of a finite data set: ``field(x, t[, y])`` for solvers and distillation.
 
-    ``quantity="velocity"``: ``path.exact_velocity(x, t, support, weights)`` (the exact marginal
-    velocity, SPEC §4); ``"epsilon"``: ``path.exact_epsilon(...)`` (VP only: the ε-prediction that
+    ``quantity="velocity"``: ``path.exact_velocity(x, t, support, weights, data_sigma=...)`` (the exact
+    marginal velocity of the Dirac mixture, SPEC §4, or with ``data_sigma > 0`` of the Gaussian mixture
+    ``Σ w_i N(support_i, data_sigma² I)``, SPEC §13); ``"epsilon"``: ``path.exact_epsilon(...)`` (VP only: the ε-prediction that
     :func:`kacnum.solvers.ddim_sample` needs). ``x: (B, d)``, ``t: (B,)`` -> ``(B, d)`` in ``x``'s
     dtype. The optional third argument ``y`` (labels) must be None: callable as a model
     ``model(x, t, y)`` by :class:`kacnum.distill.FlowTeacher`.
@@ -94,7 +98,7 @@ class ExactField:
     nfe_per_call = 1
 
     def __init__(self, path: Any, support: torch.Tensor, weights: Optional[torch.Tensor] = None,
-                 quantity: str = "velocity"):
+                 quantity: str = "velocity", data_sigma: float = 0.0):
         if quantity not in ("velocity", "epsilon"):
             raise ValueError(f"quantity must be 'velocity' or 'epsilon', got {quantity!r}")
         if quantity == "epsilon" and not hasattr(path, "exact_epsilon"):
@@ -103,12 +107,13 @@ class ExactField:
             raise ValueError("support must be a tensor of shape (n, d) with n >= 1")
         check_finite("support", support)
         self.path, self.support, self.weights, self.quantity = path, support, weights, quantity
+        self.data_sigma = check_in_range("data_sigma", data_sigma, 0.0, math.inf)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         if y is not None:
             raise ValueError("y must be None: the exact field of unlabelled data has no labels")
         fn = self.path.exact_velocity if self.quantity == "velocity" else self.path.exact_epsilon
-        return fn(x, t, self.support.to(x.device), self.weights)
+        return fn(x, t, self.support.to(x.device), self.weights, data_sigma=self.data_sigma)
 
 
 class ModelField:
@@ -598,16 +603,98 @@ def euler_path_bound(eps: float, accel: float, lipschitz: float, delta: float, m
     return (eps + accel * delta / (2.0 * m)) * growth
 
 
+def gronwall_constant(t: Sequence[float], lipschitz: Sequence[float], accel: Sequence[float], delta: float) -> float:
+    """Constant ``C`` of the Euler path-error bound ``err ≤ C / M`` with time-varying ``L(t)`` and ``A(t)``.
+
+    ``M`` uniform Euler steps of ``h = Δ/M`` from ``T`` down to ``t_min``: the local error of a step at
+    time ``s`` is ``≤ A(s) h²/2`` and is carried to any later (smaller) time ``τ`` with the factor
+    ``exp(∫_τ^s L) ≤ exp(∫_{t_min}^s L)``, so ``sup_τ err ≤ (h/2) ∫ A(s) exp(∫_{t_min}^s L) ds``:
+
+        C = (Δ/2) ∫_{t_min}^{T} A(s) exp(∫_{t_min}^{s} L(r) dr) ds    (trapezoid rule on the given nodes).
+
+    ``t``: nodes (any order, ``≥ 2``), ``lipschitz``, ``accel``: ``L`` and ``A`` there (``≥ 0``).
+    With a constant ``L`` and ``A`` this is ``(A Δ/2)(e^{LΔ} - 1)/L``, :func:`euler_path_bound` at ``ε = 0``
+    times ``M``.
+    """
+    tt = np.asarray(t, dtype=np.float64)
+    L = np.asarray(lipschitz, dtype=np.float64)
+    A = np.asarray(accel, dtype=np.float64)
+    if tt.ndim != 1 or tt.size < 2 or L.shape != tt.shape or A.shape != tt.shape:
+        raise ValueError("t, lipschitz and accel must be 1D of the same length >= 2")
+    if not (np.all(np.isfinite(L)) and np.all(L >= 0) and np.all(np.isfinite(A)) and np.all(A >= 0)):
+        raise ValueError("lipschitz and accel must be finite and >= 0")
+    delta = check_positive("delta", delta)
+    order = np.argsort(tt)
+    tt, L, A = tt[order], L[order], A[order]
+    dt = np.diff(tt)
+    cumL = np.concatenate([[0.0], np.cumsum(0.5 * (L[1:] + L[:-1]) * dt)])
+    g = A * np.exp(cumL)
+    return float(0.5 * delta * np.sum(0.5 * (g[1:] + g[:-1]) * dt))
+
+
+def local_slopes(m: Sequence[float], err: Sequence[float]) -> list:
+    """Slopes ``log(err_{i+1}/err_i) / log(m_{i+1}/m_i)`` between consecutive step counts:
+    ``[{"m": [m_i, m_{i+1}], "slope": s}, ...]`` (NaN where an error is not positive)."""
+    m = [float(v) for v in m]
+    e = [float(v) for v in err]
+    if len(m) != len(e) or len(m) < 2:
+        raise ValueError("m and err must have the same length >= 2")
+    out = []
+    for i in range(len(m) - 1):
+        ok = e[i] > 0 and e[i + 1] > 0 and m[i] > 0 and m[i + 1] > 0 and m[i] != m[i + 1]
+        s = math.log(e[i + 1] / e[i]) / math.log(m[i + 1] / m[i]) if ok else float("nan")
+        out.append({"m": [m[i], m[i + 1]], "slope": s})
+    return out
+
+
+def lipschitz_profile(field: Callable, states: torch.Tensor, times: torch.Tensor, eps: Sequence[float] = (1e-3, 1e-5),
+                      n_samples: int = 100) -> dict:
+    """The Lipschitz constant of ``x ↦ field(x, t)`` along a trajectory, by central finite differences.
+
+    At every time ``times[q]`` and for the first ``n_samples`` states ``states[q, :n]`` (``(Q, B, d)``),
+    the Jacobian is estimated column by column, ``J e_i ≈ (F(x + ε e_i) - F(x - ε e_i)) / (2ε)``, and its
+    spectral norm taken (the local Lipschitz constant). Two ``ε``: where the field is smooth both agree;
+    a value that grows as ``ε`` shrinks marks a jump (a finite difference across a discontinuity is
+    ``jump/(2ε)``). Returns ``{"t": [...], "eps": {str(ε): {"max", "p99", "median": [...]}}}``.
+    """
+    if states.dim() != 3 or states.shape[0] != torch.as_tensor(times).numel():
+        raise ValueError("states must have shape (Q, B, d) with one time per row of times")
+    times = torch.as_tensor(times, dtype=states.dtype, device=states.device).reshape(-1)
+    n = min(int(n_samples), states.shape[1])
+    if n < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples!r}")
+    d = states.shape[2]
+    eye = torch.eye(d, dtype=states.dtype, device=states.device)
+    out = {"t": [float(v) for v in times], "n_samples": n, "eps": {}}
+    for e in eps:
+        e = check_positive("eps", e)
+        rec = {"max": [], "p99": [], "median": []}
+        for q in range(times.numel()):
+            x = states[q, :n]
+            pts = torch.cat([x[:, None, :] + e * eye[None], x[:, None, :] - e * eye[None]], dim=1).reshape(-1, d)
+            tq = times[q].expand(pts.shape[0])
+            with torch.no_grad():
+                F = field(pts, tq).reshape(n, 2, d, d)  # (n, ±, column i, output)
+            J = ((F[:, 0] - F[:, 1]) / (2.0 * e)).transpose(1, 2)  # (n, out, in)
+            norms = torch.linalg.matrix_norm(J, ord=2)
+            rec["max"].append(float(norms.max()))
+            rec["p99"].append(float(torch.quantile(norms, 0.99)))
+            rec["median"].append(float(norms.median()))
+        out["eps"][repr(float(e))] = rec
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # a network-free teacher for the distiller
 
 
 def fit_velocity_mlp(model: nn.Module, path: Any, support: torch.Tensor, field: Callable, *,
                      n_points: int = 16384, steps: int = 1000, batch_size: int = 512, lr: float = 2e-3,
-                     t_min: float = 0.0, seed: int = 0, progress: bool = False) -> dict:
+                     t_min: float = 0.0, seed: int = 0, progress: bool = False, data_sigma: float = 0.0) -> dict:
     """Regress ``model(x, t)`` on an exact field: ``min E |model(x_t, t) - field(x_t, t)|² / d``.
 
-    Training pairs: ``n_points`` draws ``x0`` from ``support`` (uniform), ``t ~ U[t_min, T]``,
+    Training pairs: ``n_points`` draws ``x0`` from ``support`` (uniform; plus ``N(0, data_sigma² I)``
+    noise for Gaussian-mixture data), ``t ~ U[t_min, T]``,
     ``x_t = path.sample(x0, t).x_t`` (the path's own marginals), target ``field(x_t, t)`` computed
     once in float64 (the exact field is the expensive part). Then ``steps`` AdamW steps (cosine
     learning rate) on minibatches of that set. ``model`` is trained in place in its own dtype and
@@ -624,7 +711,11 @@ def fit_velocity_mlp(model: nn.Module, path: Any, support: torch.Tensor, field: 
     idx = torch.randint(sup.shape[0], (n_points,), generator=gen)
     t_lo = max(float(t_min), float(getattr(path, "t_eps", 0.0)))
     t = (t_lo + (path.T - t_lo) * torch.rand(n_points, generator=gen, dtype=torch.float64)).to(device)
-    x = path.sample(sup[idx.to(device)], t, generator=None if device.type != "cpu" else gen).x_t
+    x0 = sup[idx.to(device)]
+    data_sigma = check_in_range("data_sigma", data_sigma, 0.0, math.inf)
+    if data_sigma > 0:
+        x0 = x0 + data_sigma * torch.randn(x0.shape, generator=gen, dtype=x0.dtype).to(device)
+    x = path.sample(x0, t, generator=None if device.type != "cpu" else gen).x_t
     with torch.no_grad():
         u = torch.cat([field(x[i:i + 4096], t[i:i + 4096]) for i in range(0, n_points, 4096)])
     x, t, u = x.to(dtype), t.to(dtype), u.to(dtype)
