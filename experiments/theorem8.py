@@ -56,6 +56,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from kacnum import cli  # noqa: E402
 from kacnum.checkpoint import save_json  # noqa: E402
 from kacnum.distill import DistillConfig  # noqa: E402
 from kacnum.models.mlp import MLP  # noqa: E402
@@ -842,14 +843,14 @@ def _tuple_of(typ):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="experiments/theorem8.py", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="experiments/theorem8.py", description=__doc__)  # one-line errors, --debug
     p.add_argument("--out", type=Path, default=Path("runs/theorem8"), help="output directory (default runs/theorem8)")
     p.add_argument("--quick", action="store_true", help="small budget (< 60 s on 2 cores)")
     p.add_argument("--paper-figures", action="store_true", help="also write the figures to paper_figures/")
     p.add_argument("--paper-dir", type=Path, default=REPO / "paper_figures", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: the field evaluations are small)")
-    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+                   help="torch intra-op threads (default 1: the field evaluations are small, and extra threads "
+                        "only add overhead; see kacnum.cli.resolve_threads)")
     p.add_argument("--no-distill", action="store_true", help="skip the distilled students")
     fields = {f.name: f for f in dataclasses.fields(Theorem8Config)}
     for name, f in fields.items():
@@ -875,27 +876,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Theorem8Config, ar
             over[f.name] = v
     if a.no_distill:
         over["distill"] = False
-    if a.threads < 1:
-        raise ValueError(f"--threads must be an integer >= 1, got {a.threads}")
+    a.threads = cli.resolve_threads(a.threads)
     return Theorem8Config(**over), a
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise ValueError(f"--out {out} is not writable")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     t0 = time.perf_counter()
     cfg, a = parse_args(argv)
+    cli.check_out_dir(a.out)
+    if a.paper_figures:
+        cli.check_out_dir(a.paper_dir, "--paper-figures")
     print(f"theorem8: {'quick' if cfg.quick else 'default'} budget, output in {a.out}; three regimes (smooth, finite, "
           f"transition), {len(cfg.data_seeds)} data sets", flush=True)
     torch.set_num_threads(a.threads)
     out = a.out
-    _check_out(out)
+    out.mkdir(parents=True, exist_ok=True)
     save_json(out / "config.json", dataclasses.asdict(cfg))
     load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
     res = run(cfg, t0)
@@ -929,4 +924,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli.run_main(main))

@@ -151,3 +151,18 @@ def test_lipschitz_profile_finds_the_constant_and_marks_jumps():
     pj = lipschitz_profile(jump, near, times[:1], eps=(1e-3, 1e-5), n_samples=4)
     assert pj["eps"]["0.001"]["max"][0] == pytest.approx(1.0 / 1e-3, rel=1e-9)
     assert pj["eps"]["1e-05"]["max"][0] == 0.0  # the fine step does not straddle the jump here
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    import subprocess
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    for argv, flag in ((["--kac-a", "-1"], "--kac-a"), (["--ms", "0"], "--ms"), (["--out", str(f)], "--out"),
+                       (["--vp-solver", "foo"], "--vp-solver")):
+        p = subprocess.run([sys.executable, str(ROOT / "experiments" / "theorem8.py"), "--quick", *argv],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2, (argv, p.stderr)
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and flag in lines[0] and "Traceback" not in p.stderr, (argv, p.stderr)
+        assert not (tmp_path / "runs").exists()
