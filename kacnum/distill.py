@@ -24,7 +24,10 @@ Guidance (SPEC §5): with labels and ``guidance_scale = s``, the stage-1 teacher
 ``u_s = u_∅ + s (u_y - u_∅)`` (2 network evaluations per call unless ``s`` is 0 or 1); the student
 is conditional on ``y`` and learns the guided map, so it needs one evaluation per step. Labels are
 replaced by the null label with probability ``p_uncond`` during distillation (the guided field at
-the null label is the unconditional one), so the students keep the null-label capability.
+the null label is the unconditional one). The default is ``p_uncond = 0``: every sampler here
+(:class:`Sampler`, the pipeline's) is conditional whenever the data have labels, so a null-label
+row trains a map that is never used; ``p_uncond = 0.1`` (the default before) keeps the students'
+null-label capability.
 
 Source of ``x`` at ``t_k`` (``source``):
 
@@ -34,14 +37,33 @@ Source of ``x`` at ``t_k`` (``source``):
   latents is pushed through the stage's teacher map interval by interval; the state at ``t_{k+1}``
   is then the target of the state at ``t_k`` (no further teacher call). The pool is re-drawn every
   ``rollout_refresh`` steps from a seed derived from ``(seed, stage, refresh index)``, so a resumed
-  run rebuilds exactly the pool it lost.
+  run rebuilds exactly the pool it lost;
+* ``"mix"``: ``round(rollout_fraction * batch_size)`` rows of every batch from the roll-out pool,
+  the others forward-noised (``DistillBatch.from_pool`` says which).
+
+Stage-1 target (``target``; stages ``i >= 2`` have an Euler teacher, which has no history, so the
+two coincide there):
+
+* ``"restart"`` (default, the behaviour before): ``N`` sub-steps of ``teacher_method`` started
+  afresh in every student interval. With AB-2 this takes an Euler first sub-step in every interval,
+  so the student learns another trajectory than the one the ``K_0``-step teacher follows when it
+  samples (and whose FID is the reference);
+* ``"trajectory"``: the state the ``K_0``-step teacher itself reaches, its AB-2 history carried
+  across student intervals. Roll-out rows: the pool is ONE teacher solve on the fine grid
+  ``grid(0)`` (``K_0`` uniform steps, exactly the teacher's sampler) from each latent, kept at the
+  student grid times (``grid(0)[k N] == grid(1)[k]`` exactly), so the pairs ``(state at t_k, state
+  at t_{k+1})`` are the teacher's own. Forward rows (no history exists for them): AB-2 primed with
+  the slope at the previous fine time ``t_k - h`` at the point ``x - h u(x, t_k)`` (one explicit
+  step back; its error is ``O(h^2)``, so the primed step keeps AB-2's local order), one extra call
+  per target; rows with ``k = 0`` start at ``T`` as the teacher does (Euler first step).
 
 Time reparameterisation. A batch mixes intervals, while :func:`kacnum.solvers.integrate` takes one
 grid. :func:`interval_flow` therefore integrates in ``τ ∈ [0, 1]`` with per-row
 ``t(τ) = (1 - τ) t_from + τ t_to`` and ``dx/dτ = (t_to - t_from) u(x, t(τ))``; every method of
 ``solvers`` is invariant under this affine change of time, so ``N`` uniform steps in ``τ`` are
-exactly ``N`` uniform steps of the same method on each row's own interval. AB-2 restarts (Euler
-first sub-step) in every interval: the target does not depend on history from earlier intervals.
+exactly ``N`` uniform steps of the same method on each row's own interval. With ``target="restart"``
+AB-2 restarts (Euler first sub-step) in every interval; :func:`primed_ab2_flow` is the primed
+variant of ``target="trajectory"``.
 """
 from __future__ import annotations
 
@@ -76,12 +98,15 @@ __all__ = [
     "stage_substeps",
     "student_step",
     "interval_flow",
+    "primed_ab2_flow",
     "endpoint_loss",
     "SOURCES",
+    "TARGETS",
     "PARAMETERIZATIONS",
 ]
 
-SOURCES = ("forward", "rollout")
+SOURCES = ("forward", "rollout", "mix")
+TARGETS = ("restart", "trajectory")
 PARAMETERIZATIONS = ("velocity", "endpoint")
 LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINT_FORMAT = "kacnum.distill/1"
@@ -189,6 +214,46 @@ def interval_flow(field: Callable, x: torch.Tensor, t_from: torch.Tensor, t_to: 
     return integrate(wrapped, x, tau, method)
 
 
+def primed_ab2_flow(field: Callable, x: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor,
+                    n_substeps: int, has_history: torch.Tensor) -> SolveResult:
+    """AB-2 over a per-row interval with ``n_substeps`` uniform steps, continuing a uniform-step
+    trajectory that arrived at ``x`` (``target="trajectory"`` for forward rows).
+
+    In ``τ`` (module docstring), ``h = 1/N``, ``g(x, τ) = (t_to - t_from) field(x, t(τ))``. Rows with
+    ``has_history`` (``(B,)`` bool) get the history slope ``g(x - h g(x, 0), -h)``: the slope at the
+    previous fine time ``t_from - (t_to - t_from)/N`` at one explicit step back from ``x``; then every
+    sub-step is ``x + h (1.5 g_j - 0.5 g_{j-1})`` (uniform AB-2). Rows without history take an Euler
+    first sub-step (exactly ``interval_flow(..., "ab2")``). ``nfe`` counts ``N + 1`` calls (the
+    priming call is made for all rows); ``field.nfe_per_call`` is honoured. Autograd stays on.
+    """
+    b = x.shape[0]
+    for name, v in (("t_from", t_from), ("t_to", t_to)):
+        if not torch.is_tensor(v) or v.shape != (b,):
+            raise ValueError(f"{name} must be a tensor of shape ({b},)")
+    if not torch.is_tensor(has_history) or has_history.shape != (b,) or has_history.dtype != torch.bool:
+        raise ValueError(f"has_history must be a bool tensor of shape ({b},)")
+    if bool((t_from == t_to).any()):
+        raise ValueError("t_from and t_to must differ in every row")
+    if isinstance(n_substeps, bool) or not isinstance(n_substeps, int) or n_substeps < 1:
+        raise ValueError(f"n_substeps must be an integer >= 1, got {n_substeps!r}")
+    g = _IntervalField(field, t_from.to(x.dtype), t_to.to(x.dtype))
+    h = 1.0 / n_substeps
+    ones = torch.ones(b, dtype=x.dtype, device=x.device)
+    f_cur = g(x, 0.0 * ones)
+    f_back = g(x - h * f_cur, -h * ones)
+    r = _rows(0.5 * has_history.to(x.dtype), x)  # AB-2 weight of the old slope: 0.5 (uniform), 0 = Euler
+    f_prev = torch.where(_rows(has_history, x), f_back, f_cur)  # any finite value where r = 0
+    for j in range(n_substeps):
+        if j > 0:
+            f_cur = g(x, (j * h) * ones)
+            r = _rows(torch.full((b,), 0.5, dtype=x.dtype, device=x.device), x)
+        x = x + h * ((1.0 + r) * f_cur - r * f_prev)
+        f_prev = f_cur
+    calls = n_substeps + 1
+    tau = uniform_grid(0.0, 1.0, n_substeps, dtype=x.dtype, device=x.device)
+    return SolveResult(x=x, nfe=calls, nfe_model=calls * g.nfe_per_call, trajectory=None, time_grid=tau)
+
+
 def endpoint_loss(student: Callable, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
                   target: torch.Tensor, y: Optional[torch.Tensor] = None,
                   parameterization: str = "velocity") -> dict:
@@ -227,11 +292,17 @@ class FlowTeacher:
     ``nfe`` is the number of network evaluations per target (``N`` steps of ``method`` times 2 for a
     guided call). With ``y`` given the field is ``GuidedField(model, guidance_scale, null_label)``;
     rows with the null label get the unconditional field.
+
+    ``target="trajectory"`` with AB-2: :func:`primed_ab2_flow` (rows with ``k >= 1`` continue a
+    trajectory; ``N + 1`` calls per target); other methods have no history and ignore it.
     """
 
     def __init__(self, model: Callable, grid: torch.Tensor, n_substeps: int, method: str = "ab2",
-                 guidance_scale: float = 1.0, null_label: Optional[int] = None):
+                 guidance_scale: float = 1.0, null_label: Optional[int] = None, target: str = "restart"):
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         self.model, self.grid, self.n_substeps, self.method = model, grid, int(n_substeps), method
+        self.target = target
         self.guided = None
         if null_label is not None:
             self.guided = GuidedField(model, guidance_scale, null_label=null_label)
@@ -242,7 +313,10 @@ class FlowTeacher:
         return self.guided.field(y)
 
     def __call__(self, x: torch.Tensor, k: torch.Tensor, y: Optional[torch.Tensor]):
-        res = interval_flow(self.field(y), x, self.grid[k], self.grid[k + 1], self.n_substeps, self.method)
+        if self.target == "trajectory" and self.method == "ab2":
+            res = primed_ab2_flow(self.field(y), x, self.grid[k], self.grid[k + 1], self.n_substeps, k > 0)
+        else:
+            res = interval_flow(self.field(y), x, self.grid[k], self.grid[k + 1], self.n_substeps, self.method)
         return res.x, res.nfe_model
 
 
@@ -335,10 +409,15 @@ class DistillConfig:
             at step ``n``: decays to 0 at the stage's end).
         grad_clip: max gradient norm; 0 switches clipping off.
         ema_decay, ema_warmup: see :class:`EMA`.
-        source: ``"forward"`` or ``"rollout"`` (module docstring).
+        source: ``"forward"``, ``"rollout"`` or ``"mix"`` (module docstring).
+        rollout_fraction: share of each batch's rows taken from the roll-out pool with
+            ``source="mix"`` (``round(rollout_fraction * batch_size)`` rows), in ``[0, 1]``.
+        target: stage-1 target, ``"restart"`` (AB-2 restarted in every student interval; the
+            default) or ``"trajectory"`` (the ``K_0``-step teacher's own states; module docstring).
         teacher_method: solver of the stage-1 teacher (``kacnum.solvers.METHODS``).
         guidance_scale: ``s`` of the stage-1 teacher (used when labels are given).
-        p_uncond: probability of the null label for a row, in ``[0, 1]``.
+        p_uncond: probability of the null label for a row, in ``[0, 1]``. Default 0: the samplers
+            are always conditional when there are labels (0.1 was the default before).
         parameterization: ``"velocity"`` (one Euler step) or ``"endpoint"`` (direct output).
         t_end: last grid time (``0`` = the data end); the grids are uniform from ``T`` to ``t_end``.
         rollout_pool: roll-outs per pool (``source="rollout"``).
@@ -361,9 +440,11 @@ class DistillConfig:
     ema_decay: float = 0.999
     ema_warmup: bool = True
     source: str = "forward"
+    rollout_fraction: float = 0.5
+    target: str = "restart"
     teacher_method: str = "ab2"
     guidance_scale: float = 1.0
-    p_uncond: float = 0.1
+    p_uncond: float = 0.0
     parameterization: str = "velocity"
     t_end: float = 0.0
     rollout_pool: int = 4096
@@ -386,6 +467,9 @@ class DistillConfig:
         check_nonnegative("grad_clip", self.grad_clip)
         _check_decay(self.ema_decay)
         check_in_range("p_uncond", self.p_uncond, 0.0, 1.0)
+        check_in_range("rollout_fraction", self.rollout_fraction, 0.0, 1.0)
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         for name in ("guidance_scale", "t_end"):
             check_finite_number(name, getattr(self, name))
         if self.lr_schedule not in LR_SCHEDULES:
@@ -401,6 +485,20 @@ class DistillConfig:
         """``N_i`` per student stage."""
         return stage_substeps(self.stages)
 
+    @property
+    def uses_pool(self) -> bool:
+        """Whether batches draw rows from a roll-out pool (``rollout``, or ``mix`` with a share > 0)."""
+        return self.source == "rollout" or (self.source == "mix" and self.rollout_fraction > 0)
+
+    @property
+    def pool_rows(self) -> int:
+        """Rows of a batch taken from the roll-out pool."""
+        if self.source == "forward":
+            return 0
+        if self.source == "rollout":
+            return self.batch_size
+        return int(round(self.rollout_fraction * self.batch_size))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -412,8 +510,10 @@ class DistillConfig:
 @dataclass
 class DistillBatch:
     """One training batch: ``x: (B, ...)`` at ``t = grid[k]``, ``t_next = grid[k+1]`` (``(B,)``),
-    ``k: (B,)`` long, ``y: (B,)`` long or None, ``target: (B, ...)`` the teacher's endpoint, and
-    ``teacher_nfe``: network evaluations per target (in roll-out mode: paid when the pool was built)."""
+    ``k: (B,)`` long, ``y: (B,)`` long or None, ``target: (B, ...)`` the teacher's endpoint,
+    ``teacher_nfe``: network evaluations per target (forward rows; in roll-out mode: paid when the
+    pool was built), and ``from_pool``: ``(B,)`` bool, the rows taken from the roll-out pool (None:
+    all forward)."""
 
     x: torch.Tensor
     t: torch.Tensor
@@ -422,6 +522,7 @@ class DistillBatch:
     y: Optional[torch.Tensor]
     target: torch.Tensor
     teacher_nfe: int
+    from_pool: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -529,7 +630,10 @@ class _StudentCheckpoints:
         if ck.get("format") != self._CK_FORMAT:
             raise ValueError(f"{path} is not a {self._CK_WHAT} checkpoint ({self._CK_FORMAT})")
         mine, theirs = self.config.to_dict(), dict(ck["config"])
-        diff = sorted(k for k in mine if k not in self._CK_RESUMABLE and _plain(mine[k]) != _plain(theirs.get(k)))
+        # a field the checkpoint predates counts as its default (the behaviour it was written with)
+        defaults = {f.name: f.default for f in dataclasses.fields(self.config)}
+        diff = sorted(k for k in mine if k not in self._CK_RESUMABLE
+                      and _plain(mine[k]) != _plain(theirs.get(k, defaults.get(k))))
         if diff:
             raise ValueError(f"config differs from the checkpoint's in {diff}: resume with the same "
                              f"configuration (only {self._CK_RESUMABLE} may change)")
@@ -638,7 +742,8 @@ class Distiller(_StudentCheckpoints):
         n = self.config.substeps[stage - 1]
         if stage == 1:
             return FlowTeacher(self.teacher, self.grid(1), n, self.config.teacher_method,
-                               self.config.guidance_scale, self.null_label if self.labels is not None else None)
+                               self.config.guidance_scale, self.null_label if self.labels is not None else None,
+                               target=self.config.target)
         return StudentTeacher(self.student(stage - 1), self.grid(stage - 1), n, self.config.parameterization)
 
     def _drop(self, y: Optional[torch.Tensor], gen: torch.Generator) -> Optional[torch.Tensor]:
@@ -666,7 +771,9 @@ class Distiller(_StudentCheckpoints):
     @torch.no_grad()
     def build_pool(self, stage: int, refresh_index: int = 0) -> RolloutPool:
         """Roll ``rollout_pool`` latents through the teacher map of ``stage`` (seeded by
-        ``(seed, stage, refresh_index)``); chunks of ``4 batch_size`` rows."""
+        ``(seed, stage, refresh_index)``); chunks of ``4 batch_size`` rows. Stage 1 with
+        ``target="trajectory"``: one ``K_0``-step solve of the teacher on ``grid(0)`` per latent, kept
+        at the student grid times (:meth:`teacher_trajectory`)."""
         stage = self._stage_index(stage, allow_teacher=False)
         gen = torch.Generator(device=self.device).manual_seed(
             _derived_seed(self.config.seed, stage, refresh_index))
@@ -676,9 +783,15 @@ class Distiller(_StudentCheckpoints):
                                     device=self.device)
         y = self._drop(self._labels_for(p, None, gen), gen)
         kk = self.config.stages[stage]
+        chunk = 4 * self.config.batch_size
+        if stage == 1 and self.config.target == "trajectory":
+            parts, nfe = [], 0
+            for s in range(0, p, chunk):
+                st, nfe = self.teacher_trajectory(z[s:s + chunk], None if y is None else y[s:s + chunk])
+                parts.append(st)
+            return RolloutPool(states=torch.cat(parts, dim=1), labels=y, teacher_nfe=int(nfe))
         states = [z]
         nfe = 0
-        chunk = 4 * self.config.batch_size
         for k in range(kk):
             parts = []
             for s in range(0, p, chunk):
@@ -689,6 +802,25 @@ class Distiller(_StudentCheckpoints):
             states.append(torch.cat(parts))
         return RolloutPool(states=torch.stack(states), labels=y, teacher_nfe=int(nfe))
 
+    @torch.no_grad()
+    def teacher_trajectory(self, z: torch.Tensor, y: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int]:
+        """The stage-1 teacher's own solve from latents ``z: (P, ...)`` at ``T``: ``stages[0]`` steps of
+        ``teacher_method`` on ``grid(0)`` (the (guided) field with labels ``y``, as the teacher samples),
+        returned at the student grid times ``grid(1)``: ``(K_1 + 1, P, ...)``, and the network
+        evaluations per student interval."""
+        n = self.config.substeps[0]
+        null = self.null_label if self.labels is not None else None
+        field = FlowTeacher(self.teacher, self.grid(1), n, self.config.teacher_method, self.config.guidance_scale,
+                            null).field(y)
+        kept = [z]
+
+        def keep(i, t, x):
+            if (i + 1) % n == 0:
+                kept.append(x)
+
+        res = integrate(field, z, self.grid(0), self.config.teacher_method, callback=keep)
+        return torch.stack(kept), int(res.nfe_model) // self.config.stages[1]
+
     def make_batch(self, stage: int, pool: Optional[RolloutPool] = None,
                    generator: Optional[torch.Generator] = None) -> DistillBatch:
         """Draw one batch for ``stage`` (>= 1) with ``generator`` (default: the run's generator).
@@ -696,20 +828,43 @@ class Distiller(_StudentCheckpoints):
         ``source="forward"``: data rows, labels (null with probability ``p_uncond``), intervals
         ``k ~ U{0..K-1}``, ``x = path.sample(x0, t_k).x_t``, target = teacher map (no grad).
         ``source="rollout"``: rows ``(k, p)`` of ``pool`` (built with :meth:`build_pool` if None).
+        ``source="mix"``: the first ``config.pool_rows`` rows from the pool, the others forward (the
+        pool's draws come first, then the forward draws, all from one generator).
         """
         stage = self._stage_index(stage, allow_teacher=False)
         gen = self._gen if generator is None else generator
-        b = self.config.batch_size
-        kk = self.config.stages[stage]
-        grid = self.grid(stage)
-        if self.config.source == "rollout":
+        cfg = self.config
+        n_pool = cfg.pool_rows
+        roll = None
+        if n_pool > 0:
             if pool is None:
                 pool = self.build_pool(stage)
-            pidx = torch.randint(pool.states.shape[1], (b,), generator=gen, device=self.device)
-            k = torch.randint(kk, (b,), generator=gen, device=self.device)
-            y = None if pool.labels is None else pool.labels[pidx]
-            return DistillBatch(x=pool.states[k, pidx], t=grid[k], t_next=grid[k + 1], k=k, y=y,
-                                target=pool.states[k + 1, pidx], teacher_nfe=pool.teacher_nfe)
+            roll = self._pool_rows(stage, pool, n_pool, gen)
+            if n_pool == cfg.batch_size:
+                return roll
+        fwd = self._forward_rows(stage, cfg.batch_size - n_pool, gen)
+        if roll is None:
+            return fwd
+        cat = lambda a, b: None if a is None else torch.cat([a, b])  # noqa: E731
+        mask = torch.cat([torch.ones(n_pool, dtype=torch.bool, device=self.device),
+                          torch.zeros(fwd.x.shape[0], dtype=torch.bool, device=self.device)])
+        return DistillBatch(x=cat(roll.x, fwd.x), t=cat(roll.t, fwd.t), t_next=cat(roll.t_next, fwd.t_next),
+                            k=cat(roll.k, fwd.k), y=cat(roll.y, fwd.y), target=cat(roll.target, fwd.target),
+                            teacher_nfe=fwd.teacher_nfe, from_pool=mask)
+
+    def _pool_rows(self, stage: int, pool: RolloutPool, b: int, gen: torch.Generator) -> DistillBatch:
+        kk = self.config.stages[stage]
+        grid = self.grid(stage)
+        pidx = torch.randint(pool.states.shape[1], (b,), generator=gen, device=self.device)
+        k = torch.randint(kk, (b,), generator=gen, device=self.device)
+        y = None if pool.labels is None else pool.labels[pidx]
+        return DistillBatch(x=pool.states[k, pidx], t=grid[k], t_next=grid[k + 1], k=k, y=y,
+                            target=pool.states[k + 1, pidx], teacher_nfe=pool.teacher_nfe,
+                            from_pool=torch.ones(b, dtype=torch.bool, device=self.device))
+
+    def _forward_rows(self, stage: int, b: int, gen: torch.Generator) -> DistillBatch:
+        kk = self.config.stages[stage]
+        grid = self.grid(stage)
         idx = torch.randint(self.data.shape[0], (b,), generator=gen, device=self.device)
         x0 = self.data[idx]
         y = None if self.labels is None else self._drop(self.labels[idx], gen)
@@ -786,7 +941,7 @@ class Distiller(_StudentCheckpoints):
             bar = Progress(n_steps, f"distill {cfg.stages[stage - 1]}->{cfg.stages[stage]}", initial=step0,
                            enabled=progress)
             for step in bar.iterate(range(step0, n_steps)):
-                if cfg.source == "rollout" and (pool is None or step % cfg.rollout_refresh == 0):
+                if cfg.uses_pool and (pool is None or step % cfg.rollout_refresh == 0):
                     pool = self.build_pool(stage, step // cfg.rollout_refresh)
                 batch = self.make_batch(stage, pool)
                 teacher_nfe = batch.teacher_nfe
@@ -814,6 +969,8 @@ class Distiller(_StudentCheckpoints):
                 "steps": n_steps,
                 "final_loss": sum(tail) / len(tail),
                 "teacher_nfe_per_target": teacher_nfe,
+                "source": cfg.source,
+                "target": cfg.target if stage == 1 else "restart",
                 "losses": losses[::cfg.log_every],
                 "seconds": time.perf_counter() - t0,
             })

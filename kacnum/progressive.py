@@ -46,7 +46,7 @@ from it: with an ε-parameterised base the implied data prediction at high noise
 amplified by ``σ/α`` and the raw ``x̃`` is far outside the data range there (see
 :class:`ProgressiveConfig`); DDPM/DDIM samplers commonly clip ``x̂`` for the same reason.
 
-Training rows: ``x ~ data``, label dropped to the null label with probability ``p_uncond``,
+Training rows: ``x ~ data``, label dropped to the null label with probability ``p_uncond`` (default 0),
 ``k ~ U{0..N_r - 1}``, ``t = t_k``, ``z_t = path.sample(x, t).x_t``. All draws of step ``n`` of
 round ``r`` come from a generator seeded with ``derive_seed(seed, r, n)``: a resumed run repeats
 the uninterrupted run's steps exactly (weights, EMA and optimiser come from the checkpoint,
@@ -231,7 +231,9 @@ class ProgressiveConfig:
         parameterization: the students' output (``"v"`` default, ``"x"``, ``"eps"``).
         base_parameterization: the base model's output (``"eps"`` for the VP baseline).
         guidance_scale: ε-space guidance of the base teacher (used when labels are given).
-        p_uncond: probability of the null label for a training row.
+        p_uncond: probability of the null label for a training row. Default 0: the students are
+            always sampled with labels (:meth:`ProgressiveDistiller.sample` in the pipeline), as the
+            DistillKac students are (:class:`kacnum.distill.DistillConfig`); 0.1 was the default before.
         t_min: last grid time (``None``: ``path.t_min_default``).
         clip_x: clamp the target ``x̃`` to ``[-clip_x, clip_x]`` (the data range; ``ε̃`` is recomputed
             from it), or ``None``. Needed for an ε-parameterised base: its implied data prediction
@@ -255,7 +257,7 @@ class ProgressiveConfig:
     parameterization: str = "v"
     base_parameterization: str = "eps"
     guidance_scale: float = 1.0
-    p_uncond: float = 0.1
+    p_uncond: float = 0.0
     t_min: Optional[float] = None
     clip_x: Optional[float] = 1.0
     seed: int = 0

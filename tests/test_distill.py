@@ -18,6 +18,7 @@ from kacnum.distill import (
     EMA,
     DistillConfig,
     Distiller,
+    FlowTeacher,
     StudentTeacher,
     endpoint_loss,
     interval_flow,
@@ -143,6 +144,9 @@ def test_bad_stages_raise(stages, words):
     ({"lr": 0.0}, "lr"),
     ({"checkpoint_every": -1}, "checkpoint_every"),
     ({"batch_size": 0}, "batch_size"),
+    ({"target": "endpoint"}, "target"),
+    ({"rollout_fraction": 1.5}, "rollout_fraction"),
+    ({"source": "mixed"}, "source"),
 ])
 def test_bad_config_raises(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -308,6 +312,137 @@ def test_rollout_source_matches_teacher_on_nonlinear_field():
         torch.testing.assert_close(pool.states[k + 1], ref, rtol=0, atol=1e-14)
 
 
+# ------------------------------------------------------------------------------------ trajectory targets
+
+
+def _hand_guided(teacher, x, t, y, s):
+    """u_s = u_null + s (u_y - u_null), written out (no GuidedField)."""
+    tt = torch.full((x.shape[0],), float(t), dtype=x.dtype)
+    u_null = teacher(x, tt, torch.full_like(y, NULL))
+    return u_null + s * (teacher(x, tt, y) - u_null)
+
+
+def _hand_ab2(teacher, z, y, s, n_steps):
+    """The K0-step teacher's uniform AB-2 on [1, 0] by hand (Euler first step): all states."""
+    h = -1.0 / n_steps
+    xs, f_prev = [z], None
+    for i in range(n_steps):
+        f = _hand_guided(teacher, xs[-1], 1.0 - i / n_steps, y, s)
+        xs.append(xs[-1] + h * (f if f_prev is None else 1.5 * f - 0.5 * f_prev))
+        f_prev = f
+    return xs
+
+
+def _time_linear_teacher():
+    lb = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0], [0.4, -0.4]], dtype=torch.float64)
+    return AffineField(_rotation(2.5), w1=[[0.0, 1.0], [-0.5, 0.3]], b0=[0.2, -0.1], b1=[0.5, 0.0],
+                       label_bias=lb)
+
+
+def test_trajectory_pool_holds_the_teachers_own_ab2_states():
+    """target="trajectory", roll-out source: the (source, target) pairs are the states of the
+    12-step guided AB-2 teacher (history carried across student intervals) at the student times;
+    the restart targets (Euler first sub-step in every interval) are not."""
+    teacher = _time_linear_teacher()
+    d = _distiller(teacher, stages=(12, 4), source="rollout", target="trajectory", rollout_pool=30,
+                   guidance_scale=1.5, batch_size=32)
+    pool = d.build_pool(1)
+    hand = _hand_ab2(teacher, pool.states[0], pool.labels, 1.5, 12)
+    assert pool.states.shape == (5, 30, 2) and pool.teacher_nfe == 3 * 2  # N = 3 steps, guided
+    for k in range(5):
+        torch.testing.assert_close(pool.states[k], hand[3 * k], rtol=0, atol=1e-13)
+    batch = d.make_batch(1, pool)
+    for i in range(32):
+        j = int(((pool.states[batch.k[i]] - batch.x[i]).abs().sum(1) == 0).nonzero()[0])
+        torch.testing.assert_close(batch.target[i], hand[3 * int(batch.k[i]) + 3][j], rtol=0, atol=1e-13)
+    assert bool(batch.from_pool.all())
+    # the restart map from the same states lands elsewhere for k >= 1 (and equally for k = 0)
+    restart = FlowTeacher(teacher, d.grid(1), 3, "ab2", 1.5, NULL)
+    for k in range(4):
+        kk = torch.full((30,), k)
+        out, _ = restart(pool.states[k], kk, pool.labels)
+        gap = (out - pool.states[k + 1]).abs().max().item()
+        assert (gap < 1e-13) if k == 0 else (gap > 1e-3), (k, gap)
+    # the teacher's own sampler (12 AB-2 steps on grid(0)) ends where the pool ends
+    torch.testing.assert_close(d.sampler(0)(30, y=pool.labels, latent=pool.states[0]), pool.states[-1],
+                               rtol=0, atol=1e-13)
+
+
+def test_trajectory_forward_rows_use_a_primed_ab2_step():
+    """Forward rows with target="trajectory": for k >= 1 the AB-2 sub-steps continue with the slope at
+    t_k - h taken one explicit step back (by hand here); k = 0 starts with Euler as the teacher does.
+    From the teacher's own state at t_k the primed target is far closer to the teacher's state at
+    t_{k+1} than the restarted one."""
+    teacher = _time_linear_teacher()
+    d = _distiller(teacher, stages=(12, 4), target="trajectory", guidance_scale=1.5, batch_size=24)
+    batch = d.make_batch(1)
+    assert batch.teacher_nfe == (3 + 1) * 2 and batch.from_pool is None
+    h = -1.0 / 12
+    for i in range(24):
+        k, x, y = int(batch.k[i]), batch.x[i:i + 1], batch.y[i:i + 1]
+        t0 = 1.0 - 3 * k / 12
+        f = _hand_guided(teacher, x, t0, y, 1.5)
+        f_prev = None if k == 0 else _hand_guided(teacher, x - h * f, t0 - h, y, 1.5)
+        for j in range(3):
+            if j:
+                f = _hand_guided(teacher, x, t0 + j * h, y, 1.5)
+            x = x + h * (f if f_prev is None else 1.5 * f - 0.5 * f_prev)
+            f_prev = f
+        torch.testing.assert_close(batch.target[i:i + 1], x, rtol=0, atol=1e-12)
+    z = torch.randn(50, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y = torch.randint(NUM_CLASSES, (50,), generator=torch.Generator().manual_seed(4))
+    hand = _hand_ab2(teacher, z, y, 1.5, 12)
+    primed = FlowTeacher(teacher, d.grid(1), 3, "ab2", 1.5, NULL, target="trajectory")
+    restart = FlowTeacher(teacher, d.grid(1), 3, "ab2", 1.5, NULL)
+    for k in (1, 2, 3):
+        kk = torch.full((50,), k)
+        e_primed = (primed(hand[3 * k], kk, y)[0] - hand[3 * k + 3]).abs().max().item()
+        e_restart = (restart(hand[3 * k], kk, y)[0] - hand[3 * k + 3]).abs().max().item()
+        assert e_primed < e_restart / 5, (k, e_primed, e_restart)
+    # one-step methods have no history: trajectory = restart
+    rk = FlowTeacher(teacher, d.grid(1), 3, "rk4", 1.5, NULL, target="trajectory")
+    kk = torch.full((50,), 2)
+    assert torch.equal(rk(z, kk, y)[0], FlowTeacher(teacher, d.grid(1), 3, "rk4", 1.5, NULL)(z, kk, y)[0])
+
+
+@pytest.mark.parametrize("fraction, n_pool", [(0.25, 16), (0.5, 32), (0.0, 0), (1.0, 64), (0.7, 45)])
+def test_mix_source_takes_its_share_of_rows_from_the_pool(fraction, n_pool):
+    d = _distiller(_time_linear_teacher(), stages=(8, 4), source="mix", rollout_fraction=fraction,
+                   rollout_pool=40, batch_size=64, target="trajectory", guidance_scale=1.5)
+    assert d.config.pool_rows == n_pool and d.config.uses_pool == (n_pool > 0)
+    pool = d.build_pool(1) if n_pool else None
+    d.path.last = None
+    batch = d.make_batch(1, pool)
+    assert batch.x.shape == (64, 2) and batch.target.shape == (64, 2) and batch.y.shape == (64,)
+    mask = torch.zeros(64, dtype=torch.bool) if batch.from_pool is None else batch.from_pool
+    assert int(mask.sum()) == n_pool
+    if n_pool:  # pool rows are pool states, their targets the next pool states
+        for i in torch.nonzero(mask).flatten().tolist():
+            k = int(batch.k[i])
+            j = ((pool.states[k] - batch.x[i]).abs().sum(1) == 0).nonzero()
+            assert j.numel() >= 1 and torch.equal(batch.target[i], pool.states[k + 1, int(j[0])])
+    if n_pool < 64:  # forward rows are the path's draws, targets the teacher map of them
+        _, t, x_t = d.path.last
+        assert torch.equal(batch.x[~mask], x_t) and torch.equal(batch.t[~mask], t)
+        with torch.no_grad():
+            ref, _ = d.stage_teacher(1)(batch.x[~mask], batch.k[~mask], batch.y[~mask])
+        torch.testing.assert_close(batch.target[~mask], ref, rtol=0, atol=0)
+    else:
+        assert d.path.last is None  # no forward draw at all
+
+
+@pytest.mark.parametrize("source", ["forward", "rollout", "mix"])
+def test_p_uncond_defaults_to_zero_and_0_1_stays_reachable(source):
+    d = _distiller(TinyNet(), stages=(4, 2), source=source, rollout_pool=400, batch_size=400)
+    assert d.config.p_uncond == 0.0
+    batch = d.make_batch(1)
+    assert not (batch.y == NULL).any()
+    assert not (d.build_pool(1).labels == NULL).any() or source == "forward"
+    old = _distiller(TinyNet(), stages=(4, 2), source=source, rollout_pool=400, batch_size=400, p_uncond=0.1)
+    frac = (old.make_batch(1).y == NULL).double().mean().item()
+    assert 0.05 < frac < 0.15
+
+
 # ------------------------------------------------------------------------------------ EMA
 
 
@@ -384,10 +519,10 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("source, stop_at", [("forward", (2, 3)), ("rollout", (1, 5)),
-                                             ("forward", (1, 5))])
-def test_resume_reaches_the_same_weights(tmp_path, source, stop_at):
-    cfg = dict(stages=(4, 2, 1), steps_per_stage=(5, 4), batch_size=8, lr=1e-2, source=source,
+@pytest.mark.parametrize("source, stop_at, target", [("forward", (2, 3), "restart"), ("rollout", (1, 5), "restart"),
+                                                     ("forward", (1, 5), "restart"), ("mix", (1, 3), "trajectory")])
+def test_resume_reaches_the_same_weights(tmp_path, source, stop_at, target):
+    cfg = dict(stages=(4, 2, 1), steps_per_stage=(5, 4), batch_size=8, lr=1e-2, source=source, target=target,
                rollout_pool=16, rollout_refresh=3, checkpoint_every=2, ema_decay=0.5,
                guidance_scale=1.5, lr_schedule="cosine")
     x, y = _data(64)

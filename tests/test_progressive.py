@@ -235,3 +235,19 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
         bad.run(resume=True, progress=False)
     assert ref.nfe(0) == (4, 8) and ref.nfe(2) == (1, 1)
     assert math.isfinite(float(second.sample(2, torch.randn(3, 2, dtype=torch.float64), torch.tensor([0, 1, 2])).sum()))
+
+
+def test_p_uncond_defaults_to_zero_and_0_1_stays_reachable():
+    """The students are sampled with labels: by default no training row gets the null label."""
+    path = VPPath()
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(512, 2, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (512,), generator=g)
+    assert ProgressiveConfig().p_uncond == 0.0
+    cfg = ProgressiveConfig(schedule=(4, 2), batch_size=512)
+    b = ProgressiveDistiller(_tiny_vp_model(), path, data, labels, cfg).make_batch(1, torch.Generator().manual_seed(1))
+    assert b["y"].shape == (512,) and not (b["y"] == 3).any()
+    old = ProgressiveDistiller(_tiny_vp_model(), path, data, labels, ProgressiveConfig(schedule=(4, 2), batch_size=512,
+                                                                                      p_uncond=0.1))
+    frac = (old.make_batch(1, torch.Generator().manual_seed(1))["y"] == 3).double().mean().item()
+    assert 0.05 < frac < 0.15
