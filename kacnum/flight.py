@@ -98,6 +98,9 @@ class PlanarFlight:
     * a Python-number ``t`` is evaluated in float64 by the scalar summaries (``atom_mass``, ``variance``).
     """
 
+    #: the noise-process interface of :mod:`kacnum.processes`: independent blocks of two coordinates
+    block_size: int = 2
+
     def __init__(self, a: float = 9.0, c: float = 3.0):
         self.a = check_positive("a (event rate λ)", a)
         self.c = check_positive("c (speed)", c)
@@ -194,6 +197,15 @@ class PlanarFlight:
         qs = torch.where(inside, q, torch.ones_like(q))
         val = math.log(lam / (2.0 * math.pi * c)) - (lam / c) * w - torch.log(qs)
         return torch.where(inside, val, torch.full_like(val, -math.inf))
+
+    def block_log_density(self, t: TimeLike, y) -> torch.Tensor:
+        """:meth:`log_density` under the :mod:`kacnum.processes` name (one block = one pair, ``(..., 2)``)."""
+        return self.log_density(t, y)
+
+    @staticmethod
+    def block_norm(y: torch.Tensor) -> torch.Tensor:
+        """``|y|`` (Euclidean) per pair (``(..., 2)`` -> ``(...)``): the support at ``t`` is the disc ``|y| ≤ ct``."""
+        return torch.hypot(y[..., 0], y[..., 1])
 
     def density(self, t: TimeLike, x) -> torch.Tensor:
         """Continuous part ``p(x, t) = λ/(2πc) · exp(-(λ/c)(ct - q)) / q`` (``q = sqrt(c²t² - |x|²)``).

@@ -241,6 +241,8 @@ class KacProcess:
     cdf_cells: int = 64
     #: ``method="auto"`` uses ``rowwise_icdf`` only for rows of at least this many coordinates
     rowwise_min_row: int = 128
+    #: the noise-process interface of :mod:`kacnum.processes`: independent blocks of one coordinate
+    block_size: int = 1
 
     def __init__(self, a: float = 9.0, c: float = 3.0):
         self.a = check_positive("a (switching rate)", a)
@@ -286,6 +288,21 @@ class KacProcess:
         """Continuous part ``p(t, x)`` of the law of ``K_t``; 0 for ``|x| ≥ ct``. Mass ``1 - e^{-at}``."""
         tt, x = self._tx(t, x)
         return kac_density_scaled(self.a, self.c, tt, x)
+
+    def block_log_density(self, t: TimeLike, y: torch.Tensor) -> torch.Tensor:
+        """``log p(t, y)`` of one block (a coordinate, ``y: (..., 1)`` -> ``(...)``); ``-inf`` for ``|y| ≥ ct``.
+
+        The :mod:`kacnum.processes` interface (``PlanarFlight.block_log_density`` takes pairs).
+        """
+        if not torch.is_tensor(y) or y.dim() == 0 or y.shape[-1] != 1:
+            raise ValueError(f"y must have shape (..., 1) (one coordinate per block), got "
+                             f"{tuple(y.shape) if torch.is_tensor(y) else type(y).__name__}")
+        return torch.log(self.density(t, y[..., 0]))
+
+    @staticmethod
+    def block_norm(y: torch.Tensor) -> torch.Tensor:
+        """``|y|`` per block (``(..., 1)`` -> ``(...)``): the support of the law at ``t`` is ``|y| ≤ ct``."""
+        return y[..., 0].abs()
 
     def variance(self, t: TimeLike) -> torch.Tensor:
         """``Var K_t = (c²/a)(t - (1 - e^{-2at})/(2a))``; series ``c²t²(1 - 2x/3 + x²/3 - 2x³/15)``, x=at<1e-3."""

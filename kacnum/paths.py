@@ -8,10 +8,15 @@ Time runs from the data at ``t = 0`` to the latent at ``t = T``; samplers integr
 
 Paths
 -----
-* :class:`KacPath`: ``X_t = f(t) X0 + K_{g(t)}``, ``K`` a product of independent 1D Kac processes
-  (switching rate ``a``, speed ``c``). Target ``u_t = f'(t) x0 + g'(t) v(g(t), K | atom_mask)``,
-  computed from the noise draw and its atom mask (never from ``x_t - f x0`` rebuilt in floating point,
-  which pushes atoms inside the cone: SPEC §3).
+* :class:`ProcessPath`: ``X_t = f(t) X0 + N_{g(t)}`` for a finite-speed noise process ``N`` of independent
+  blocks (:mod:`kacnum.processes`): one implementation of sampling, targets and the exact finite-data and
+  Gaussian-mixture fields, parameterised by the process (a per-block kernel: log density, velocity, atoms).
+  Target ``u_t = f'(t) x0 + g'(t) u_N(g(t), N | atom_mask)``, computed from the noise draw and its atom mask
+  (never from ``x_t - f x0`` rebuilt in floating point, which pushes atoms inside the support: SPEC §3).
+* :class:`KacPath` (``ProcessPath`` on :class:`~kacnum.kac.KacProcess`): ``N = K`` a product of independent
+  1D Kac processes (switching rate ``a``, speed ``c``), the coordinate-wise Kac flow (SPEC §4).
+* :class:`FlightPath` (``ProcessPath`` on :class:`~kacnum.flight.PlanarFlight`): ``N`` the isotropic planar
+  random flight on pairs of coordinates (SPEC §14): isotropic in 2D, block-isotropic in even ``d``.
 * :class:`GaussianPath`: rectified flow ``x_t = (1 - t/T) x0 + (t/T) ε``, target ``(ε - x0)/T``.
 * :class:`VPPath`: VP diffusion ``x_t = sqrt(ᾱ) x0 + sqrt(1 - ᾱ) ε`` trained by ε-prediction; the
   probability-flow velocity of an ε-prediction is :meth:`VPPath.eps_to_velocity`.
@@ -29,13 +34,16 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from kacnum._checks import check_finite, check_in_range, check_positive
-from kacnum.kac import KacProcess, bessel_ratio_term, kac_density_scaled
+from kacnum.flight import PlanarFlight
+from kacnum.kac import KacProcess, bessel_ratio_term
 from kacnum.solvers import uniform_grid
 
 __all__ = [
     "PathSample",
     "ProbabilityPath",
+    "ProcessPath",
     "KacPath",
+    "FlightPath",
     "GaussianPath",
     "VPPath",
     "KAC_F_SCHEDULES",
@@ -340,10 +348,35 @@ def _kac_logp_velocity(y: torch.Tensor, cg: torch.Tensor, ag: torch.Tensor, a: f
     return lp, v
 
 
+def _pairs(y: torch.Tensor) -> torch.Tensor:
+    """``(..., 2k)`` -> ``(..., k, 2)`` (a view)."""
+    return y.reshape(y.shape[:-1] + (y.shape[-1] // 2, 2))
+
+
+def _flight_logp_velocity(y: torch.Tensor, cg: torch.Tensor, lam: float, c: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per pair ``log p(g, y) - log(λ/(2πc)) = -(λ/c) w - log q`` (``-inf`` outside the open disc
+    ``|y| < cg``; ``q = sqrt(c²g² - |y|²)``, ``w = cg - q = |y|²/(cg + q)``) and the velocity
+    ``c y/(cg + q)`` per coordinate (``c y/|y|`` off the disc: speed ``c``). ``y: (..., 2k)`` ->
+    ``((..., k), (..., 2k))``; ``cg`` broadcasts against ``(..., k)``.
+    """
+    yp = _pairs(y)
+    rho = torch.hypot(yp[..., 0], yp[..., 1])
+    inside = rho < cg
+    q = ((cg - rho) * (cg + rho)).clamp_(min=0.0).sqrt_()
+    den = cg + q
+    w = rho * rho / torch.where(den > 0, den, torch.ones_like(den))
+    lp = w.mul_(-lam / c).sub_(torch.log(torch.where(inside, q, torch.ones_like(q))))
+    lp.masked_fill_(~inside, -math.inf)
+    dv = torch.maximum(den, rho)  # |y| off the disc; 0 only at y = 0, g = 0
+    scale = c / torch.where(dv > 0, dv, torch.ones_like(dv))
+    return lp, (yp * scale[..., None]).reshape(y.shape)
+
 
 #: Gauss–Legendre nodes of the Gaussian-mixture Kac field and its window half-width in units of f σ
 GM_NODES = 20
 GM_WIDTH = 6.5
+#: Gauss–Legendre nodes of the flight's Gaussian-mixture field (radial variable w, see _FlightKernel.gm_block)
+GM_NODES_FLIGHT = 32
 _GL_CACHE: dict = {}
 
 
@@ -357,32 +390,192 @@ def _gauss_legendre_nodes(n: int, dtype, device) -> Tuple[torch.Tensor, torch.Te
     return _GL_CACHE[key]
 
 
-def _kac_gm_pass(path: "KacPath", x: torch.Tensor, t: torch.Tensor, mu: torch.Tensor, logw: torch.Tensor,
-                 sigma: float, velocity: bool, nodes: int = GM_NODES, width: float = GM_WIDTH,
-                 chunk: int = 2 ** 21) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Log density ``(B,)`` and exact marginal velocity ``(B, d)`` of ``X_t = f X0 + K_g`` for Gaussian-mixture
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class _KacKernel:
+    """The per-block pieces of the exact fields of a path on :class:`~kacnum.kac.KacProcess` (blocks of one
+    coordinate): Bessel terms by table (:class:`_BesselTable`), atoms at ``±c g``."""
+
+    block = 1
+    gm_nodes = GM_NODES
+
+    def __init__(self, a: float, c: float):
+        self.a, self.c = a, c
+        #: per-block constant left out of ``logp_velocity``'s log density
+        self.log_const = math.log(a / (2.0 * c))
+
+    def norm(self, y: torch.Tensor) -> torch.Tensor:
+        """Block norms ``(..., d) -> (..., d/block)`` (the support of a block is ``norm < c g``)."""
+        return y.abs()
+
+    def expand(self, m: torch.Tensor) -> torch.Tensor:
+        """A per-block tensor ``(..., d/block)`` repeated onto the coordinates ``(..., d)``."""
+        return m
+
+    def blocks(self, m: torch.Tensor) -> torch.Tensor:
+        """A per-coordinate tensor equal within blocks ``(..., d)`` -> its blocks ``(..., d/block)``."""
+        return m
+
+    def logp_velocity(self, y: torch.Tensor, cg: torch.Tensor, ag: torch.Tensor,
+                      bessel: str = "table") -> Tuple[torch.Tensor, torch.Tensor]:
+        return _kac_logp_velocity(y, cg, ag, self.a, self.c, bessel)
+
+    def face_velocity(self, y: torch.Tensor) -> torch.Tensor:
+        """The atom velocity ``c sign(y)``."""
+        return self.c * torch.sign(y)
+
+    def gm_block(self, z: torch.Tensor, s: torch.Tensor, cg: torch.Tensor, ag: torch.Tensor,
+                 nodes: int, width: float, velocity: bool):
+        """One coordinate of a Gaussian-mixture component: the Kac law at ``g`` convolved with ``N(0, s²)`` at
+        ``z = x - f μ`` (SPEC §13). ``z: (R, K, d)``, ``s, cg, ag: (R, 1, 1)``. Returns ``(log H (R, K, d),
+        E[y | z] (R, K, d), E[v | z] (R, K, d))`` (the last two ``None`` unless ``velocity``).
+
+            H(z) = e^{-ag}/2 [φ_s(z - cg) + φ_s(z + cg)] + ∫_{|y|<cg} p(g, y) φ_s(z - y) dy,
+
+        the integral by ``nodes``-point Gauss–Legendre on the window ``|y - z| ≤ width · s`` clipped to the
+        open cone (the integrand is smooth there; outside it the Gaussian weight is below e^{-21}).
+        """
+        a, c = self.a, self.c
+        gl_x, gl_w = _gauss_legendre_nodes(nodes, z.dtype, z.device)
+        zc = torch.minimum(torch.maximum(z, -cg), cg)  # the window starts at the cone edge nearest to z
+        lo = torch.maximum(-cg, zc - width * s)
+        hi = torch.minimum(cg, zc + width * s)
+        half = ((hi - lo) * 0.5).clamp_min(0.0)
+        mid = (hi + lo) * 0.5
+        y = mid[..., None] + half[..., None] * gl_x  # (R,K,d,Q)
+        lp, v = _kac_logp_velocity(y, cg[..., None], ag[..., None], a, c, "table")
+        has = half[..., None] > 0
+        lq = lp + self.log_const + torch.log(half[..., None] * gl_w) \
+            - 0.5 * ((z[..., None] - y) / s[..., None]) ** 2 - torch.log(s[..., None]) - _HALF_LOG_2PI
+        lq = torch.where(has, lq, torch.full_like(lq, -math.inf))
+        log_atom = (-ag - math.log(2.0)).expand_as(z)
+        la_p = log_atom - 0.5 * ((z - cg) / s) ** 2 - torch.log(s) - _HALF_LOG_2PI
+        la_m = log_atom - 0.5 * ((z + cg) / s) ** 2 - torch.log(s) - _HALF_LOG_2PI
+        L = torch.cat([lq, la_p[..., None], la_m[..., None]], dim=-1)  # (R,K,d,Q+2)
+        logH = torch.logsumexp(L, dim=-1)  # (R,K,d)
+        if not velocity:
+            return logH, None, None
+        wts = torch.exp(L - logH[..., None])
+        wts = torch.nan_to_num(wts, nan=0.0)
+        cgq = cg.expand_as(z)[..., None]
+        Y = torch.cat([y, cgq, -cgq], dim=-1)
+        V = torch.cat([v, torch.full_like(cgq, c), torch.full_like(cgq, -c)], dim=-1)
+        return logH, (wts * Y).sum(dim=-1), (wts * V).sum(dim=-1)
+
+
+class _FlightKernel:
+    """The per-block pieces of the exact fields of a path on :class:`~kacnum.flight.PlanarFlight` (blocks of
+    two coordinates): closed-form density on the open disc, a circle atom at ``|y| = c g``."""
+
+    block = 2
+    gm_nodes = GM_NODES_FLIGHT
+
+    def __init__(self, lam: float, c: float):
+        self.a, self.c = lam, c
+        self.log_const = math.log(lam / (2.0 * math.pi * c))
+
+    def norm(self, y: torch.Tensor) -> torch.Tensor:
+        yp = _pairs(y)
+        return torch.hypot(yp[..., 0], yp[..., 1])
+
+    def expand(self, m: torch.Tensor) -> torch.Tensor:
+        return m.repeat_interleave(2, dim=-1)
+
+    def blocks(self, m: torch.Tensor) -> torch.Tensor:
+        return m[..., 0::2]
+
+    def logp_velocity(self, y: torch.Tensor, cg: torch.Tensor, ag: torch.Tensor,
+                      bessel: str = "table") -> Tuple[torch.Tensor, torch.Tensor]:
+        return _flight_logp_velocity(y, cg, self.a, self.c)
+
+    def face_velocity(self, y: torch.Tensor) -> torch.Tensor:
+        """The atom velocity ``c y/|y|`` per pair (0 at ``y = 0``)."""
+        yp = _pairs(y)
+        rho = torch.hypot(yp[..., 0], yp[..., 1])
+        return (yp * (self.c / torch.where(rho > 0, rho, torch.ones_like(rho)))[..., None]).reshape(y.shape)
+
+    def gm_block(self, z: torch.Tensor, s: torch.Tensor, cg: torch.Tensor, ag: torch.Tensor,
+                 nodes: int, width: float, velocity: bool):
+        """One pair of a Gaussian-mixture component: the flight law at ``g`` convolved with ``N(0, s² I₂)``.
+
+        ``z: (R, K, d)`` (``z = x - f μ``), ``s, cg, ag: (R, 1, 1)``. Returns ``(log H (R, K, d/2),
+        E[y | z] (R, K, d), E[u_flight(y) | z] (R, K, d))``.
+
+        The Gaussian is isotropic, so the angle integrates in closed form: for ``|y| = r`` uniform on its
+        circle, ``E_θ φ_s(z - y) = exp(-(ρ - r)²/(2s²)) i0e(κ) / (2π s²)`` and
+        ``E_θ[y φ_s(z - y)] = ẑ r (I1/I0)(κ) E_θ φ_s(z - y)``, with ``ρ = |z|``, ``κ = r ρ / s²``. Both the
+        flight velocity ``c y/(cg + q)`` and ``y`` are radial, so everything is a radial integral. In the
+        variable ``w = cg - q ∈ [0, cg)`` the continuous radial law is ``(λ/c) e^{-λw/c} dw`` (smooth: no
+        ``1/q`` at the circle), ``r = sqrt(w (2cg - w))`` and ``c r/(cg + q) = c r/(2cg - w)``; the integrand
+        is analytic in ``w`` (the angular averages are even in ``r``). Gauss–Legendre with ``nodes`` nodes on
+        the ``w``-image of the radial window where the Gaussian factor is within ``e^{-width²/2}`` of its
+        largest value on the disc (``r ∈ [ρ - sqrt(D² + (width s)²), ρ + width s]``, ``D = max(ρ - cg, 0)``),
+        plus the circle atom ``e^{-λg}`` at ``r = cg`` (velocity ``c ẑ (I1/I0)(κ)``).
+        """
+        lam, c = self.a, self.c
+        gl_x, gl_w = _gauss_legendre_nodes(nodes, z.dtype, z.device)
+        zp = _pairs(z)  # (R,K,k,2)
+        rz = torch.hypot(zp[..., 0], zp[..., 1])  # (R,K,k)
+        ws = width * s
+        D = (rz - cg).clamp_min(0.0)
+        r_lo = (rz - torch.sqrt(D * D + ws * ws)).clamp_min(0.0)
+        r_hi = torch.minimum(rz + ws, cg.expand_as(rz))
+
+        def w_of(r):
+            den = cg + ((cg - r) * (cg + r)).clamp_min(0.0).sqrt()
+            return r * r / torch.where(den > 0, den, torch.ones_like(den))
+
+        w_lo, w_hi = w_of(r_lo), w_of(torch.maximum(r_hi, r_lo))
+        half = ((w_hi - w_lo) * 0.5).clamp_min(0.0)
+        mid = (w_hi + w_lo) * 0.5
+        wn = mid[..., None] + half[..., None] * gl_x  # (R,K,k,Q)
+        cgq = cg[..., None]
+        s2 = (s * s)[..., None]
+        rn = (wn * (2.0 * cgq - wn)).clamp_min(0.0).sqrt()
+        rzq = rz[..., None]
+        # the Q nodes and the atom (r = cg) side by side: (R,K,k,Q+1)
+        R = torch.cat([rn, cg.expand_as(rz)[..., None]], dim=-1)
+        kall = R * rzq / s2
+        i0 = torch.special.i0e(kall)
+        lq = math.log(lam / c) - (lam / c) * wn + torch.log(half[..., None] * gl_w)
+        lq = torch.where(half[..., None] > 0, lq, torch.full_like(lq, -math.inf))
+        lead = torch.cat([lq, -ag.expand_as(rz)[..., None]], dim=-1)  # log of the radial weights
+        L = lead - 0.5 * (rzq - R) ** 2 / s2 + torch.log(i0) - torch.log(2.0 * math.pi * s2)
+        logH = torch.logsumexp(L, dim=-1)
+        if not velocity:
+            return logH, None, None
+        wts = torch.nan_to_num(torch.exp(L - logH[..., None]), nan=0.0)
+        ratio = torch.special.i1e(kall) / i0  # I1/I0, 0 at κ = 0
+        Vr = torch.cat([c * rn / (2.0 * cgq - wn).clamp_min(1e-300), torch.full_like(rz[..., None], c)], dim=-1)
+        Ey_r = (wts * R * ratio).sum(dim=-1)  # (R,K,k): radial components along ẑ
+        Ev_r = (wts * Vr * ratio).sum(dim=-1)
+        zhat = zp / torch.where(rz > 0, rz, torch.ones_like(rz))[..., None]
+        return logH, (zhat * Ey_r[..., None]).reshape(z.shape), (zhat * Ev_r[..., None]).reshape(z.shape)
+
+
+def _gm_pass(path: "ProcessPath", x: torch.Tensor, t: torch.Tensor, mu: torch.Tensor, logw: torch.Tensor,
+             sigma: float, velocity: bool, nodes: Optional[int] = None, width: float = GM_WIDTH,
+             chunk: int = 2 ** 21) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Log density ``(B,)`` and exact marginal velocity ``(B, d)`` of ``X_t = f X0 + N_g`` for Gaussian-mixture
     data ``X0 ~ Σ_k w_k N(μ_k, σ² I)`` (SPEC §13), ``x: (B, d)`` float64, ``t: (B,)``, ``mu: (K, d)``.
 
-    Per component and coordinate the law is the Kac law at ``g`` convolved with ``N(f μ, s²)``, ``s = f σ``:
-
-        q(z) = e^{-ag}/2 [φ_s(z - cg) + φ_s(z + cg)] + ∫_{|y|<cg} p(g, y) φ_s(z - y) dy,   z = x - f μ,
-
-    the integral by ``nodes``-point Gauss–Legendre on the window ``|y - z| ≤ width · s`` clipped to the
-    open cone (the integrand is smooth there; outside it the Gaussian weight is below e^{-36}). Given
-    the component and ``x``, the displacement ``y`` has the normalised weights of those terms, the
-    velocity is ``f' X0 + g' v(g, y)`` with ``X0 = μ + σ ξ``, ``ξ = (z - y)/s`` (``v = ±c`` on the atoms).
-    Component posteriors from the product of coordinate densities, all in log space. Rows with
-    ``f(t) = 0`` (the latent end) have a data-free law: the Kac law at ``g`` and ``E[X0 | x] = Σ w_k μ_k``.
+    Per component the law factorises over the process's blocks: block ``b`` is the process's law at ``g``
+    convolved with ``N(f μ_kb, s² I)``, ``s = f σ`` (``path._kernel.gm_block``: a 1D quadrature per
+    coordinate for Kac, a radial one per pair for the flight). Given the component and ``x``, the
+    displacement ``y`` has the normalised weights of the quadrature terms, the velocity is
+    ``f' X0 + g' u_N(g, y)`` with ``X0 = μ + (z - y)/f`` (``u_N`` the atom velocity on the atoms).
+    Component posteriors from the product of block densities, all in log space. Rows with ``f(t) = 0``
+    (the latent end) have a data-free law: the process's law at ``g`` and ``E[X0 | x] = Σ w_k μ_k``.
     """
+    kern = path._kernel
+    nodes = kern.gm_nodes if nodes is None else nodes
     a, c = path.a, path.c
     B, d = x.shape
     K = mu.shape[0]
     f, df, g, dg = path._row_schedules(t)
-    gl_x, gl_w = _gauss_legendre_nodes(nodes, x.dtype, x.device)
     lse = torch.empty(B, dtype=x.dtype, device=x.device)
     u = torch.empty_like(x) if velocity else None
-    log_a2c = math.log(a / (2.0 * c))
-    half_log_2pi = 0.5 * math.log(2.0 * math.pi)
     zero_f = f <= 0
     rows = max(1, chunk // max(K * d * (nodes + 2), 1))
     for b0 in range(0, B, rows):
@@ -392,69 +585,64 @@ def _kac_gm_pass(path: "KacPath", x: torch.Tensor, t: torch.Tensor, mu: torch.Te
         cg = (c * g[b0:b1])[:, None, None]
         ag = (a * g[b0:b1])[:, None, None]
         z = x[b0:b1, None, :] - fb[:, None, None] * mu[None]  # (R,K,d)
-        zc = torch.minimum(torch.maximum(z, -cg), cg)  # the window starts at the cone edge nearest to z
-        lo = torch.maximum(-cg, zc - width * s)
-        hi = torch.minimum(cg, zc + width * s)
-        half = ((hi - lo) * 0.5).clamp_min(0.0)
-        mid = (hi + lo) * 0.5
-        y = mid[..., None] + half[..., None] * gl_x  # (R,K,d,Q)
-        lp, v = _kac_logp_velocity(y, cg[..., None], ag[..., None], a, c, "table")
-        has = half[..., None] > 0
-        lq = lp + log_a2c + torch.log(half[..., None] * gl_w) \
-            - 0.5 * ((z[..., None] - y) / s[..., None]) ** 2 - torch.log(s[..., None]) - half_log_2pi
-        lq = torch.where(has, lq, torch.full_like(lq, -math.inf))
-        log_atom = (-ag - math.log(2.0)).expand_as(z)
-        la_p = log_atom - 0.5 * ((z - cg) / s) ** 2 - torch.log(s) - half_log_2pi
-        la_m = log_atom - 0.5 * ((z + cg) / s) ** 2 - torch.log(s) - half_log_2pi
-        L = torch.cat([lq, la_p[..., None], la_m[..., None]], dim=-1)  # (R,K,d,Q+2)
-        logH = torch.logsumexp(L, dim=-1)  # (R,K,d)
+        logH, Ey, Ev = kern.gm_block(z, s, cg, ag, nodes, width, velocity)
         logq = logH.sum(dim=-1) + logw[None]  # (R,K)
         lse[b0:b1] = torch.logsumexp(logq, dim=1)
         if velocity:
-            wts = torch.exp(L - logH[..., None])
-            wts = torch.nan_to_num(wts, nan=0.0)
-            cgq = cg.expand_as(z)[..., None]
-            Y = torch.cat([y, cgq, -cgq], dim=-1)
-            V = torch.cat([v, torch.full_like(cgq, c), torch.full_like(cgq, -c)], dim=-1)
-            Ey = (wts * Y).sum(dim=-1)
-            Ev = (wts * V).sum(dim=-1)
             X0 = mu[None] + sigma * (z - Ey) / s  # (R,K,d)
             post = torch.softmax(logq, dim=1)[..., None]  # (R,K,1)
             u[b0:b1] = df[b0:b1, None] * (post * X0).sum(dim=1) + dg[b0:b1, None] * (post * Ev).sum(dim=1)
     if bool(zero_f.any()):  # the latent end: the law does not depend on the data
         idx = zero_f.nonzero().squeeze(1)
         gz = g[idx][:, None]
-        lp, v = _kac_logp_velocity(x[idx], c * gz, a * gz, a, c, "table")
-        lse[idx] = lp.sum(dim=1) + d * log_a2c
+        lp, v = kern.logp_velocity(x[idx], c * gz, a * gz, "table")
+        lse[idx] = lp.sum(dim=1) + (d // kern.block) * kern.log_const
         if velocity:
-            on_face = x[idx].abs() >= c * gz
-            v = torch.where(on_face, c * torch.sign(x[idx]), v)
+            on_face = kern.expand(kern.norm(x[idx]) >= c * gz)
+            v = torch.where(on_face, kern.face_velocity(x[idx]), v)
             mean = (torch.exp(logw)[:, None] * mu).sum(dim=0)
             u[idx] = df[idx, None] * mean[None] + dg[idx, None] * v
     return lse, u
 
 
-class KacPath(ProbabilityPath):
-    """Kac flow path ``X_t = f(t) X0 + K_{g(t)}`` (SPEC §4); data at ``t = 0``, latent at ``t = T``.
+def _kac_gm_pass(path: "KacPath", x: torch.Tensor, t: torch.Tensor, mu: torch.Tensor, logw: torch.Tensor,
+                 sigma: float, velocity: bool, nodes: int = GM_NODES, width: float = GM_WIDTH,
+                 chunk: int = 2 ** 21) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """:func:`_gm_pass` of a :class:`KacPath` (per coordinate: the Kac law at ``g`` convolved with
+    ``N(f μ, (fσ)²)``, 20-node Gauss–Legendre on a window of ``6.5 f σ`` plus the two atoms)."""
+    return _gm_pass(path, x, t, mu, logw, sigma, velocity, nodes=nodes, width=width, chunk=chunk)
+
+
+class ProcessPath(ProbabilityPath):
+    """``X_t = f(t) X0 + N_{g(t)}`` for a noise process ``N`` of independent blocks (:mod:`kacnum.processes`).
+
+    The one implementation behind :class:`KacPath` (``N`` = coordinate-wise Kac, blocks of 1) and
+    :class:`FlightPath` (``N`` = planar random flights on pairs of coordinates, blocks of 2); data at
+    ``t = 0``, latent at ``t = T``.
 
     Args:
-        a: switching rate ``a > 0`` (default 9; the Kac-flow code's value, ``c²/a = 1``).
-        c: speed ``c > 0`` (default 3). ``(a, c) = (25, 2)`` (reported best for CIFAR-10) works too.
+        process: a :class:`~kacnum.processes.NoiseProcess` (``KacProcess`` or ``PlanarFlight``).
         T: horizon ``T > 0``.
         f: ``"linear"``: ``f(t) = 1 - t/T`` (default) or ``"exp"``: ``f(t) = e^{-t}``.
         g: ``"t"``: ``g(t) = t`` (default) or ``"t2"``: ``g(t) = T (t/T)²``.
-        t_eps: training times are ``U[t_eps, T)`` (default 0: the Kac target is bounded at ``t = 0``).
+        t_eps: training times are ``U[t_eps, T)`` (default 0: the target is bounded at ``t = 0``).
 
-    ``K`` has independent 1D Kac coordinates with the same ``(a, c)``: ``.process`` is the
-    :class:`~kacnum.kac.KacProcess`. The conditional target is
-    ``u(t, x | x0) = f'(t) x0 + g'(t) v(g(t), x - f(t) x0)``, so ``|u - f' x0| ≤ c |g'|`` per coordinate.
+    Conditional target ``u(t, x | x0) = f'(t) x0 + g'(t) u_N(g(t), x - f(t) x0)``, computed from the noise
+    draw and its atom mask (:meth:`sample`), so ``|u - f' x0| ≤ c |g'|`` per block in the block norm.
+    Blocks of 2 are consecutive coordinates of the flattened sample (for ``(B, C, H, W)`` images with
+    even ``W``: horizontally adjacent pixels); the number of coordinates must then be even.
     """
 
     t_min_default = 0.0
+    #: the kernel class of the exact fields, per process class (set by the subclasses)
+    _kernel_cls: type = _KacKernel
 
-    def __init__(self, a: float = 9.0, c: float = 3.0, T: float = 1.0, f: str = "linear", g: str = "t",
-                 t_eps: float = 0.0):
-        self.process = KacProcess(a, c)
+    def __init__(self, process, T: float = 1.0, f: str = "linear", g: str = "t", t_eps: float = 0.0):
+        block = getattr(process, "block_size", None)
+        if block not in (1, 2) or not all(hasattr(process, m) for m in ("sample", "velocity", "a", "c")):
+            raise ValueError(f"process must be a kacnum.processes.NoiseProcess with block_size 1 or 2, got {process!r}")
+        self.process = process
+        self._kernel = (_KacKernel if block == 1 else _FlightKernel)(process.a, process.c)
         self.T = check_positive("T", T)
         if f not in KAC_F_SCHEDULES:
             raise ValueError(f"f must be one of {KAC_F_SCHEDULES} (the data schedule), got {f!r}")
@@ -473,8 +661,13 @@ class KacPath(ProbabilityPath):
     def c(self) -> float:
         return self.process.c
 
+    @property
+    def block_size(self) -> int:
+        """Coordinates per independent block of the noise: 1 (Kac) or 2 (flight)."""
+        return self._kernel.block
+
     def __repr__(self) -> str:
-        return (f"KacPath(a={self.a:g}, c={self.c:g}, T={self.T:g}, f={self.f_name!r}, "
+        return (f"{type(self).__name__}(a={self.a:g}, c={self.c:g}, T={self.T:g}, f={self.f_name!r}, "
                 f"g={self.g_name!r}, t_eps={self.t_eps:g})")
 
     # -------------------------------------------------------------------------------- schedules
@@ -491,7 +684,7 @@ class KacPath(ProbabilityPath):
         return -torch.exp(-t) if torch.is_tensor(t) else -math.exp(-t)
 
     def g(self, t: TimeLike):
-        """Kac time: ``t`` or ``T (t/T)²``."""
+        """Noise time: ``t`` or ``T (t/T)²``."""
         if self.g_name == "t":
             return t.clone() if torch.is_tensor(t) else float(t)
         return t * t / self.T
@@ -503,7 +696,9 @@ class KacPath(ProbabilityPath):
         return 2.0 * t / self.T
 
     def speed_bound(self, t: TimeLike, data_bound: float = 1.0):
-        """Per-coordinate bound ``|f'(t)| · data_bound + c |g'(t)|`` on ``|u_t|`` when ``|x0| ≤ data_bound``.
+        """Bound ``|f'(t)| · data_bound + c |g'(t)|`` on ``|u_t|`` per coordinate when ``|x0_j| ≤ data_bound``,
+        and per block in the block norm (Euclidean per pair for the flight) when the blocks of ``x0`` have
+        norm ``≤ data_bound``.
 
         It bounds the conditional target and hence the exact marginal velocity (a convex combination
         of conditional ones). Float in, float out.
@@ -516,50 +711,94 @@ class KacPath(ProbabilityPath):
             return df.abs() * b + self.c * dg.abs()
         return abs(df) * b + self.c * abs(dg)
 
+    # -------------------------------------------------------------------------------- the noise
+    def _block_view(self, shape: Tuple[int, ...], name: str = "x") -> Tuple[int, ...]:
+        """Shape the process works on: ``shape`` itself for blocks of 1, ``(B, d)`` (``d`` even) for pairs."""
+        if self.block_size == 1:
+            return tuple(shape)
+        if len(shape) < 1:
+            raise ValueError(f"{name} must have shape (B, ...), got {tuple(shape)}")
+        d = int(math.prod(shape[1:]))
+        if d % 2:
+            raise ValueError(f"{type(self).__name__} pairs the coordinates of each sample: {name} needs an even "
+                             f"number of coordinates per sample, got shape {tuple(shape)} (d = {d})")
+        return (int(shape[0]), d)
+
+    def _block_time(self, g, view: Tuple[int, ...]):
+        """A time broadcasting to ``shape`` (float, 0-dim, ``(B, 1, ..., 1)`` or full) for the process's view."""
+        if self.block_size == 1 or not torch.is_tensor(g) or g.dim() == 0:
+            return g
+        if g.numel() == 1:
+            return g.reshape(())
+        return g.reshape(g.shape[0], -1)
+
+    def sample_noise(self, g, shape: Sequence[int], generator: Optional[torch.Generator] = None,
+                     return_atoms: bool = False, dtype: Optional[torch.dtype] = None, device=None):
+        """``N_g`` of shape ``shape`` (``g``: a float, or a tensor broadcasting to ``shape`` such as
+        ``(B, 1, ..., 1)``), and its atom mask if asked. Blocks of 2 pair consecutive coordinates of each
+        flattened sample (``shape[0]`` samples)."""
+        shape = tuple(int(s) for s in shape)
+        view = self._block_view(shape, "shape")
+        out = self.process.sample(self._block_time(g, view), view, generator, return_atoms=return_atoms,
+                                  dtype=dtype, device=device)
+        if view == shape:
+            return out
+        if return_atoms:
+            return out[0].reshape(shape), out[1].reshape(shape)
+        return out.reshape(shape)
+
+    def noise_velocity(self, g, y: torch.Tensor, atom_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The process's conditional velocity ``u_N(g, y)`` (the atom velocity where ``atom_mask``), ``y`` of
+        any shape ``(B, ...)`` (pairs as in :meth:`sample_noise`)."""
+        view = self._block_view(tuple(y.shape), "y")
+        if view == tuple(y.shape):
+            return self.process.velocity(g, y, atom_mask)
+        am = None if atom_mask is None else atom_mask.reshape(view)
+        return self.process.velocity(self._block_time(g, view), y.reshape(view), am).reshape(y.shape)
+
     # -------------------------------------------------------------------------------- sampling
     def conditional_velocity(self, x0: torch.Tensor, t: TimeLike, noise: torch.Tensor,
                              atom_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``u = f'(t) x0 + g'(t) · v(g(t), noise)``, ``v = ±c`` where ``atom_mask``.
+        """``u = f'(t) x0 + g'(t) · u_N(g(t), noise)`` (the atom velocity where ``atom_mask``).
 
         Args:
-            x0: ``(B, ...)`` data. t: float or ``(B,)``. noise: ``K_{g(t)}``, ``x0``'s shape.
-            atom_mask: the sampler's atom mask (recommended). Without it a coordinate is an atom when
-                ``|noise| ≥ c g(t)`` exactly.
+            x0: ``(B, ...)`` data. t: float or ``(B,)``. noise: ``N_{g(t)}``, ``x0``'s shape.
+            atom_mask: the sampler's atom mask (recommended). Without it a block is an atom when its
+                norm is ``≥ c g(t)`` exactly.
         """
         x0 = _check_data("x0", x0)
         if not torch.is_tensor(noise) or noise.shape != x0.shape:
             raise ValueError(f"noise must be a tensor of x0's shape {tuple(x0.shape)}")
         t = self._times(t, x0.shape[0], x0)
         tb = _per_row(t, x0.dim())
-        v = self.process.velocity(self.g(tb), noise, atom_mask)
+        v = self.noise_velocity(self.g(tb), noise, atom_mask)
         return self.df(tb) * x0 + self.dg(tb) * v
 
     def sample(self, x0: torch.Tensor, t: TimeLike, generator: Optional[torch.Generator] = None) -> PathSample:
-        """Draw ``x_t = f(t) x0 + K_{g(t)}`` and its target ``u_t``.
+        """Draw ``x_t = f(t) x0 + N_{g(t)}`` and its target ``u_t``.
 
         Args:
             x0: ``(B, ...)`` data (floating, finite).
             t: ``(B,)`` times in ``[0, T]`` (or a float for all rows); cast to ``x0``'s dtype.
             generator: a ``torch.Generator`` on ``x0``'s device. The noise is
-                ``process.sample(g(t) as (B, 1, ..., 1), x0.shape, generator, return_atoms=True)``
-                (one time per row: the row-wise exact sampler), so a given generator state gives
-                the same ``K``, ``x_t`` and ``u_t``.
+                ``sample_noise(g(t) as (B, 1, ..., 1), x0.shape, generator, return_atoms=True)``
+                (one time per row), so a given generator state gives the same ``N``, ``x_t`` and ``u_t``.
 
         Returns:
-            :class:`PathSample` with ``noise = K`` and ``atom_mask``.
+            :class:`PathSample` with ``noise = N`` and ``atom_mask``.
         """
         x0 = _check_data("x0", x0)
         t = self._times(t, x0.shape[0], x0)
         tb = _per_row(t, x0.dim())
         gt = self.g(tb)
-        noise, atoms = self.process.sample(gt, x0.shape, generator, return_atoms=True,
-                                           dtype=x0.dtype, device=x0.device)
-        u = self.df(tb) * x0 + self.dg(tb) * self.process.velocity(gt, noise, atoms)
+        noise, atoms = self.sample_noise(gt, x0.shape, generator, return_atoms=True, dtype=x0.dtype,
+                                         device=x0.device)
+        u = self.df(tb) * x0 + self.dg(tb) * self.noise_velocity(gt, noise, atoms)
         return PathSample(x_t=self.f(tb) * x0 + noise, u_t=u, t=t, x0=x0, noise=noise, atom_mask=atoms)
 
     def sample_latent(self, shape: Sequence[int], generator: Optional[torch.Generator] = None,
                       dtype: Optional[torch.dtype] = None, device=None, return_atoms: bool = False):
-        """The law at ``t = T``: the product Kac law at ``g(T)`` (``[-c g(T), c g(T)]^d``, atoms included).
+        """The law at ``t = T``: the process's law at ``g(T)`` (bounded, atoms included).
 
         Requires ``f(T) = 0`` (``f="linear"``); with ``f="exp"`` the law at ``T`` still holds
         ``e^{-T} X0`` and is not data-free: raises ``ValueError`` (use ``sample(x0, T)`` instead).
@@ -568,18 +807,24 @@ class KacPath(ProbabilityPath):
         if self.f(self.T) != 0.0:
             raise ValueError(f"sample_latent needs f(T) = 0 (f='linear'); with f={self.f_name!r} the law at "
                              f"T depends on the data (f(T) = {self.f(self.T):.4g}): use sample(x0, T)")
-        return self.process.sample(self.g(self.T), shape, generator, return_atoms=return_atoms,
-                                   dtype=dtype, device=device)
+        return self.sample_noise(self.g(self.T), shape, generator, return_atoms=return_atoms, dtype=dtype,
+                                 device=device)
 
     # -------------------------------------------------------------------------------- exact field
     def _row_schedules(self, t: torch.Tensor):
         return self.f(t), self.df(t), self.g(t), self.dg(t)
 
+    def _check_even(self, xs: torch.Tensor) -> None:
+        if self.block_size == 2 and xs.shape[1] % 2:
+            raise ValueError(f"{type(self).__name__} pairs coordinates: x needs an even number of coordinates "
+                             f"per sample, got d = {xs.shape[1]}")
+
     def _mixture_pass(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, logw: torch.Tensor,
                       chunk: int, bessel: str, velocity: bool):
         """Online log-sum-exp over support chunks. Returns ``(lse (B,), u (B, d) or None)`` where
-        ``lse = log Σ_i w_i Π_j p(g, x_j - f s_ij) - d log(a/(2c))`` and ``u`` the interior field
-        (undefined where ``lse = -inf``)."""
+        ``lse = log Σ_i w_i Π_b p(g, y_ib) - (d/block) log_const`` (``y_ib`` block ``b`` of ``x - f s_i``)
+        and ``u`` the interior field (undefined where ``lse = -inf``)."""
+        kern = self._kernel
         a, c = self.a, self.c
         B, d = x.shape
         n = s.shape[0]
@@ -602,19 +847,19 @@ class KacPath(ProbabilityPath):
                 sc = s[n0:n0 + cols]
                 lw = logw[n0:n0 + cols]
                 y = xb - fb * sc[None]  # (R, C, d)
-                # a pair (row, support point) counts only if x is inside that cone in every coordinate:
-                # screen cheaply, then evaluate the Bessel terms densely or on the surviving pairs only
-                pin = (y.abs() < cg).all(dim=-1)  # (R, C)
+                # a pair (row, support point) counts only if x is inside that support in every block:
+                # screen cheaply, then evaluate the densities densely or on the surviving pairs only
+                pin = (kern.norm(y) < cg).all(dim=-1)  # (R, C)
                 n_in = int(pin.sum())
                 if n_in == 0:
                     continue
                 if n_in > 0.5 * pin.numel():
-                    lp, v = _kac_logp_velocity(y, cg, ag, a, c, bessel)
+                    lp, v = kern.logp_velocity(y, cg, ag, bessel)
                     L = lp.sum(dim=-1) + lw[None]
                     ri = ci = None
                 else:
                     ri, ci = pin.nonzero(as_tuple=True)
-                    lp, v = _kac_logp_velocity(y[ri, ci], cg[ri, 0], ag[ri, 0], a, c, bessel)  # (P, d)
+                    lp, v = kern.logp_velocity(y[ri, ci], cg[ri, 0], ag[ri, 0], bessel)  # (P, d)
                     L = torch.full(pin.shape, -math.inf, dtype=x.dtype, device=x.device)
                     L[ri, ci] = lp.sum(dim=-1) + lw[ci]
                 m_new = torch.maximum(m, L.max(dim=1).values)
@@ -640,11 +885,12 @@ class KacPath(ProbabilityPath):
 
     def _fallback(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, logw: torch.Tensor,
                   chunk: int, bessel: str) -> torch.Tensor:
-        """Velocity at points that lie in no open cone (see :meth:`exact_velocity`), ``x: (R, d)``.
+        """Velocity at points that lie in no open support (see :meth:`exact_velocity`), ``x: (R, d)``.
 
-        Pass 1 (cheap, all pairs): total excess ``D_i`` and number of face coordinates ``k_i``.
+        Pass 1 (cheap, all pairs): total excess ``D_i`` and number of face blocks ``k_i``.
         Pass 2 (selected pairs only, usually one per row): interior log densities and velocities.
         """
+        kern = self._kernel
         a, c = self.a, self.c
         R, d = x.shape
         n = s.shape[0]
@@ -660,7 +906,7 @@ class KacPath(ProbabilityPath):
             K = torch.empty(r1 - r0, n, dtype=torch.long, device=x.device)
             cols = max(1, min(n, chunk // ((r1 - r0) * d)))
             for n0 in range(0, n, cols):
-                excess = (xr[:, None, :] - fr[:, None, None] * s[None, n0:n0 + cols]).abs_().sub_(cg)
+                excess = kern.norm(xr[:, None, :] - fr[:, None, None] * s[None, n0:n0 + cols]).sub_(cg)
                 K[:, n0:n0 + cols] = (excess >= 0).sum(dim=-1)
                 D[:, n0:n0 + cols] = excess.clamp_(min=0.0).sum(dim=-1)
             tol = 1e-12 * d * (c * gr + fr.abs() * smax + xr.abs().amax(dim=1) + 1.0)
@@ -674,10 +920,10 @@ class KacPath(ProbabilityPath):
                 rp, cp = ri[p0:p0 + step], ci[p0:p0 + step]
                 y = xr[rp] - fr[rp, None] * s[cp]  # (P, d)
                 cgp, agp = (c * gr[rp])[:, None], (a * gr[rp])[:, None]
-                lp, v = _kac_logp_velocity(y, cgp, agp, a, c, bessel)
-                face = y.abs() >= cgp
+                lp, v = kern.logp_velocity(y, cgp, agp, bessel)
+                face = kern.norm(y) >= cgp
                 L[rp, cp] = lp.masked_fill_(face, 0.0).sum(dim=-1) + logw[cp]
-                V[p0:p0 + step] = torch.where(face, c * torch.sign(y), v)
+                V[p0:p0 + step] = torch.where(kern.expand(face), kern.face_velocity(y), v)
             w = torch.softmax(L, dim=1)  # (R', n): every row has >= 1 selected pair
             vsum = torch.zeros(r1 - r0, d, dtype=x.dtype, device=x.device).index_add_(0, ri, w[ri, ci, None] * V)
             u[r0:r1] = df[r0:r1, None] * (w @ s) + dg[r0:r1, None] * vsum
@@ -688,41 +934,39 @@ class KacPath(ProbabilityPath):
                        weights: Optional[torch.Tensor] = None, *, data_sigma: float = 0.0,
                        chunk_size: Optional[int] = None, bessel: str = "table",
                        atom_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Exact marginal velocity of the Kac path for the data law ``Σ_i w_i δ_{x^(i)}`` (SPEC §4), or, with
-        ``data_sigma = σ > 0``, for the Gaussian mixture ``Σ_i w_i N(x^(i), σ² I)`` (SPEC §13, :func:`_kac_gm_pass`:
+        """Exact marginal velocity for the data law ``Σ_i w_i δ_{x^(i)}`` (SPEC §4), or, with
+        ``data_sigma = σ > 0``, for the Gaussian mixture ``Σ_i w_i N(x^(i), σ² I)`` (SPEC §13, :func:`_gm_pass`:
         no atoms, a Lipschitz field; ``σ → 0`` recovers the finite-data field away from the atoms).
 
             u(t, x) = Σ_i w_i p_i(x) u(t, x | x^(i)) / Σ_i w_i p_i(x),
-            p_i(x) = Π_j p(g(t), x_j - f(t) x^(i)_j),
+            p_i(x) = Π_b p(g(t), y_ib),      y_i = x - f(t) x^(i),
 
-        with ``p`` the continuous Kac density (``0`` outside the open cone ``|y| < c g``) and the
-        conditional velocity ``u(t, x | x^(i))_j = f'(t) x^(i)_j + g'(t) v(g(t), x_j - f(t) x^(i)_j)``.
-        Evaluated in float64 in log space: ``log p = log(a/(2c)) + (z - ag) + log(i0e(z) + ag i1e(z)/z)``
-        summed over coordinates, an online log-sum-exp over support chunks, so ``d = 32`` with tiny
-        densities neither underflows nor gives NaN.
+        with ``p`` the continuous density of one block of the noise (``0`` outside the open ball
+        ``norm(y_b) < c g``: the interval for Kac, the disc for the flight) and the conditional velocity
+        ``u(t, x | x^(i)) = f'(t) x^(i) + g'(t) u_N(g(t), y_i)`` per block. Evaluated in float64 in log space,
+        an online log-sum-exp over support chunks, so ``d = 32`` with tiny densities neither underflows nor
+        gives NaN.
 
-        Points in no open cone (on an atom face, outside every cone, or any point at ``g(t) = 0``):
-        the point is attributed to the support points whose cone it is nearest to, in total excess
-        ``D_i = Σ_j max(|x_j - f x^(i)_j| - c g, 0)`` (ties within round-off, e.g. every point at
-        ``t = T`` when ``f(T) = 0``, are kept; among them those with most face coordinates), weighted
-        by ``w_i`` times the density of their interior coordinates. Coordinates on or beyond that cone's
-        face move with the atom velocity ``f' x^(i)_j + g' c sign(y_j)`` (they ride the face, as atoms
-        do), the others with the conditional velocity. The result is finite and obeys
-        :meth:`speed_bound` with ``data_bound = max |x^(i)|``. A point inside some open cone gets the
-        formula above: the atoms of other components (measure zero for the continuous part) are not
-        counted there.
+        Points in no open support (on an atom, outside every support, or any point at ``g(t) = 0``):
+        the point is attributed to the support points whose support it is nearest to, in total excess
+        ``D_i = Σ_b max(norm(y_ib) - c g, 0)`` (ties within round-off, e.g. every point at ``t = T`` when
+        ``f(T) = 0``, are kept; among them those with most face blocks), weighted by ``w_i`` times the density
+        of their interior blocks. Blocks on or beyond that support's boundary move with the atom velocity
+        ``f' x^(i)_b + g' c y_b/norm(y_b)`` (they ride the face, as atoms do), the others with the
+        conditional velocity. The result is finite and obeys :meth:`speed_bound` with
+        ``data_bound = max |x^(i)|``. A point inside some open support gets the formula above: the atoms of
+        other components (measure zero for the continuous part) are not counted there.
 
         Args:
             x: ``(B, *D)`` query points (any floating dtype). t: float or ``(B,)`` in ``[0, T]``.
             support: ``(n, *D)`` data points. weights: ``(n,)`` non-negative (default uniform).
             chunk_size: elements ``rows x support x d`` per chunk (default 2^16 on CPU, 2^24 on CUDA).
-            bessel: ``"table"`` (default, piecewise-quintic tables, error < 1e-12) or ``"reference"``
-                (``torch.special.i0e/i1e`` directly; 4-5x slower on CPU).
-
+            bessel: Kac only: ``"table"`` (default, piecewise-quintic tables, error < 1e-12) or
+                ``"reference"`` (``torch.special.i0e/i1e`` directly; 4-5x slower on CPU).
             atom_mask: ``(B, *D)`` bool, the sampler's mask of the same draw (``PathSample.atom_mask``).
                 When given, the law's atoms are counted exactly (stratified by face sets, see
-                :func:`_kac_velocity_with_atoms`): use it for points drawn from the path, whose atoms
-                ``f x0 + K - f x0`` rounding would otherwise move inside the open cone (SPEC §3). ``t``
+                :func:`_velocity_with_atoms`): use it for points drawn from the path, whose atoms
+                ``f x0 + N - f x0`` rounding would otherwise move inside the open support (SPEC §3). ``t``
                 must then be one float.
 
         Returns:
@@ -733,18 +977,20 @@ class KacPath(ProbabilityPath):
             if atom_mask is not None:
                 raise ValueError("atom_mask is for finite data (data_sigma = 0): a Gaussian mixture has no atoms")
             xs, s, logw = self._support_inputs(x, support, weights)
+            self._check_even(xs)
             t = self._times(t, x.shape[0], xs)
-            _, u = _kac_gm_pass(self, xs, t, s, logw, data_sigma, velocity=True)
+            _, u = _gm_pass(self, xs, t, s, logw, data_sigma, velocity=True)
             return u.to(x.dtype).reshape(x.shape)
         if atom_mask is not None:
             if torch.is_tensor(t):
                 if t.numel() != 1:
                     raise ValueError("t must be a single time when atom_mask is given")
                 t = t.item()
-            return _kac_velocity_with_atoms(self, x, float(t), support, atom_mask, weights).to(x.dtype)
+            return _velocity_with_atoms(self, x, float(t), support, atom_mask, weights).to(x.dtype)
         if bessel not in ("table", "reference"):
             raise ValueError(f"bessel must be 'table' or 'reference', got {bessel!r}")
         xs, s, logw = self._support_inputs(x, support, weights)
+        self._check_even(xs)
         t = self._times(t, x.shape[0], xs)
         chunk = self._chunk(chunk_size, x.device)
         lse, u = self._mixture_pass(xs, t, s, logw, chunk, bessel, velocity=True)
@@ -758,83 +1004,140 @@ class KacPath(ProbabilityPath):
     def mixture_log_density(self, x: torch.Tensor, t: TimeLike, support: torch.Tensor,
                             weights: Optional[torch.Tensor] = None, *, data_sigma: float = 0.0,
                             chunk_size: Optional[int] = None, bessel: str = "table") -> torch.Tensor:
-        """``log Σ_i w_i Π_j p(g(t), x_j - f(t) x^(i)_j)``: the log density of the fully continuous part
-        of ``X_t`` (all coordinates off the atoms; its mass is ``(1 - e^{-a g})^d``). ``-inf`` in no
-        open cone. With ``data_sigma > 0``: the log density of ``X_t`` for Gaussian-mixture data (a
-        probability density, no atoms, for ``t < T``). ``x: (B, *D)`` -> ``(B,)`` float64."""
+        """``log Σ_i w_i Π_b p(g(t), y_ib)``: the log density of the fully continuous part of ``X_t`` (every
+        block off its atom; its mass is ``(1 - atom mass)^{d/block}``). ``-inf`` in no open support. With
+        ``data_sigma > 0``: the log density of ``X_t`` for Gaussian-mixture data (a probability density, no
+        atoms, for ``t < T``). ``x: (B, *D)`` -> ``(B,)`` float64."""
         data_sigma = _check_data_sigma(data_sigma)
         if data_sigma > 0:
             xs, s, logw = self._support_inputs(x, support, weights)
+            self._check_even(xs)
             t = self._times(t, x.shape[0], xs)
-            lse, _ = _kac_gm_pass(self, xs, t, s, logw, data_sigma, velocity=False)
+            lse, _ = _gm_pass(self, xs, t, s, logw, data_sigma, velocity=False)
             return lse
         if bessel not in ("table", "reference"):
             raise ValueError(f"bessel must be 'table' or 'reference', got {bessel!r}")
         xs, s, logw = self._support_inputs(x, support, weights)
+        self._check_even(xs)
         t = self._times(t, x.shape[0], xs)
         lse, _ = self._mixture_pass(xs, t, s, logw, self._chunk(chunk_size, x.device), bessel, velocity=False)
-        return lse + xs.shape[1] * math.log(self.a / (2.0 * self.c))
+        return lse + (xs.shape[1] // self.block_size) * self._kernel.log_const
+
+
+class KacPath(ProcessPath):
+    """Kac flow path ``X_t = f(t) X0 + K_{g(t)}`` (SPEC §4); data at ``t = 0``, latent at ``t = T``.
+
+    Args:
+        a: switching rate ``a > 0`` (default 9; the Kac-flow code's value, ``c²/a = 1``).
+        c: speed ``c > 0`` (default 3). ``(a, c) = (25, 2)`` (reported best for CIFAR-10) works too.
+        T: horizon ``T > 0``.
+        f: ``"linear"``: ``f(t) = 1 - t/T`` (default) or ``"exp"``: ``f(t) = e^{-t}``.
+        g: ``"t"``: ``g(t) = t`` (default) or ``"t2"``: ``g(t) = T (t/T)²``.
+        t_eps: training times are ``U[t_eps, T)`` (default 0: the Kac target is bounded at ``t = 0``).
+
+    ``K`` has independent 1D Kac coordinates with the same ``(a, c)``: ``.process`` is the
+    :class:`~kacnum.kac.KacProcess`. The conditional target is
+    ``u(t, x | x0) = f'(t) x0 + g'(t) v(g(t), x - f(t) x0)``, so ``|u - f' x0| ≤ c |g'|`` per coordinate.
+    The coordinate-wise case of :class:`ProcessPath` (blocks of one coordinate; Bessel tables).
+    """
+
+    def __init__(self, a: float = 9.0, c: float = 3.0, T: float = 1.0, f: str = "linear", g: str = "t",
+                 t_eps: float = 0.0):
+        super().__init__(KacProcess(a, c), T=T, f=f, g=g, t_eps=t_eps)
+
+
+class FlightPath(ProcessPath):
+    """Isotropic Kac flow ``X_t = f(t) X0 + F_{g(t)}`` on the planar random flight (SPEC §14).
+
+    Args:
+        a: event rate ``λ > 0`` of :class:`~kacnum.flight.PlanarFlight` (direction redrawn uniformly on the
+            circle at each event; default 9: with ``c = 3`` the diffusion limit has ``c²/λ = 1`` per
+            coordinate, as the default Kac path).
+        c: speed ``c > 0`` (default 3). T, f, g, t_eps: as :class:`KacPath`.
+
+    In ``d = 2`` the noise is one planar flight: isotropic, supported on the disc ``|y| ≤ c g`` with a circle
+    atom of mass ``e^{-λ g}``. In even ``d`` the coordinates of each flattened sample pair up
+    ``(x_{2j}, x_{2j+1})`` into independent flights (block-isotropic). The conditional target is
+    ``f' x0 + g' c y/(c g + q)`` per pair (``q = sqrt(c²g² - |y|²)``; ``c y/|y|`` on the atom), so
+    ``|u_b - f' x0_b| ≤ c |g'|`` in the Euclidean norm of each pair.
+    """
+
+    def __init__(self, a: float = 9.0, c: float = 3.0, T: float = 1.0, f: str = "linear", g: str = "t",
+                 t_eps: float = 0.0):
+        super().__init__(PlanarFlight(a, c), T=T, f=f, g=g, t_eps=t_eps)
 
 
 @torch.no_grad()
-def _kac_velocity_with_atoms(path: "KacPath", x: torch.Tensor, t: float, support: torch.Tensor,
-                            atom_mask: torch.Tensor, weights: Optional[torch.Tensor] = None,
-                            rel_tol: float = 1e-12, chunk: int = 2 ** 18) -> torch.Tensor:
-    """Exact marginal velocity of a Kac path at sampled points, atoms included (SPEC §3–4).
+def _velocity_with_atoms(path: ProcessPath, x: torch.Tensor, t: float, support: torch.Tensor,
+                         atom_mask: torch.Tensor, weights: Optional[torch.Tensor] = None,
+                         rel_tol: float = 1e-12, chunk: int = 2 ** 18) -> torch.Tensor:
+    """Exact marginal velocity of a process path at sampled points, atoms included (SPEC §3–4, §14).
 
-    The law of ``X_t`` splits into strata: for a set ``m`` of coordinates on cone faces, component ``i``
-    puts mass ``w_i (e^{-ag}/2)^{|m|} Π_{j∉m} p(g, y_ij)`` on the points with ``|y_ij| = c g`` (``j ∈ m``)
-    and ``|y_ij| < c g`` (``j ∉ m``), ``y_i = x - f x^(i)``. On a stratum the velocity is the average of the
-    conditional velocities ``f' x^(i)_j + g' (c sign(y_ij) if j ∈ m else v(g, y_ij))`` with weights
-    ``w_i Π_{j∉m} p(g, y_ij)`` over the components that reach ``x`` with the same face set.
+    The law of ``X_t`` splits into strata: for a set ``m`` of blocks on their atoms (a face ``|y| = c g``
+    for Kac, the circle for the flight), component ``i`` puts mass ``w_i A^{|m|} Π_{b∉m} p(g, y_ib)`` on the
+    points with ``norm(y_ib) = c g`` (``b ∈ m``) and ``norm(y_ib) < c g`` (``b ∉ m``), ``y_i = x - f x^(i)``,
+    ``A`` the atom density (``e^{-ag}/2`` per face point for Kac, ``e^{-λg}/(2π c g)`` per unit length of
+    the circle), the same for every component, so it cancels. On a stratum the velocity is the average of
+    the conditional velocities ``f' x^(i)_b + g' (atom velocity if b ∈ m else u_N(g, y_ib))`` with weights
+    ``w_i Π_{b∉m} p(g, y_ib)`` over the components that reach ``x`` with the same face set.
 
     Args:
-        path: the Kac path; x: ``(B, d)`` samples at one time ``t`` (float); support: ``(n, d)``.
-        atom_mask: ``(B, d)`` the sampler's mask (``PathSample.atom_mask``): which coordinates of each
-            sample sit on a face. A component counts on a face coordinate when ``| |y| - cg | <= tol``
-            (``tol = rel_tol (|x| + cg + |f x^(i)| + 1)``: other components' faces through the same point,
-            e.g. support points sharing a coordinate) and on the others when ``|y| < cg - tol``.
+        path: the path; x: ``(B, d)`` samples at one time ``t`` (float); support: ``(n, d)``.
+        atom_mask: ``(B, d)`` the sampler's mask (``PathSample.atom_mask``, equal within blocks): which
+            blocks of each sample sit on their atom. A component counts on an atom block when
+            ``| norm(y) - cg | <= tol`` (``tol = rel_tol (norm(x) + cg + norm(f x^(i)) + 1)``: other
+            components' atoms through the same point, e.g. support points sharing a coordinate) and on the
+            others when ``norm(y) < cg - tol``.
         weights: ``(n,)`` data weights (default uniform).
 
     Returns:
         ``(B, d)`` float64. Raises ``ValueError`` if a sample is reachable by no component (a wrong mask).
     """
+    kern = path._kernel
     xs = x.reshape(x.shape[0], -1).to(torch.float64)
     s = support.reshape(support.shape[0], -1).to(dtype=torch.float64, device=x.device)
     if atom_mask is None or atom_mask.shape != x.shape:
         raise ValueError(f"atom_mask must be a bool tensor of x's shape {tuple(x.shape)}")
-    m_all = atom_mask.reshape(xs.shape).to(torch.bool)
+    path._check_even(xs)
+    m_coord = atom_mask.reshape(xs.shape).to(torch.bool)
+    m_all = kern.blocks(m_coord)
+    if kern.block == 2 and not bool((m_coord[:, 0::2] == m_coord[:, 1::2]).all()):
+        raise ValueError("atom_mask must be equal within each pair of coordinates (one flight per pair)")
     n = s.shape[0]
     logw = torch.full((n,), -math.log(n), dtype=torch.float64, device=x.device) if weights is None else \
         torch.log(torch.as_tensor(weights, dtype=torch.float64, device=x.device) / float(torch.as_tensor(weights).sum()))
     t = float(t)
-    a, c = path.a, path.c
+    c = path.c
     f, df, g, dg = path.f(t), path.df(t), path.g(t), path.dg(t)
     cg = c * g
     u = torch.empty_like(xs)
     rows = max(1, chunk // max(1, s.numel()))
     gt = torch.tensor(g, dtype=torch.float64, device=x.device)
+    bk = kern.block
     for b in range(0, xs.shape[0], rows):
         xb, m = xs[b:b + rows, None, :], m_all[b:b + rows, None, :]
         y = xb - f * s[None]  # (R, n, d)
-        ay = y.abs()
-        tol = rel_tol * (xb.abs() + cg + abs(f) * s.abs()[None] + 1.0)
+        ay = kern.norm(y)
+        tol = rel_tol * (kern.norm(xb) + cg + abs(f) * kern.norm(s)[None] + 1.0)
         on_face = (ay - cg).abs() <= tol
         interior = ay < cg - tol
         ok = torch.where(m, on_face, interior).all(dim=-1)  # (R, n)
-        logp = torch.log(kac_density_scaled(a, c, gt, y))
+        yb = y.reshape(y.shape[:-1] + (y.shape[-1] // bk, bk))
+        logp = path.process.block_log_density(gt, yb)
         logp = torch.where(m, torch.zeros_like(logp), logp)
         L = torch.where(ok, logp.sum(dim=-1) + logw[None], torch.full_like(ok, -math.inf, dtype=torch.float64))
         if not bool(torch.isfinite(L.max(dim=1).values).all()):
             raise ValueError("a sample lies on no stratum of the law: atom_mask does not match x "
                              "(pass PathSample.atom_mask of the same draw)")
         w = torch.softmax(L, dim=1)
-        v = path.process.velocity(gt, y, atom_mask=torch.zeros_like(m.expand_as(y)))
-        v = torch.where(m, c * torch.sign(y), v)
+        v = path.process.velocity(gt, y, atom_mask=kern.expand(m).expand_as(y))
         uk = df * s[None] + dg * v
         u[b:b + rows] = (w[..., None] * uk).sum(dim=1)
     return u.reshape(x.shape)
 
+
+#: the earlier name (Kac paths); the same function
+_kac_velocity_with_atoms = _velocity_with_atoms
 
 
 # ================================================================================================
