@@ -151,7 +151,9 @@ PIPELINE_FLAGS = {"steps_per_round": "--distill-steps", "steps_per_stage": "--di
                   "n_steps": "--nfe-list", "nfe_list": "--nfe-list", "stages": "--schedule", "schedule": "--schedule",
                   "num_samples": "--num-samples", "sample_batch": "--sample-batch", "guidance_scale": "--guidance",
                   "guidance": "--guidance", "guidance_sweep": "--guidance-sweep", "rollout_pool": "--rollout-pool",
-                  "classifier_epochs": "--classifier-epochs", "sample_steps": "--sample-steps"}
+                  "classifier_epochs": "--classifier-epochs", "sample_steps": "--sample-steps",
+                  "rollout_fraction": "--rollout-fraction", "p_uncond": "--distill-p-uncond",
+                  "distill_lr": "--distill-lr"}
 STAGE_ORDER = PIPELINE_STAGES  # teacher, sample, distill, baselines, eval
 #: keys of ``eval_stage``'s result copied to the top of ``OUT/results.json``
 EVAL_KEYS = ("dataset", "teacher", "teacher_fid", "protocol", "rows", "ratios", "targets", "grids", "extra",
@@ -205,6 +207,13 @@ def validate(args: argparse.Namespace) -> None:
     schedule = args.schedule or PIPELINE_PRESETS[args.preset].get("schedule", PipelineConfig.schedule)
     if args.distill_steps is not None and len(args.distill_steps) > 1:
         per_stage_counts("--distill-steps", args.distill_steps, len(schedule) - 1)
+    for k in getattr(args, "oneshot", None) or ():
+        if schedule[0] % k:
+            raise cli.UsageError(f"--oneshot {k}: a one-shot student's step count must divide the teacher's "
+                                 f"{schedule[0]} steps (--schedule)")
+    if getattr(args, "distill_fm", False) and (args.no_baselines or "fm" not in (args.baseline_kinds or ("fm",))):
+        raise cli.UsageError("--distill-fm distils the FM baseline: it needs the baselines stage with fm "
+                             "(no --no-baselines; --baseline-kinds with fm)")
     if args.nfe_list is not None and len(set(args.nfe_list)) != len(args.nfe_list):
         raise cli.UsageError(f"--nfe-list must not repeat a number, got {','.join(map(str, args.nfe_list))}")
     dataset = args.dataset or PRESET_CONFIGS[args.preset]["dataset"]
@@ -251,9 +260,21 @@ def build_pipeline_config(args: argparse.Namespace, train: TrainConfig) -> Pipel
         v = getattr(args, attr)
         if v is not None:
             over[name] = str(v) if name == "inception_path" else v
-    if args.rollout_pool is not None:
-        over["distill_overrides"] = {**PIPELINE_PRESETS[args.preset].get("distill_overrides", {}),
-                                     "rollout_pool": args.rollout_pool}
+    dover = {}
+    for name, attr in (("rollout_pool", "rollout_pool"), ("rollout_fraction", "rollout_fraction"),
+                       ("target", "target"), ("lr_schedule", "lr_schedule"), ("p_uncond", "distill_p_uncond")):
+        if getattr(args, attr, None) is not None:
+            dover[name] = getattr(args, attr)
+    if dover:
+        over["distill_overrides"] = {**PIPELINE_PRESETS[args.preset].get("distill_overrides", {}), **dover}
+    if getattr(args, "distill_lr", None) is not None:
+        over["distill_lr"] = args.distill_lr
+    if getattr(args, "oneshot", None):
+        over["oneshot"] = tuple(args.oneshot)
+    if getattr(args, "distill_fm", False):
+        over["distill_fm"] = True
+    if getattr(args, "baseline_kinds", None):
+        over["baseline_kinds"] = tuple(args.baseline_kinds)
     if isinstance(over.get("distill_steps"), tuple) and len(over["distill_steps"]) == 1:
         over["distill_steps"] = over["distill_steps"][0]
     pd = PIPELINE_PRESETS[args.preset].get("pd", ProgressiveConfig())
@@ -494,8 +515,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "steps per progressive-distillation round of the PD baseline")
     g.add_argument("--distill-batch", type=cli.positive_int, default=None,
                    help="rows per distillation step (DistillKac and PD)")
-    g.add_argument("--source", choices=("forward", "rollout"), default="forward",
-                   help="distillation inputs: forward-process draws or teacher roll-outs (SPEC §7)")
+    g.add_argument("--source", choices=("forward", "rollout", "mix"), default="forward",
+                   help="distillation inputs: forward-process draws, teacher roll-outs (SPEC §7), or a mix "
+                        "(--rollout-fraction of each batch from roll-outs)")
+    g.add_argument("--rollout-fraction", type=cli.float_in(0.0, 1.0), default=None, metavar="F",
+                   help="share of each batch from the roll-out pool with --source mix (default 0.5)")
+    g.add_argument("--target", choices=("restart", "trajectory"), default=None,
+                   help="stage-1 target: restart (AB-2 restarted in every student interval, the default) or "
+                        "trajectory (the 100-step teacher's own AB-2 states, history carried; kacnum.distill)")
+    g.add_argument("--distill-lr", type=cli.positive_float, default=None, help="distillation learning rate")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
+                   help="distillation learning-rate schedule per stage (default constant)")
+    g.add_argument("--distill-p-uncond", type=cli.float_in(0.0, 1.0), default=None, metavar="P",
+                   help="share of distillation rows with the null label (default 0: the students are always "
+                        "sampled with labels; 0.1 was the old default)")
+    g.add_argument("--oneshot", type=cli.int_list(minimum=1), default=None, metavar="K1,...",
+                   help="also distil the teacher directly 100 -> K with the optimiser steps the staged run spent "
+                        "up to its K-step student (the one-shot control; e.g. 1); with --distill-fm also for FM")
+    g.add_argument("--distill-fm", action="store_true",
+                   help="baselines stage: also distil the FM model the same way (DistillFM, the control of the "
+                        "thesis): its 100-step AB-2 samples (fm_teacher) and its students (distillfm)")
+    g.add_argument("--baseline-kinds", type=cli.choice_list(("fm", "vp")), default=None, metavar="fm,vp",
+                   help="which baselines the baselines stage trains and samples (default fm,vp; PD needs vp)")
     g.add_argument("--rollout-pool", type=cli.positive_int, default=None,
                    help="roll-outs per pool with --source rollout (default 4096: ~3 min per stage at smoke size)")
     g.add_argument("--pd-schedule", type=cli.int_list(minimum=1), default=None, metavar="N0,N1,...",

@@ -240,7 +240,8 @@ def primed_ab2_flow(field: Callable, x: torch.Tensor, t_from: torch.Tensor, t_to
     h = 1.0 / n_substeps
     ones = torch.ones(b, dtype=x.dtype, device=x.device)
     f_cur = g(x, 0.0 * ones)
-    f_back = g(x - h * f_cur, -h * ones)
+    # rows without history: the call is made (batched) at τ = 0 and discarded (t_from - h may lie past T)
+    f_back = g(x - h * f_cur, torch.where(has_history, -h * ones, 0.0 * ones))
     r = _rows(0.5 * has_history.to(x.dtype), x)  # AB-2 weight of the old slope: 0.5 (uniform), 0 = Euler
     f_prev = torch.where(_rows(has_history, x), f_back, f_cur)  # any finite value where r = 0
     for j in range(n_substeps):

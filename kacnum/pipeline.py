@@ -51,7 +51,7 @@ from torch import nn
 
 from kacnum._checks import check_positive
 from kacnum.checkpoint import atomic_write, load_checkpoint, load_json, save_checkpoint, save_json
-from kacnum.distill import DistillConfig, Distiller
+from kacnum.distill import DistillConfig, Distiller, validate_stages
 from kacnum.guidance import GuidedField
 from kacnum.metrics import (
     ClassifierExtractor,
@@ -115,6 +115,10 @@ METHODS = {
     "kac_teacher_sweep": "guided Kac flow teacher, AB-2 (guidance sweep)",
     "kac_teacher_fewstep": "guided Kac flow teacher, AB-2, not distilled",
     "distillkac": "DistillKac student (Euler)",
+    "distillkac_oneshot": "DistillKac one-shot student (Euler; K0 → K directly, the staged optimiser steps)",
+    "fm_teacher": "guided Gaussian FM teacher, AB-2 (DistillFM's teacher)",
+    "distillfm": "DistillFM student (Euler): the same staged distillation of the Gaussian FM teacher",
+    "distillfm_oneshot": "DistillFM one-shot student (Euler; K0 → K directly, the staged optimiser steps)",
     "fm_euler": "Gaussian flow matching (rectified flow), Euler",
     "fm_ab2": "Gaussian flow matching (rectified flow), AB-2",
     "vp_ddim": "VP diffusion (ε-prediction), DDIM",
@@ -134,6 +138,9 @@ LITERATURE_CIFAR10 = {
     ("vp_ddim", 20): 6.84,
     ("vp_pd", 4): 3.00,
 }
+#: student method -> the method of its teacher's row (the denominator of its FID ratio)
+STUDENT_TEACHERS = {"distillkac": "kac_teacher", "distillkac_oneshot": "kac_teacher", "distillfm": "fm_teacher",
+                    "distillfm_oneshot": "fm_teacher"}
 #: the paper's ratios student/teacher (CIFAR-10)
 PAPER_RATIOS_CIFAR10 = {1: 5.66 / 3.58, 4: 4.14 / 3.58}
 #: the issue's goals on the ratios student/teacher FID
@@ -443,7 +450,8 @@ def distill_stage(teacher_model: nn.Module, path: ProbabilityPath, images: torch
                   source: str = "forward", resume: bool = False, seed: int = 0, device=None,
                   num_samples: int = 1000, sample_batch: int = 500, sample_seed: int = 1234,
                   distill_overrides: Optional[Mapping[str, Any]] = None, progress: bool = True,
-                  callback: Optional[Callable[[dict], None]] = None) -> dict:
+                  callback: Optional[Callable[[dict], None]] = None, method: str = "distillkac",
+                  oneshot: Sequence[int] = ()) -> dict:
     """Staged endpoint distillation (SPEC §7) of the guided teacher, then samples of every student.
 
     Builds ``DistillConfig(stages=schedule, steps_per_stage, batch_size, lr, source,
@@ -451,15 +459,24 @@ def distill_stage(teacher_model: nn.Module, path: ProbabilityPath, images: torch
     with ``out_dir`` (its checkpoint ``distill.ckpt`` is written after every stage and every
     ``checkpoint_every`` steps; ``resume=True`` continues from it). Each finished student is also
     saved as ``student_<K>.pt`` (``{"state_dict", "stage", "steps", "distill_config"}``), and
-    ``num_samples`` images of each are written as ``distillkac_nfe<K>.samples.pt`` (+ PNG) in
+    ``num_samples`` images of each are written as ``<method>_nfe<K>.samples.pt`` (+ PNG) in
     ``out_dir/samples`` (balanced labels, latents seeded per batch by ``derive_seed(sample_seed, b)``).
+    ``method``: ``distillkac`` (a Kac teacher) or ``distillfm`` (the Gaussian FM teacher: DistillFM,
+    the control of :func:`baselines_stage`).
+
+    One-shot control (``oneshot``, student step counts ``K`` dividing ``schedule[0]``): the same teacher
+    distilled directly ``schedule[0] → K`` (``stages=(schedule[0], K)``, every other setting the same) with
+    the optimiser steps the staged run spent up to its ``K``-step student (all of them for ``K = 1``; the
+    total when ``K`` is not in the schedule), in ``out_dir/oneshot_<K>``; samples
+    ``<method>_oneshot_nfe<K>.samples.pt`` in ``out_dir/samples``.
 
     Args:
         teacher_model: the EMA teacher ``model(x, t, y)`` (class-conditional with a null label).
         path: its :class:`~kacnum.paths.KacPath` (any path with ``T``, ``sample``, ``sample_latent``).
         images: ``(N, C, H, W)`` training images; labels: ``(N,)`` long or None.
 
-    Returns ``{"history": [...per stage...], "samples": [records], "students": [files], "config": {...}}``.
+    Returns ``{"history": [...per stage...], "samples": [records], "students": [files], "config": {...},
+    "oneshot": [{"steps", "budget", "history", "config"}]}``.
     """
     out_dir = Path(out_dir)
     dev = resolve_device(device) if device is not None else next(teacher_model.parameters()).device
@@ -470,35 +487,59 @@ def distill_stage(teacher_model: nn.Module, path: ProbabilityPath, images: torch
     lab = None if labels is None or _num_classes(teacher_model) == 0 else labels.to(dev)
     d = Distiller(teacher_model.to(dev), path, images.to(dev, torch.float32), lab, cfg, out_dir=out_dir,
                   null_label=getattr(teacher_model, "null_label", None) if lab is not None else None)
+    runs = [(d, method, "")]
+    shots = []
+    for kk in oneshot:
+        budget = oneshot_budget(cfg, int(kk))
+        c1 = dataclasses.replace(cfg, stages=(cfg.stages[0], int(kk)), steps_per_stage=budget)
+        d1 = Distiller(teacher_model.to(dev), path, images.to(dev, torch.float32), lab, c1,
+                       out_dir=out_dir / f"oneshot_{int(kk):03d}",
+                       null_label=getattr(teacher_model, "null_label", None) if lab is not None else None)
+        runs.append((d1, f"{method}_oneshot", f"oneshot_{int(kk):03d}_"))
+        shots.append({"steps": int(kk), "budget": budget, "config": c1.to_dict()})
     history = d.run(resume=resume, progress=progress, callback=callback)
+    for (d1, _, _), shot in zip(runs[1:], shots):
+        shot["history"] = [dict(h) for h in d1.run(resume=resume, progress=progress, callback=callback)]
     k = _num_classes(teacher_model) if lab is not None else 0
     records, students = [], []
-    for stage in range(1, d.num_stages + 1):
-        steps = cfg.stages[stage]
-        sfile = out_dir / f"student_{steps:03d}.pt"
-        save_checkpoint(sfile, {"format": "kacnum.pipeline.student/1", "stage": stage, "steps": steps,
-                                "state_dict": d.student(stage).state_dict(), "distill_config": cfg.to_dict()})
-        students.append(str(sfile))
-        meta = {"solver": "euler", "steps": steps, "seed": sample_seed, "batch_size": sample_batch,
-                "distill_config": cfg.to_dict(), "path": repr(path)}
-        file = out_dir / "samples" / sample_file_name("distillkac", steps)
-        old = _reuse(file, meta, resume)
-        if old is not None and old.num == num_samples:
-            records.append(old.record(file, file.with_name(file.name[: -len(SAMPLES_SUFFIX)] + ".png")))
-            continue
-        t0 = time.perf_counter()
-        sampler = d.sampler(stage)
-        lbl = _balanced_labels(num_samples, k)
-        outs = []
-        for i, s in enumerate(range(0, num_samples, sample_batch)):
-            e = min(num_samples, s + sample_batch)
-            gen = torch.Generator(device=dev).manual_seed(derive_seed(sample_seed, i))
-            outs.append(sampler(e - s, y=None if lbl is None else lbl[s:e].to(dev), generator=gen).float().cpu())
-        s_set = SampleSet("distillkac", steps, int(sampler.nfe), torch.cat(outs), lbl,
-                          float(guidance) if k > 0 else None, meta)
-        records.append(_store(s_set, out_dir / "samples", k, time.perf_counter() - t0))
+    for dd, name, prefix in runs:
+        c = dd.config
+        for stage in range(1, dd.num_stages + 1):
+            steps = c.stages[stage]
+            sfile = out_dir / f"{prefix}student_{steps:03d}.pt"
+            save_checkpoint(sfile, {"format": "kacnum.pipeline.student/1", "stage": stage, "steps": steps,
+                                    "state_dict": dd.student(stage).state_dict(), "distill_config": c.to_dict()})
+            students.append(str(sfile))
+            meta = {"solver": "euler", "steps": steps, "seed": sample_seed, "batch_size": sample_batch,
+                    "distill_config": c.to_dict(), "path": repr(path)}
+            file = out_dir / "samples" / sample_file_name(name, steps)
+            old = _reuse(file, meta, resume)
+            if old is not None and old.num == num_samples:
+                records.append(old.record(file, file.with_name(file.name[: -len(SAMPLES_SUFFIX)] + ".png")))
+                continue
+            t0 = time.perf_counter()
+            sampler = dd.sampler(stage)
+            lbl = _balanced_labels(num_samples, k)
+            outs = []
+            for i, s in enumerate(range(0, num_samples, sample_batch)):
+                e = min(num_samples, s + sample_batch)
+                gen = torch.Generator(device=dev).manual_seed(derive_seed(sample_seed, i))
+                outs.append(sampler(e - s, y=None if lbl is None else lbl[s:e].to(dev), generator=gen).float().cpu())
+            s_set = SampleSet(name, steps, int(sampler.nfe), torch.cat(outs), lbl,
+                              float(guidance) if k > 0 else None, meta)
+            records.append(_store(s_set, out_dir / "samples", k, time.perf_counter() - t0))
     hist = [{kk: v for kk, v in h.items()} for h in history]
-    return {"history": hist, "samples": records, "students": students, "config": cfg.to_dict()}
+    return {"history": hist, "samples": records, "students": students, "config": cfg.to_dict(), "oneshot": shots}
+
+
+def oneshot_budget(config: DistillConfig, steps: int) -> int:
+    """Optimiser steps of a one-shot ``stages[0] → steps`` run at the staged run's budget: the staged
+    steps spent up to (and including) the stage whose student takes ``steps`` steps, or all of them
+    when ``steps`` is not in the schedule. ``steps`` must divide ``stages[0]``."""
+    validate_stages((config.stages[0], int(steps)))
+    st = list(config.stages[1:])
+    upto = st.index(steps) + 1 if steps in st else len(st)
+    return int(sum(config.steps_per_stage[:upto]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,7 +551,8 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
                     nfe_list: Sequence[int] = (100, 20, 4, 2, 1), guidance: float = 1.2, num_samples: int = 1000,
                     sample_batch: int = 500, sample_seed: int = 1234, fm_solvers: Sequence[str] = ("euler", "ab2"),
                     pd_config: Optional[ProgressiveConfig] = None, kinds: Sequence[str] = ("fm", "vp"),
-                    resume: bool = True, device=None, progress: bool = True, time_grid: str = "uniform") -> dict:
+                    resume: bool = True, device=None, progress: bool = True, time_grid: str = "uniform",
+                    distill_fm: Optional[Mapping[str, Any]] = None) -> dict:
     """Baselines with the teacher's UNet preset, data, step budget and guidance (SPEC §9).
 
     * ``fm``: ``dataclasses.replace(train_config, path="gaussian")`` trained with
@@ -519,6 +561,11 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
     * ``vp``: ``path="vp"`` (ε-prediction) in ``out_dir/vp``, sampled with DDIM at every NFE (``vp_ddim``);
       then, if ``pd_config`` is given, progressive distillation (:class:`kacnum.progressive.ProgressiveDistiller`,
       guided base, ``out_dir/pd``) sampled at each round's step count (``vp_pd``).
+    * ``distill_fm`` (a dict of :func:`distill_stage` keyword arguments: schedule, steps_per_stage,
+      batch_size, lr, source, seed, distill_overrides, oneshot), with ``fm`` in ``kinds``: DistillFM, the
+      same staged endpoint distillation applied to the trained FM model, whose ``schedule[0]``-step guided
+      AB-2 samples are its teacher row (``fm_teacher``); students ``distillfm`` (and ``distillfm_oneshot``)
+      in ``out_dir/distill_fm`` (result keys ``fm_teacher``, ``distill_fm``).
 
     Training resumes from each ``checkpoint.pt`` when ``resume`` (a finished run is not retrained);
     samples go to ``out_dir/samples``. ``time_grid``: the FM and DDIM sampling grid (``uniform`` or
@@ -552,6 +599,12 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
                         model, path, samples_dir, num_samples=num_samples, guidance=guidance, steps=int(nfe),
                         method=solver, batch_size=sample_batch, seed=sample_seed, device=trainer.device,
                         name=f"fm_{solver}", resume=resume, bf16=train_config.bf16, time_grid=time_grid))
+            if distill_fm is not None:
+                result.update(_distill_fm(model, path, trainer, dict(distill_fm), out_dir, samples_dir, guidance=guidance,
+                                          num_samples=num_samples, sample_batch=sample_batch, sample_seed=sample_seed,
+                                          resume=resume, progress=progress, time_grid=time_grid,
+                                          bf16=train_config.bf16))
+                result["samples"] += [result["fm_teacher"]] + result["distill_fm"]["samples"]
             continue
         for nfe in nfe_list:
             meta = _ddim_meta(nfe, sample_seed, sample_batch, path, time_grid=time_grid)
@@ -592,6 +645,25 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
             s = SampleSet("vp_pd", steps, nfe_model, torch.cat(outs), lbl, float(guidance) if k > 0 else None, meta)
             result["samples"].append(_store(s, samples_dir, k, time.perf_counter() - t0))
     return result
+
+
+def _distill_fm(model: nn.Module, path: ProbabilityPath, trainer, settings: dict, out_dir: Path, samples_dir: Path, *,
+                guidance: float, num_samples: int, sample_batch: int, sample_seed: int, resume: bool, progress: bool,
+                time_grid: str, bf16: bool) -> dict:
+    """DistillFM, the control of the thesis: the FM model as a teacher sampled like the Kac teacher
+    (``settings["schedule"][0]`` guided AB-2 steps, method ``fm_teacher``), and distilled with
+    :func:`distill_stage` (method ``distillfm``, ``out_dir/distill_fm``) with ``settings`` (the Kac
+    distillation's schedule, budget, source, target, overrides, one-shot list)."""
+    k = _num_classes(model)
+    schedule = tuple(settings.get("schedule", (100, 20, 4, 2, 1)))
+    teacher = sample_stage(model, path, samples_dir, num_samples=num_samples, guidance=guidance, steps=int(schedule[0]),
+                           method="ab2", batch_size=sample_batch, seed=sample_seed, device=trainer.device,
+                           name="fm_teacher", resume=resume, bf16=bf16, time_grid=time_grid)
+    images, labels = trainer.batches.images, trainer.batches.labels
+    res = distill_stage(model, path, images, labels if k > 0 else None, out_dir / "distill_fm", guidance=guidance,
+                        resume=resume, device=trainer.device, num_samples=num_samples, sample_batch=sample_batch,
+                        sample_seed=sample_seed, progress=progress, method="distillfm", **settings)
+    return {"fm_teacher": teacher, "distill_fm": res}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -844,14 +916,39 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
             ratios[f"distillkac_{n}/teacher"] = {"ours": row["fid"] / t_fid, "interval": q["interval"],
                                                  "relative_half_width": q["relative_half_width"],
                                                  "nfe_model": m, "teacher_nfe_model": rows[ti]["nfe_model"],
-                                                 "paper_cifar10": p_s / p_t if p_s and p_t else None}
+                                                 "paper_cifar10": p_s / p_t if p_s and p_t else None,
+                                                 "student": "distillkac", "nfe": n, "teacher_method": rows[ti]["method"]}
             if n in TARGETS:
                 goals[f"{n}-step <= {TARGETS[n]}x teacher"] = row["fid"] / t_fid <= TARGETS[n]
         for other in ("vp_ddim", "fm_euler", "fm_ab2", "vp_pd"):  # then equal solver steps (the paper's NFE)
             k = index_of(other, nfe=n)
             if k is not None:
                 by_steps[f"distillkac beats {other} at NFE {n}"] = compare(j, k, "solver steps")
-    targets = {**by_evals, **goals, **by_steps}
+    # the controls: every other student over its own teacher (DistillFM over the FM teacher sampled like the Kac
+    # teacher; one-shot students over their staged run's teacher), then Kac students against DistillFM and staged
+    # against one-shot at equal solver steps and equal network evaluations
+    fm_t = [j for j, r in enumerate(rows) if r["method"] == "fm_teacher"]
+    fi = max(fm_t, key=lambda j: rows[j]["nfe"]) if fm_t else None
+    for j, row in enumerate(rows):
+        mth = row["method"]
+        if mth not in STUDENT_TEACHERS or mth == "distillkac":
+            continue
+        tj = ti if STUDENT_TEACHERS[mth] == "kac_teacher" else fi
+        if tj is None or not rows[tj]["fid"]:
+            continue
+        q = ratio_interval(boots[j], boots[tj])
+        ratios[f"{mth}_{row['nfe']}/{'teacher' if tj == ti else rows[tj]['method']}"] = {
+            "ours": row["fid"] / rows[tj]["fid"], "interval": q["interval"],
+            "relative_half_width": q["relative_half_width"], "nfe_model": row["nfe_model"],
+            "teacher_nfe_model": rows[tj]["nfe_model"], "paper_cifar10": None, "student": mth, "nfe": row["nfe"],
+            "teacher_method": rows[tj]["method"]}
+    controls = {}
+    for a, b in (("distillkac", "distillfm"), ("distillkac", "distillkac_oneshot"), ("distillfm", "distillfm_oneshot")):
+        for j, row in enumerate(rows):
+            k = index_of(b, nfe=row["nfe"], nfe_model=row["nfe_model"]) if row["method"] == a else None
+            if k is not None:
+                controls[f"{a} beats {b} at NFE {row['nfe']}"] = compare(j, k, "control")
+    targets = {**by_evals, **goals, **by_steps, **controls}
 
     # interval of each student/teacher ratio against n: choose n for +-precision_target
     interval_vs_n = {}
@@ -932,7 +1029,9 @@ def _nfe_view(res: dict) -> list[str]:
                   + (f"; {fl['note']}" if fl.get("note") else "")]
     comps = res.get("comparisons") or []
     for kind, title in (("network evaluations", "At equal network evaluations"), ("solver steps",
-                                                                                  "At equal solver steps")):
+                                                                                  "At equal solver steps"),
+                        ("control", "Controls (Kac students against DistillFM, staged against one-shot; equal "
+                                    "steps and network evaluations)")):
         sel = [c for c in comps if c["kind"] == kind]
         if not sel:
             continue
@@ -942,7 +1041,8 @@ def _nfe_view(res: dict) -> list[str]:
             lo, hi = c["fid_ratio_interval"]
             verdict = ("better" if c["student_better"] else "worse") + ("" if c["decided"] else ", not decided")
             at = f"{c['nfe_model'][0]} evals" if kind == "network evaluations" else f"NFE {c['student_nfe']}"
-            lines.append(f"- {at}: DistillKac {c['student_nfe']}-step {_fmt(c['student_fid'], '.4g')} "
+            who = "DistillKac" if c["student"] == "distillkac" else c["student"]
+            lines.append(f"- {at}: {who} {c['student_nfe']}-step {_fmt(c['student_fid'], '.4g')} "
                          f"vs {c['other']} {c['other_nfe']}-step ({c['nfe_model'][1]} evals) {_fmt(c['other_fid'], '.4g')}: "
                          f"ratio {c['fid_ratio']:.3f} [{lo:.3f}, {hi:.3f}], {verdict}")
     return lines
@@ -995,14 +1095,25 @@ def _markdown(res: dict, title: Optional[str]) -> str:
                   "| target | n for ±5 % |", "|---|---|---|---|---|---|---|"]
         ivn = res.get("interval_vs_n") or {}
         for name, v in res["ratios"].items():
-            n = int(name.split("_")[1].split("/")[0])
+            n = int(name.split("/")[0].rsplit("_", 1)[1])
+            kac = v.get("student", "distillkac") == "distillkac"
             iv = v.get("interval")
             need = (ivn.get(name) or {}).get("n_for_target")
             lines.append(f"| {name} | {v.get('nfe_model', '?')} / {v.get('teacher_nfe_model', '?')} | "
                          f"{_fmt(v['ours'], '.3f')} | {'—' if not iv else f'[{iv[0]:.3f}, {iv[1]:.3f}]'} | "
                          f"{_fmt(v['paper_cifar10'], '.3f')} | "
-                         f"{'≤ ' + format(TARGETS[n], 'g') if n in TARGETS else '—'} | "
+                         f"{'≤ ' + format(TARGETS[n], 'g') if (n in TARGETS and kac) else '—'} | "
                          f"{'—' if not need else need['predicted']} |")
+        both = sorted({v["nfe"] for v in res["ratios"].values() if v.get("student") == "distillfm"}, reverse=True)
+        if both:
+            lines += ["", "The thesis: student/teacher ratio of the Kac students against the Gaussian FM students "
+                          "distilled the same way (each over its own 100-step-class teacher):", "",
+                      "| student steps | DistillKac ratio [95 %] | DistillFM ratio [95 %] |", "|---|---|---|"]
+            cell = lambda v: "—" if v is None else (f"{v['ours']:.3f}" + ("" if not v.get("interval") else  # noqa: E731
+                                                    f" [{v['interval'][0]:.3f}, {v['interval'][1]:.3f}]"))
+            for n in both:
+                lines.append(f"| {n} | {cell(res['ratios'].get(f'distillkac_{n}/teacher'))} | "
+                             f"{cell(res['ratios'].get(f'distillfm_{n}/fm_teacher'))} |")
     if res["targets"]:
         lines += ["", "Goals:", ""] + [f"- {k}: {'yes' if v else 'no'}" for k, v in res["targets"].items()]
     if res["grids"]:
@@ -1027,7 +1138,13 @@ class PipelineConfig:
         sample_steps, sample_method: the teacher's sampler (100 AB-2).
         num_samples, sample_batch, sample_seed: every sample set.
         nfe_list: NFEs of the baselines and the undistilled few-step teacher rows.
-        schedule, distill_steps, distill_batch, distill_lr, source, distill_overrides: distillation.
+        schedule, distill_steps, distill_batch, distill_lr, source, distill_overrides: distillation
+            (``distill_overrides``: other :class:`~kacnum.distill.DistillConfig` fields, e.g. ``target``,
+            ``rollout_fraction``, ``lr_schedule``, ``p_uncond``).
+        oneshot: student step counts also distilled in one shot from the teacher at the staged budget
+            (:func:`distill_stage`'s ``oneshot``; e.g. ``(1,)``); also for DistillFM.
+        distill_fm: in the baselines stage, also distil the FM model with the same settings (DistillFM,
+            :func:`baselines_stage`'s ``distill_fm``; needs ``"fm"`` in ``baseline_kinds``).
         pd: progressive distillation config (None: no PD baseline); its guidance is set to ``guidance``.
         baselines: train and sample the baselines; baseline_kinds: which (``"fm"``, ``"vp"``; PD needs vp).
         fm_solvers: solvers of the FM baseline.
@@ -1057,6 +1174,8 @@ class PipelineConfig:
     distill_lr: float = 1e-4
     source: str = "forward"
     distill_overrides: dict = field(default_factory=dict)
+    oneshot: tuple = ()
+    distill_fm: bool = False
     pd: Optional[ProgressiveConfig] = ProgressiveConfig()
     baselines: bool = True
     baseline_kinds: tuple = ("fm", "vp")
@@ -1176,7 +1295,7 @@ def run_pipeline(config: PipelineConfig, out_dir: Union[str, Path], *, stages: S
                                 lr=cfg.distill_lr, source=cfg.source, resume=resume, seed=cfg.train.seed,
                                 device=device, num_samples=cfg.num_samples, sample_batch=cfg.sample_batch,
                                 sample_seed=cfg.sample_seed, distill_overrides=cfg.distill_overrides,
-                                progress=progress)
+                                progress=progress, oneshot=tuple(cfg.oneshot))
         elif stage == "baselines":
             if not cfg.baselines:
                 continue
@@ -1184,7 +1303,7 @@ def run_pipeline(config: PipelineConfig, out_dir: Union[str, Path], *, stages: S
                                   guidance=cfg.guidance, num_samples=cfg.num_samples, sample_batch=cfg.sample_batch,
                                   sample_seed=cfg.sample_seed, fm_solvers=cfg.fm_solvers, pd_config=cfg.pd,
                                   kinds=cfg.baseline_kinds, resume=resume, device=device, progress=progress,
-                                  time_grid=base_grid)
+                                  time_grid=base_grid, distill_fm=_distill_settings(cfg) if cfg.distill_fm else None)
         else:
             ds = cfg.train.dataset
             ext = feature_extractor_for(ds, out / "eval", inception_path=cfg.inception_path, kind=cfg.feature,
@@ -1211,6 +1330,13 @@ def run_pipeline(config: PipelineConfig, out_dir: Union[str, Path], *, stages: S
         save_json(summary_file, summary)
         log(f"[pipeline] stage {stage} done in {seconds:.1f} s")
     return results
+
+
+def _distill_settings(cfg: "PipelineConfig") -> dict:
+    """The Kac distillation's settings as :func:`distill_stage` keyword arguments (for DistillFM)."""
+    return {"schedule": tuple(cfg.schedule), "steps_per_stage": cfg.distill_steps, "batch_size": cfg.distill_batch,
+            "lr": cfg.distill_lr, "source": cfg.source, "seed": cfg.train.seed,
+            "distill_overrides": dict(cfg.distill_overrides), "oneshot": tuple(cfg.oneshot)}
 
 
 def _heldout(dataset: str, cfg: "PipelineConfig", data) -> dict:
