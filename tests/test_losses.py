@@ -181,3 +181,18 @@ def test_toy_layouts():
         make_toy("swiss_roll", 10)
     with pytest.raises(ValueError, match="n \\(number of points\\)"):
         make_toy("grid9", 0)
+
+
+def test_loss_options_repr_and_epsilon_loss_options():
+    path = VPPath()
+    plain = EpsilonLoss(path, p_uncond=0.0)
+    assert "data_sigma" not in repr(plain) and plain.plain
+    opt = EpsilonLoss(path, p_uncond=0.0, data_sigma=0.1, time_sampling="logit_normal:0,1")
+    assert "data_sigma=0.1" in repr(opt) and "logit_normal:0,1" in repr(opt) and not opt.plain
+    x0 = torch.zeros(4000, 3, dtype=F64)
+    out = opt(lambda x, t, y: torch.zeros_like(x), x0, generator=_gen(50))
+    t = out["t"]
+    assert bool((t >= path.t_eps).all()) and abs(float(t.median()) - 0.5) < 0.05  # logit-normal(0, 1): median 1/2
+    assert out["sample"].x0.std().item() == pytest.approx(0.1, rel=0.05)  # the smoothed data enter the path
+    with pytest.raises(ValueError, match="needs a KacPath"):
+        EpsilonLoss(path, weighting="atom")
