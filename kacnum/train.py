@@ -64,7 +64,7 @@ from kacnum.distill import EMA
 from kacnum.guidance import GuidedField
 from kacnum.losses import EpsilonLoss, FlowMatchingLoss
 from kacnum.models import PRESETS, make_model
-from kacnum.paths import GaussianPath, KacPath, ProbabilityPath, VPPath
+from kacnum.paths import FlightPath, GaussianPath, KacPath, ProbabilityPath, ProcessPath, VPPath
 from kacnum.progress import Progress
 from kacnum.solvers import METHODS, integrate
 
@@ -85,7 +85,7 @@ __all__ = [
     "sample_images",
 ]
 
-PATH_KINDS = ("kac", "gaussian", "vp")
+PATH_KINDS = ("kac", "gaussian", "vp", "flight")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINT_FORMAT = "kacnum.train/1"
@@ -109,7 +109,9 @@ class TrainConfig:
         data_dir: passed to :func:`kacnum.data.load_dataset` (None: ``$KACNUM_DATA`` or the default).
     Path (SPEC §4, §9):
         path: ``"kac"`` (flow matching on ``KacPath(a, c, T, f_schedule, g_schedule)``),
-            ``"gaussian"`` (rectified flow) or ``"vp"`` (ε-prediction).
+            ``"gaussian"`` (rectified flow), ``"vp"`` (ε-prediction) or ``"flight"`` (flow matching on
+            ``FlightPath(a, c, T, f_schedule, g_schedule)``: the block-isotropic Kac flow, planar random flights
+            on pairs of horizontally adjacent pixels; ``a`` is the flight's event rate).
         a, c: Kac switching rate and speed (9, 3 as the Kac-flow code; 25, 2 reported for CIFAR-10).
     Optimisation:
         optimizer: ``"adam"`` or ``"adamw"``; ``lr``, ``betas``, ``eps``, ``weight_decay``.
@@ -220,9 +222,12 @@ def _check_int(name: str, v, low: int) -> int:
 
 
 def make_path(config: TrainConfig) -> ProbabilityPath:
-    """The probability path of ``config``: ``KacPath(a, c, T, f, g)``, ``GaussianPath(T)`` or ``VPPath(T=T)``."""
+    """The probability path of ``config``: ``KacPath(a, c, T, f, g)``, ``FlightPath(a, c, T, f, g)``,
+    ``GaussianPath(T)`` or ``VPPath(T=T)``."""
     if config.path == "kac":
         return KacPath(config.a, config.c, config.T, f=config.f_schedule, g=config.g_schedule)
+    if config.path == "flight":
+        return FlightPath(config.a, config.c, config.T, f=config.f_schedule, g=config.g_schedule)
     if config.path == "gaussian":
         return GaussianPath(T=config.T)
     return VPPath(T=config.T)
@@ -427,9 +432,9 @@ class _Autocast(nn.Module):
 
 
 def _latent(path: ProbabilityPath, shape, generator, device) -> torch.Tensor:
-    if isinstance(path, KacPath) and path.f(path.T) != 0.0:
-        # f = exp: the law at T is f(T) X0 + K_{g(T)}; start from K_{g(T)} (drops e^{-T} X0).
-        return path.process.sample(path.g(path.T), shape, generator, dtype=torch.float32, device=device)
+    if isinstance(path, ProcessPath) and path.f(path.T) != 0.0:
+        # f = exp: the law at T is f(T) X0 + N_{g(T)}; start from N_{g(T)} (drops e^{-T} X0).
+        return path.sample_noise(path.g(path.T), shape, generator, dtype=torch.float32, device=device)
     return path.sample_latent(shape, generator, dtype=torch.float32, device=device)
 
 

@@ -357,3 +357,40 @@ def test_finite_speed_in_the_euclidean_norm():
                 assert float(dist.max()) <= 1.0 + 1e-12
             else:
                 assert float(dist.max()) > 1.05  # the box [-cg, cg]² is not the disc
+
+
+# ------------------------------------------------------------------------------------------------ images
+def test_cifar_distill_path_flight_trains_and_samples(tmp_path):
+    """`experiments/cifar_distill.py --path flight`: a tiny digits teacher on the block-isotropic flow (pairs
+    of horizontally adjacent pixels) trains, samples, and its samples are finite and in range."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    from kacnum.pipeline import SampleSet
+    from kacnum.train import load_teacher, sample_images
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("cifar_distill_flight", root / "experiments" / "cifar_distill.py")
+    cd = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = cd
+    spec.loader.exec_module(cd)
+    out = tmp_path / "run"
+    common = ["--preset", "smoke", "--device", "cpu", "--quiet", "--threads", "1", "--out", str(out)]
+    assert cd.main(common + ["--stage", "teacher", "--path", "flight", "--steps", "30", "--checkpoint-every", "0"]) == 0
+    tconf = json.loads((out / "teacher" / "config.json").read_text())
+    assert tconf["train"]["path"] == "flight"
+    model, path, cfg = load_teacher(out / "teacher" / "checkpoint.pt", device="cpu")
+    assert isinstance(path, FlightPath) and (path.a, path.c) == (9.0, 3.0)
+    # the training target is the flight's: per pair, |u - f' x0| <= c g' (Euclidean)
+    x0 = torch.rand(8, 1, 8, 8, generator=_gen(20)) * 2 - 1
+    s = path.sample(x0, torch.full((8,), 0.3), _gen(21))
+    assert float(_pair_norms((s.u_t - path.df(0.3) * x0).reshape(8, -1)).max()) <= 3.0 + 1e-5
+    raw = sample_images(model, path, 16, guidance_scale=1.2, steps=8, seed=3, device="cpu")["images"]
+    assert raw.shape == (16, 1, 8, 8) and bool(torch.isfinite(raw).all())
+    assert float(raw.abs().max()) < 1.0 + 3.0  # data in [-1, 1] plus at most the latent radius c g(T)
+    assert cd.main(common + ["--stage", "sample", "--num-samples", "12", "--sample-steps", "5"]) == 0
+    sset = SampleSet.load(out / "sample" / "kac_teacher_nfe005.samples.pt")
+    assert sset.images.shape == (12, 1, 8, 8) and bool(torch.isfinite(sset.images).all())
+    assert float(sset.images.abs().max()) < 1.0 + 3.0
