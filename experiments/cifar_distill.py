@@ -105,6 +105,7 @@ from kacnum._checks import per_stage_counts
 from kacnum.checkpoint import CheckpointError, atomic_write, load_json, save_json
 from kacnum.data import DATASETS, DataNotFoundError
 from kacnum.distill import validate_stages
+from kacnum.losses import LOSS_WEIGHTINGS, PRECONDITIONINGS, TimeSampler
 from kacnum.metrics import find_inception_weights
 from kacnum.models import PRESETS
 from kacnum.pipeline import (
@@ -144,7 +145,9 @@ GUIDANCE_RANGE = (0.0, 50.0)
 TRAIN_FLAGS = {"total_steps": "--steps", "guidance_scale": "--guidance", "batch_size": "--batch-size",
                "sample_steps": "--grid-sample-steps", "checkpoint_every": "--checkpoint-every",
                "sample_every": "--sample-every", "log_every": "--log-every", "data_dir": "--data-dir",
-               "lr": "--lr", "a": "--a", "c": "--c", "seed": "--seed", "model": "--model", "dataset": "--dataset"}
+               "lr": "--lr", "a": "--a", "c": "--c", "seed": "--seed", "model": "--model", "dataset": "--dataset",
+               "data_sigma": "--data-sigma", "time_sampling": "--time-sampling", "loss_weighting": "--loss-weighting",
+               "precond": "--precond", "precond_sigma_data": "--precond-sigma-data"}
 #: the same for PipelineConfig / ProgressiveConfig / DistillConfig fields
 PIPELINE_FLAGS = {"steps_per_round": "--distill-steps", "steps_per_stage": "--distill-steps",
                   "distill_steps": "--distill-steps", "batch_size": "--distill-batch", "distill_batch": "--distill-batch",
@@ -239,7 +242,10 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
                        ("guidance_scale", "guidance"), ("lr", "lr"), ("seed", "seed"), ("path", "path"),
                        ("data_dir", "data_dir"), ("bf16", "bf16"), ("compile", "compile"),
                        ("sample_steps", "grid_sample_steps"), ("checkpoint_every", "checkpoint_every"),
-                       ("sample_every", "sample_every"), ("log_every", "log_every")):
+                       ("sample_every", "sample_every"), ("log_every", "log_every"),
+                       ("data_sigma", "data_sigma"), ("time_sampling", "time_sampling"),
+                       ("loss_weighting", "loss_weighting"), ("precond", "precond"),
+                       ("precond_sigma_data", "precond_sigma_data")):
         v = getattr(args, attr)
         if v is not None:
             fields[name] = str(v) if name == "data_dir" else v
@@ -298,6 +304,14 @@ def build_pipeline_config(args: argparse.Namespace, train: TrainConfig) -> Pipel
         raise ValueError("--time-grid kac is for Kac paths; the FM/VP baselines need --baseline-time-grid uniform "
                          "or power:RHO (or --no-baselines)")
     return pipeline_config(args.preset, train, **over)
+
+
+def _time_sampling_arg(text: str) -> str:
+    """``--time-sampling`` values (kacnum.losses.TimeSampler): uniform, logit_normal:M,S, power:K."""
+    try:
+        return TimeSampler(text).spec
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("time_sampling must be", "must be")) from None
 
 
 def _time_grid_arg(text: str) -> str:
@@ -487,6 +501,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--sample-every", type=cli.nonnegative_int, default=None,
                    help="steps between sample grids (0: at the end)")
     g.add_argument("--grid-sample-steps", type=cli.positive_int, default=None, help="AB-2 steps of the training grids")
+    g.add_argument("--data-sigma", type=cli.nonnegative_float, default=None, metavar="SIGMA",
+                   help="data smoothing: train on x0 + SIGMA eps (default 0; kacnum.losses)")
+    g.add_argument("--time-sampling", type=_time_sampling_arg, default=None, metavar="SPEC",
+                   help="training-time density: uniform (default), logit_normal:M,S or power:K (CDF x^K: K > 1 "
+                        "draws fewer small t)")
+    g.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=None,
+                   help="loss weight in t: none (default) or atom (Kac: 1 - e^(-a g(t)), mean 1; the FM/VP "
+                        "baselines stay unweighted)")
+    g.add_argument("--precond", choices=PRECONDITIONINGS, default=None,
+                   help="EDM-style preconditioning: none (default), in (x scaled by 1/std(x_t)) or inout (also "
+                        "the output by std(u_t)); saved with the checkpoint")
+    g.add_argument("--precond-sigma-data", type=cli.nonnegative_float, default=None, metavar="S",
+                   help="data standard deviation for --precond (default 0: measured on the training images)")
     g = p.add_argument_group("sampling")
     g.add_argument("--guidance", type=cli.float_in(*GUIDANCE_RANGE), default=1.2,
                    help=f"guidance scale s of teacher sampling, distillation and baselines, in "

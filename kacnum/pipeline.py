@@ -77,7 +77,8 @@ from kacnum.metrics import (
 from kacnum.paths import ProbabilityPath, VPPath
 from kacnum.progressive import ProgressiveConfig, ProgressiveDistiller
 from kacnum.solvers import ddim_sample, make_time_grid, parse_time_grid
-from kacnum.train import TrainConfig, Trainer, derive_seed, load_teacher, resolve_device, sample_images, save_image_grid
+from kacnum.train import (TrainConfig, Trainer, derive_seed, load_teacher, resolve_device, sample_images,
+                          save_image_grid, with_path)
 
 __all__ = [
     "METHODS",
@@ -555,7 +556,8 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
                     distill_fm: Optional[Mapping[str, Any]] = None) -> dict:
     """Baselines with the teacher's UNet preset, data, step budget and guidance (SPEC §9).
 
-    * ``fm``: ``dataclasses.replace(train_config, path="gaussian")`` trained with
+    * ``fm``: ``kacnum.train.with_path(train_config, "gaussian")`` (the teacher's recipe: data smoothing,
+      time density, preconditioning; no atom weighting) trained with
       :class:`kacnum.train.Trainer` in ``out_dir/fm``, sampled with each solver of ``fm_solvers`` at every
       NFE of ``nfe_list`` (methods ``fm_euler``, ``fm_ab2``).
     * ``vp``: ``path="vp"`` (ε-prediction) in ``out_dir/vp``, sampled with DDIM at every NFE (``vp_ddim``);
@@ -582,7 +584,7 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
     result: dict = {"samples": []}
     samples_dir = out_dir / "samples"
     for kind in kinds:
-        cfg = dataclasses.replace(train_config, path="gaussian" if kind == "fm" else "vp")
+        cfg = with_path(train_config, "gaussian" if kind == "fm" else "vp")  # the recipe; no atom weighting
         trainer = Trainer(cfg, out_dir / kind, device=device, data=data, extra_config={"baseline": kind})
         try:
             summary = trainer.fit(resume=resume, progress=progress)

@@ -62,7 +62,7 @@ from kacnum.checkpoint import load_checkpoint, previous_path, save_checkpoint, s
 from kacnum.data import DATASETS, load_dataset, make_loader
 from kacnum.distill import EMA
 from kacnum.guidance import GuidedField
-from kacnum.losses import EpsilonLoss, FlowMatchingLoss
+from kacnum.losses import LOSS_WEIGHTINGS, PRECONDITIONINGS, EpsilonLoss, FlowMatchingLoss, Preconditioned, TimeSampler
 from kacnum.models import PRESETS, make_model
 from kacnum.paths import FlightPath, GaussianPath, KacPath, ProbabilityPath, ProcessPath, VPPath
 from kacnum.progress import Progress
@@ -77,6 +77,7 @@ __all__ = [
     "setup_distributed",
     "make_path",
     "make_loss",
+    "with_path",
     "lr_factor",
     "derive_seed",
     "synthetic_dataset",
@@ -131,6 +132,14 @@ class TrainConfig:
             between checkpoints (0: only at the end).
         num_samples, guidance_scale, sample_steps, sample_method: the sample grids (guided
             ``sample_method`` integration of the EMA model, ``sample_steps`` steps from ``T`` to 0).
+    Teacher-training options (issue 12, :mod:`kacnum.losses`; the defaults are the plain loss, bit for bit):
+        data_sigma: data smoothing ``x0 + σ ε`` before the path (0: off).
+        time_sampling: ``"uniform"``, ``"logit_normal:m,s"`` or ``"power:k"`` (:class:`kacnum.losses.TimeSampler`).
+        loss_weighting: ``"none"`` or ``"atom"`` (Kac only: ``w ∝ 1 - e^{-a g(t)}``).
+        precond: ``"none"``, ``"in"`` (``c_in = 1/std(x_t)``) or ``"inout"`` (also ``c_out = std(u_t)``):
+            the network is wrapped in :class:`kacnum.losses.Preconditioned` (saved with the checkpoint).
+        precond_sigma_data: the data's pooled standard deviation for the preconditioner (0: measured on
+            the training images; ``data_sigma`` is added in quadrature).
     """
 
     model: str = "digits_tiny"
@@ -167,6 +176,11 @@ class TrainConfig:
     guidance_scale: float = 1.2
     sample_steps: int = 100
     sample_method: str = "ab2"
+    data_sigma: float = 0.0
+    time_sampling: str = "uniform"
+    loss_weighting: str = "none"
+    precond: str = "none"
+    precond_sigma_data: float = 0.0
 
     def __post_init__(self):
         if self.model not in PRESETS:
@@ -198,6 +212,16 @@ class TrainConfig:
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         object.__setattr__(self, "betas", betas)
+        check_nonnegative("data_sigma", self.data_sigma)
+        check_nonnegative("precond_sigma_data", self.precond_sigma_data)
+        object.__setattr__(self, "time_sampling", TimeSampler(self.time_sampling).spec)
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
+        if self.loss_weighting == "atom" and self.path != "kac":
+            raise ValueError(f"loss_weighting 'atom' needs path 'kac' (it weights by the Kac atom mass), "
+                             f"got path {self.path!r}")
+        if self.precond not in PRECONDITIONINGS:
+            raise ValueError(f"precond must be one of {PRECONDITIONINGS}, got {self.precond!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -213,6 +237,11 @@ class TrainConfig:
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
+
+
+#: field -> default: a checkpoint written before a field existed resumes as if it held the default
+_FIELD_DEFAULTS = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                   for f in dataclasses.fields(TrainConfig)}
 
 
 def _check_int(name: str, v, low: int) -> int:
@@ -233,10 +262,19 @@ def make_path(config: TrainConfig) -> ProbabilityPath:
     return VPPath(T=config.T)
 
 
+def with_path(config: TrainConfig, path: str) -> TrainConfig:
+    """``config`` on another path (the baselines of the Kac teacher): the same recipe (data smoothing,
+    time density, preconditioning), and ``loss_weighting`` reset to ``"none"`` off the Kac path (the
+    ``atom`` weighting has no meaning without atoms)."""
+    weighting = config.loss_weighting if path == "kac" else "none"
+    return dataclasses.replace(config, path=path, loss_weighting=weighting)
+
+
 def make_loss(config: TrainConfig, path: ProbabilityPath, null_label: Optional[int]):
     """``FlowMatchingLoss`` (kac, gaussian) or ``EpsilonLoss`` (vp) with ``p_uncond`` and ``null_label``."""
     cls = EpsilonLoss if config.path == "vp" else FlowMatchingLoss
-    return cls(path, p_uncond=config.p_uncond, null_label=null_label)
+    return cls(path, p_uncond=config.p_uncond, null_label=null_label, data_sigma=config.data_sigma,
+               time_sampling=config.time_sampling, weighting=config.loss_weighting)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "constant") -> float:
@@ -622,6 +660,9 @@ class Trainer:
         self.batches = _Batches(images, labels, self.local_batch, cfg.seed, world, self.dist.rank)
 
         self.path = make_path(cfg)
+        if cfg.precond != "none":  # no parameters: the initial weights are unchanged
+            sd = cfg.precond_sigma_data or float(images.float().std())
+            self.model = Preconditioned(self.model, self.path, math.sqrt(sd ** 2 + cfg.data_sigma ** 2), cfg.precond)
         self.loss_fn = make_loss(cfg, self.path, self.model.null_label if self.num_classes > 0 else None)
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
         # value checks inside the network synchronise with the device; inputs here are valid
@@ -753,7 +794,8 @@ class Trainer:
         if ck.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a training checkpoint ({CHECKPOINT_FORMAT}), format={ck.get('format')!r}")
         mine, theirs = self.config.to_dict(), dict(ck["config"])
-        diff = sorted(k for k in mine if k not in RESUMABLE_FIELDS and _plain(mine[k]) != _plain(theirs.get(k)))
+        diff = sorted(k for k in mine if k not in RESUMABLE_FIELDS
+                      and _plain(mine[k]) != _plain(theirs.get(k, _FIELD_DEFAULTS.get(k))))
         if diff:
             raise ValueError(f"config differs from the checkpoint's in {diff}; resume with the same "
                              f"configuration (only {list(RESUMABLE_FIELDS)} may change)")
@@ -938,6 +980,9 @@ def load_teacher(checkpoint: Union[str, os.PathLike], device: Union[str, torch.d
         raise ValueError(f"{checkpoint} is not a training checkpoint ({CHECKPOINT_FORMAT})")
     cfg = TrainConfig.from_dict(ck["config"])
     model = make_model(cfg.model, **cfg.model_overrides)
+    path = make_path(cfg)
+    if cfg.precond != "none":  # sigma_data and the path come back from the checkpoint's extra state
+        model = Preconditioned(model, path, 1.0, cfg.precond)
     model.load_state_dict(ck["ema"]["model"] if use_ema else ck["model"])
     model = model.to(dev).eval().requires_grad_(False)
-    return model, make_path(cfg), cfg
+    return model, path, cfg
