@@ -16,7 +16,7 @@ from scipy import integrate, special
 
 from kacnum import claims
 from kacnum.kac import KacProcess
-from kacnum.paths import GaussianPath, KacPath
+from kacnum.paths import FlightPath, GaussianPath, KacPath
 from kacnum.telegrapher import bump, heat_solution
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,3 +271,85 @@ def test_kinetic_energy_script_quick_writes_files(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["quick"] is True
     assert res["worst_ratios"] == results["worst_ratios"]
     assert "worst ratios" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ the planar flight (SPEC §14)
+def _scipy_flight_energy(lam, c, t):
+    """∫_disc |u|² p dx + c² e^{-λt} in polar coordinates from the SPEC §14 formulas (p = λ/(2πc) e^{-λt +
+    (λ/c) q}/q, u = (x/|x|) c (ct - q)/|x|), substituting r = ct sin(θ) to remove the 1/q singularity."""
+    ct = c * t
+
+    def integrand(th):
+        r = ct * math.sin(th)
+        q = ct * math.cos(th)
+        if r == 0.0:
+            return 0.0
+        p_over = lam / (2 * math.pi * c) * math.exp(-lam * t + lam / c * q)  # p q
+        u = c * (ct - q) / r
+        return 2 * math.pi * r * u * u * p_over  # dr = q dθ, so 2π r p dr = 2π r (p q) dθ
+    val, _ = integrate.quad(integrand, 0.0, math.pi / 2, limit=400, epsabs=1e-13, epsrel=1e-11)
+    return val + c * c * math.exp(-lam * t)
+
+
+@settings(max_examples=12, deadline=None)
+@given(lam=st.floats(0.5, 40.0), c=st.floats(0.5, 5.0), t=st.floats(1e-3, 2.0))
+def test_flight_dirac_energy_matches_scipy_and_is_bounded(lam, c, t):
+    e = claims.flight_dirac_kinetic_energy(lam, c, t)
+    assert e == pytest.approx(_scipy_flight_energy(lam, c, t), rel=1e-7, abs=1e-12)
+    assert c * c * math.exp(-lam * t) <= e <= c * c
+    path = FlightPath(lam, c)
+    assert claims.path_kinetic_energy_bound(path, t, torch.zeros(1, 2, dtype=F64)) == pytest.approx(c * c)
+    assert claims.path_kinetic_energy_bound(KacPath(lam, c), t, torch.zeros(1, 2, dtype=F64)) == pytest.approx(2 * c * c)
+
+
+def test_flight_energy_limits_and_monte_carlo():
+    """Ballistic start (c² at t -> 0, half the 2D Kac value 2c²), the 2D heat limit c²/(2λt) for large λt,
+    and Monte Carlo from PlanarFlight's sampler and velocity; a wrong value (the 2D Kac energy) fails."""
+    assert claims.flight_dirac_kinetic_energy(9.0, 3.0, 1e-6) == pytest.approx(9.0, rel=1e-4)
+    assert claims.flight_dirac_kinetic_energy(4000.0, 3.0, 1.0) == pytest.approx(9.0 / 8000.0, rel=2e-3)
+    pf = FlightPath(9.0, 3.0).process
+    x, at = pf.sample(0.1, (100_000, 2), _gen(3), return_atoms=True, dtype=F64)
+    u = pf.velocity(0.1, x, at)
+    e = (u * u).sum(1)
+    se = float(e.std()) / math.sqrt(e.numel())
+    ref = claims.flight_dirac_kinetic_energy(9.0, 3.0, 0.1)
+    assert abs(float(e.mean()) - ref) < 4 * se
+    assert abs(float(e.mean()) - 2 * claims.kac_dirac_kinetic_energy(9.0, 3.0, 0.1)) > 40 * se
+
+
+def test_flight_claims_on_grid_data():
+    """Finite speed in the Euclidean norm (the flight stays in f supp + disc, the Kac path's corners and the
+    diffusion leave it), the flight's own energy bound, the Wasserstein bound with c√(d/2)."""
+    sup, _ = claims.labelled_grid_support(1.5)
+    fl, kac = FlightPath(9.0, 3.0), KacPath(9.0, 3.0)
+    paths = {"flight": fl, "kac": kac, "diffusion": claims.DiffusionLimitPath(fl)}
+    rows = claims.finite_speed_samples(paths, fl, sup, (0.05, 0.5), 900, _gen(4))
+    worst = {k: max(r["max_ratio"] for r in rows if r["path"] == k) for k in paths}
+    assert worst["flight"] <= 1.0 + 1e-12 and worst["kac"] > 1.05 and worst["diffusion"] > 1.05
+    x = torch.tensor([[3.0, 0.0], [2.2, 2.2]], dtype=F64)
+    assert claims.cone_ratio(x, torch.zeros(1, 2, dtype=F64), 1.0, 3.0, block=2).tolist() == \
+        pytest.approx([1.0, math.hypot(2.2, 2.2) / 3.0])
+    assert claims.cone_ratio(x, torch.zeros(1, 2, dtype=F64), 1.0, 3.0).tolist() == pytest.approx([1.0, 2.2 / 3.0])
+    ke = claims.kinetic_energy_curve({"flight": fl}, kac, sup, (1e-3, 0.3), 909, _gen(5), progress=False)
+    assert all(r["own_ratio"] <= 1.0 for r in ke)
+    assert all(r["own_bound"] < r["bound"] for r in ke)  # (d/2)(|f'| max|x0_pair| + c)² < d(|f'| max|x0_j| + c)²
+    rw = claims.kac_path_wasserstein(fl, sup, (0.0, 0.1, 1.0), (1, 2), 198, _gen(6))
+    assert max(r["ratio"] for r in rw) <= 1.0
+    # pathwise the bound is attained (a flight from the data point at 0 with no event moves at speed c), so
+    # no smaller speed in the bound holds
+    assert max(r["pathwise_ratio"] for r in rw) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_flight_wasserstein_2d_radial_coupling():
+    """W_p(μ_s, μ_t) <= c|t - s| for the planar flight; the radial coupling's W2 agrees with exact OT of
+    samples; the Brownian contrast breaks the same bound at small times."""
+    pf = FlightPath(9.0, 3.0).process
+    rows = claims.flight_wasserstein_2d(pf, (0.0, 1e-3, 0.05, 0.3, 1.0), (1, 2, 4), n=4096)
+    assert max(r["ratio"] for r in rows) <= 1.0
+    assert max(r["brownian_ratio"] for r in rows) > 5.0
+    w2 = next(r["w"] for r in rows if (r["s"], r["t"], r["p"]) == (0.05, 0.3, 2.0))
+    from kacnum.transport import wasserstein_empirical
+    a = pf.sample(0.05, (1500, 2), _gen(7), dtype=F64)
+    b = pf.sample(0.3, (1500, 2), _gen(8), dtype=F64)
+    emp = wasserstein_empirical(a, b, p=2)
+    assert abs(emp - w2) < 0.08 * w2, (emp, w2)
