@@ -16,7 +16,8 @@ exact field (``exact_velocity(..., data_sigma=σ)``), with RK4 solved to converg
 
 * the share of the flow's end points at each data point (nearest point or mean) against what the data
   law gives (its weight for Dirac data; the same nearest-point rule on exact data draws for a mixture),
-  with the χ² statistic and p-value (and the Monte Carlo standard error of each share);
+  with the χ² statistic and p-value (categories with fewer than 5 expected counts pooled), the Monte
+  Carlo standard error of each share, and the same test on a subset at ``steps`` and ``2·steps``;
 * ``W2`` between the flow's samples and exact samples of the path at several ``t`` (exact 1D formula,
   POT in 2D), beside the noise floor (``W2`` between independent exact samples of the same size, the mean
   over ``floor_repeats`` draws: on a multimodal law a single floor draw is dominated by the difference of
@@ -109,6 +110,36 @@ def _w2(a: torch.Tensor, b: torch.Tensor) -> float:
     return wasserstein_empirical(a, b, p=2, exact_max=5000)
 
 
+def chi2_test(counts: torch.Tensor, expected: torch.Tensor, min_expected: float = 5.0) -> tuple:
+    """Pearson χ² of ``counts`` against the probabilities ``expected``: ``(chi2, dof, p)``.
+
+    Categories whose expected count is below ``min_expected`` are pooled (smallest first) until every
+    pooled category reaches it, as the χ² approximation needs; categories of probability 0 are dropped.
+    """
+    n = float(counts.sum())
+    keep = expected > 0
+    c = counts[keep].double()
+    e = expected[keep].double() * n
+    order = torch.argsort(e)
+    c, e = c[order].tolist(), e[order].tolist()
+    pc, pe, acc_c, acc_e = [], [], 0.0, 0.0
+    for ci, ei in zip(c, e):
+        acc_c, acc_e = acc_c + ci, acc_e + ei
+        if acc_e >= min_expected:
+            pc.append(acc_c)
+            pe.append(acc_e)
+            acc_c = acc_e = 0.0
+    if acc_e > 0:
+        if pe:
+            pc[-1] += acc_c
+            pe[-1] += acc_e
+        else:
+            pc, pe = [acc_c], [acc_e]
+    chi2 = float(sum((a - b) ** 2 / b for a, b in zip(pc, pe)))
+    dof = len(pe) - 1
+    return chi2, dof, float(stats.chi2.sf(chi2, dof)) if dof > 0 else float("nan")
+
+
 def run_case(label: str, path_name: str, support: torch.Tensor, weights: torch.Tensor, sigma: float,
              cfg: MarginalLawConfig, *, a: float, c: float, samples: int, steps: int, w2_samples: int) -> dict:
     """The flow from exact latents, its convergence, the end-point shares and ``W2`` along the way."""
@@ -134,11 +165,10 @@ def run_case(label: str, path_name: str, support: torch.Tensor, weights: torch.T
         expected = torch.bincount(_nearest(ref, support), minlength=support.shape[0]).double() / cfg.ref_samples
     else:
         expected = weights / weights.sum()
-    keep = expected > 0
-    E = expected[keep] * samples
-    chi2 = float(((counts[keep] - E) ** 2 / E).sum())
-    dof = int(keep.sum()) - 1
-    pval = float(stats.chi2.sf(chi2, dof)) if dof > 0 else float("nan")
+    chi2, dof, pval = chi2_test(counts, expected)
+    # the same test on the conv subset at N and 2N steps: the verdict must not depend on the step count
+    chi2_n = chi2_test(torch.bincount(cls[:nc], minlength=support.shape[0]).double(), expected)
+    chi2_2n = chi2_test(torch.bincount(cls_fine, minlength=support.shape[0]).double(), expected)
     share = (counts / samples).tolist()
     share_se = [math.sqrt(max(p * (1 - p), 1e-300) / samples) for p in expected.tolist()]
     # W2 of the flow against exact path samples at several t, and the noise floor
@@ -162,6 +192,7 @@ def run_case(label: str, path_name: str, support: torch.Tensor, weights: torch.T
            "convergence": {"vs_steps": 2 * steps, "samples": nc, "max_endpoint_diff": float(conv_diff.max()),
                            "rms_endpoint_diff": float(conv_diff.pow(2).mean().sqrt()),
                            "class_changes": float((cls[:nc] != cls_fine).double().mean()),
+                           "p_value_subset_steps": chi2_n[2], "p_value_subset_2x_steps": chi2_2n[2],
                            "share_first_point_fine": float((cls_fine == 0).double().mean())},
            "share": share, "expected_share": expected.tolist(), "share_se": share_se,
            "chi2": chi2, "dof": dof, "p_value": pval, "w2": w2,
@@ -289,9 +320,27 @@ def main(argv=None) -> dict:
     table = [dict(case=r["case"], share0=r["share"][0], expected0=r["expected_share"][0], se0=r["share_se"][0],
                   chi2=r["chi2"], dof=r["dof"], p_value=r["p_value"], max_w2_ratio=r["max_w2_ratio"],
                   conv_max=r["convergence"]["max_endpoint_diff"]) for r in res["cases"]]
-    _common.print_table(table, cols, "end-point share of the first data point (1D: the 0.3 point), chi2 against the "
-                        "data law, max over t of W2(flow, exact) / noise floor, RK4 convergence (max end-point change "
-                        "at twice the steps)")
+    title = ("end-point share of the first data point (1D: the 0.3 point), chi2 against the data law, max over t of "
+             "W2(flow, exact) / noise floor, RK4 convergence (max end-point change at twice the steps)")
+    text = _common.print_table(table, cols, title)
+    words = [w for i, w in enumerate(argv or sys.argv[1:]) if w != "--out" and
+             not (i > 0 and (argv or sys.argv[1:])[i - 1] == "--out")]
+    md = [f"# Marginal law of the probability-flow ODE (`python experiments/marginal_law.py {' '.join(words)}`)", "",
+          "```", text, "```", "",
+          "Share of the flow's end points at the first point (1D: the 0.3 point) against the data smoothing sigma "
+          "(Kac | Gaussian bias, MC s.e.):", ""]
+    md += [f"- sigma = {r['sigma']:g}: Kac {r['kac_share']:.4f} (bias {r['bias']:+.4f}), Gaussian bias "
+           f"{r['gaussian_bias']:+.4f}, s.e. {r['se']:.4f}" for r in res["summary"]["bias_vs_sigma"]]
+    md += ["", "Against the switching rate a (c^2/a = 1, Dirac data):", ""]
+    md += [f"- a = {r['a']:g}, c = {r['c']:.3g}: share {r['share']:.4f} (bias {r['bias']:+.4f}, s.e. {r['se']:.4f})"
+           for r in res["summary"]["bias_vs_a"]]
+    md += ["", "Convergence (2D): fraction of the subset whose nearest point changes between N and 2N RK4 steps, "
+           "and the p-value at N and 2N on that subset:", ""]
+    md += [f"- {r['case']}: class changes {r['convergence']['class_changes']:.3f}, p {r['convergence']['p_value_subset_steps']:.3g}"
+           f" (N) / {r['convergence']['p_value_subset_2x_steps']:.3g} (2N)" for r in res["cases"] if r["case"].startswith("2d/")]
+    md_text = "\n".join(md) + "\n"
+    for d in [args.out] + ([_common.PAPER_FIGURES] if args.paper_figures else []):
+        _common.atomic_write(Path(d) / f"{NAME}_results.md", lambda f: f.write(md_text.encode()))
     res["runtime_s"] = sw.seconds
     res["figures"] = _common.save_figure(figure(res, cfg), args.out, f"{NAME}.png", args.paper_figures)
     _common.write_results(args.out, _common.config_dict(cfg, args), res)

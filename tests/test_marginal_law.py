@@ -68,3 +68,17 @@ def test_bad_flags_are_one_line_errors(tmp_path):
         assert p.returncode == 2, p.stderr
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and flag in lines[0], p.stderr
+
+
+def test_chi2_pools_small_categories():
+    import torch
+
+    mod = _load()
+    exp = torch.tensor([0.5, 0.49, 0.005, 0.005], dtype=torch.float64)
+    counts = torch.tensor([50.0, 49.0, 1.0, 0.0], dtype=torch.float64)
+    chi2, dof, p = mod.chi2_test(counts, exp)
+    # the two tiny categories (expected 0.5 each) are pooled with the next ones until each holds >= 5
+    assert dof == 1 and 0.0 <= chi2 < 1.0 and p > 0.3
+    chi2, dof, p = mod.chi2_test(torch.tensor([80.0, 20.0], dtype=torch.float64),
+                                 torch.tensor([0.5, 0.5], dtype=torch.float64))
+    assert chi2 == pytest.approx(36.0) and dof == 1 and p < 1e-8

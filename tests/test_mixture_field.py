@@ -7,7 +7,6 @@ against exact samples of the path.
 """
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings

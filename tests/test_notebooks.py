@@ -27,7 +27,9 @@ FIGURES = {
     "kinetic_energy": ["kinetic_energy.png"],
     "wasserstein_lipschitz": ["wasserstein_lipschitz.png"],
     "guidance_integrability": ["guidance_integrability.png"],
-    "theorem8": ["theorem8_rate.png", "theorem8_correlation.png", "theorem8_trajectories.png"],
+    "theorem8": ["theorem8_rate.png", "theorem8_local_slopes.png", "theorem8_profiles.png", "theorem8_sigma.png",
+                 "theorem8_correlation.png", "theorem8_trajectories.png"],
+    "marginal_law": ["marginal_law.png"],
 }
 FAST = ("finite_speed", "diffusion_limit")
 

@@ -51,7 +51,7 @@ def test_outputs_and_fields(run):
     out, res = run
     figs = ("theorem8_rate.png", "theorem8_local_slopes.png", "theorem8_profiles.png", "theorem8_sigma.png",
             "theorem8_correlation.png", "theorem8_trajectories.png")
-    for name in ("config.json", "theorem8.json", "results.json") + figs:
+    for name in ("config.json", "theorem8.json", "results.json", "theorem8_results.md") + figs:
         assert (out / name).is_file(), name
     for name in figs:
         assert 5_000 < (out / name).stat().st_size < 300_000, name
