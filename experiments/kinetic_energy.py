@@ -10,6 +10,11 @@ Two measurements (all computed in ``kacnum.claims``):
    it), its diffusion limit ``f X0 + σ W_g``, Gaussian flow matching and VP diffusion (probability flow),
    on a log grid of t from 1e-4 to 1, with the SPEC §8 bound ``d (|f'| sup|x0| + c g')²`` of the Kac
    path and the worst ratio to it.
+3. The isotropic flow (``FlightPath``, planar random flight, SPEC §14). 2D Dirac: ``E|u|²`` per pair
+   (``claims.flight_dirac_kinetic_energy``, checked by Monte Carlo) against the coordinate-wise Kac flow in
+   2D (twice the 1D value) and the 2D heat flow ``2σ²/(4t)``; its bound is ``c²`` (speed ``c`` per pair),
+   half the 2D Kac bound ``2c²``. On the grid data it runs beside the others, with its own bound
+   ``(d/2)(|f'| max|x0_pair| + c g')²`` (``own_bound``, ``own_ratio``).
 
     python experiments/kinetic_energy.py                 # default budget (~1 min on one core)
     python experiments/kinetic_energy.py --quick         # < 30 s
@@ -30,7 +35,7 @@ import torch  # noqa: E402
 import _common  # noqa: E402
 from kacnum import cli  # noqa: E402
 from kacnum import claims  # noqa: E402
-from kacnum.paths import GaussianPath, KacPath, VPPath  # noqa: E402
+from kacnum.paths import FlightPath, GaussianPath, KacPath, VPPath  # noqa: E402
 
 NAME = "kinetic_energy"
 
@@ -70,11 +75,25 @@ def run(cfg: KineticEnergyConfig, generator: torch.Generator) -> dict:
                                diffusion_over_kac=diff / quad))
     dense_t = np.geomspace(cfg.t_min, 1.0, cfg.dense_points).tolist()
     dense = [dict(t=t, kac=claims.kac_dirac_kinetic_energy(cfg.a, cfg.c, t),
-                  diffusion=claims.diffusion_dirac_kinetic_energy(sigma2, t)) for t in dense_t]
+                  diffusion=claims.diffusion_dirac_kinetic_energy(sigma2, t),
+                  flight_2d=claims.flight_dirac_kinetic_energy(cfg.a, cfg.c, t)) for t in dense_t]
+    # the isotropic flow from a 2D Dirac: one planar flight (c²/λ = σ² per coordinate, as Kac)
+    flight = FlightPath(cfg.a, cfg.c)
+    dirac2 = torch.zeros(1, 2, dtype=torch.float64)
+    flight_rows = []
+    for t in cfg.dirac_times:
+        mc = claims.kinetic_energy_mc(flight, dirac2, t, cfg.dirac_mc_samples, generator)
+        quad = claims.flight_dirac_kinetic_energy(cfg.a, cfg.c, t)
+        kac2 = 2.0 * claims.kac_dirac_kinetic_energy(cfg.a, cfg.c, t)
+        diff2 = claims.diffusion_dirac_kinetic_energy(sigma2, t, 2)
+        flight_rows.append(dict(t=float(t), flight_quadrature=quad, flight_mc=mc["energy"],
+                                flight_mc_stderr=mc["stderr"], kac_2d=kac2, diffusion_2d=diff2,
+                                flight_bound=cfg.c ** 2, kac_2d_bound=2 * cfg.c ** 2,
+                                flight_over_kac=quad / kac2, diffusion_over_flight=diff2 / quad))
     # 2. finite data
     support, _ = claims.labelled_grid_support(cfg.spacing)
     times = claims.log_time_grid(cfg.t_min, 1.0, cfg.per_decade, snap=(1e-3, 1e-2, 0.1, 1.0))
-    paths = {"kac": kac, "diffusion": claims.DiffusionLimitPath(kac), "gaussian_fm": GaussianPath(),
+    paths = {"kac": kac, "flight": flight, "diffusion": claims.DiffusionLimitPath(kac), "gaussian_fm": GaussianPath(),
              "vp": VPPath()}
     rows = claims.kinetic_energy_curve(paths, kac, support, times, cfg.n_samples, generator)
     kac_rows = [r for r in rows if r["path"] == "kac"]
@@ -87,15 +106,22 @@ def run(cfg: KineticEnergyConfig, generator: torch.Generator) -> dict:
         diffusion_grid_vs_kac_bound=claims.worst_ratio(r["ratio"] for r in rows if r["path"] == "diffusion"),
         vp_grid_vs_kac_bound=claims.worst_ratio(r["ratio"] for r in rows if r["path"] == "vp"),
         gaussian_fm_grid_vs_kac_bound=claims.worst_ratio(r["ratio"] for r in rows if r["path"] == "gaussian_fm"),
+        flight_dirac_energy_bound=claims.worst_ratio([r["flight_2d"] / cfg.c ** 2 for r in dense]),
+        flight_grid_energy_own_bound=claims.worst_ratio(r["own_ratio"] for r in rows if r["path"] == "flight"),
+        flight_grid_vs_kac_bound=claims.worst_ratio(r["ratio"] for r in rows if r["path"] == "flight"),
     )
     at_1e3 = dict(dirac_kac=claims.kac_dirac_kinetic_energy(cfg.a, cfg.c, 1e-3),
                   dirac_diffusion=claims.diffusion_dirac_kinetic_energy(sigma2, 1e-3),
                   **{f"grid_{k}": v["energy"] for k, v in at.items()})
+    at_1e3["dirac_flight_2d"] = claims.flight_dirac_kinetic_energy(cfg.a, cfg.c, 1e-3)
+    at_1e3["dirac_kac_2d"] = 2.0 * at_1e3["dirac_kac"]
     return dict(worst_ratios=worst, energy_at_t_1e_3=at_1e3, dirac=dirac_rows, dirac_dense=dense, grid=rows,
+                flight_dirac=flight_rows,
                 times=times, sigma2=sigma2, data_bound=claims.data_bound(support))
 
 
-STYLE = {"kac": ("tab:blue", "-", "Kac (exact, atoms incl.)"), "diffusion": ("tab:red", "-", "diffusion limit f X0 + σW_g"),
+STYLE = {"kac": ("tab:blue", "-", "Kac (exact, atoms incl.)"), "flight": ("tab:orange", "-", "flight (isotropic, exact)"),
+         "diffusion": ("tab:red", "-", "diffusion limit f X0 + σW_g"),
          "gaussian_fm": ("tab:green", "-", "Gaussian FM"), "vp": ("tab:purple", "-", "VP probability flow")}
 
 
@@ -109,6 +135,7 @@ def figure(res: dict, cfg: KineticEnergyConfig):
     dr = res["dirac"]
     ax[0].errorbar([r["t"] for r in dr], [r["kac_mc"] for r in dr], yerr=[2 * r["kac_mc_stderr"] for r in dr],
                    fmt="o", ms=4, color="k", label="Kac Monte Carlo (±2 s.e.)")
+    ax[0].loglog(t, [r["flight_2d"] / 2 for r in d], color="tab:orange", label="flight, per coordinate (2D / 2)")
     ax[0].axhline(cfg.c ** 2, color="tab:blue", ls=":", label="bound c²")
     ax[0].set_title(f"1D Dirac, a={cfg.a:g}, c={cfg.c:g} (σ²={res['sigma2']:g})")
     for name, (col, ls, lab) in STYLE.items():
@@ -142,8 +169,12 @@ def main(argv=None) -> dict:
     _common.print_table(res["dirac"], ["t", "kac_quadrature", "kac_mc", "kac_mc_stderr", "diffusion", "bound",
                                        "kac_ratio", "diffusion_over_kac"],
                         "1D Dirac (SPEC §3): E|u_t|², Kac vs diffusion", floatfmt=".4g")
+    _common.print_table(res["flight_dirac"], ["t", "flight_quadrature", "flight_mc", "flight_mc_stderr", "kac_2d",
+                                              "diffusion_2d", "flight_bound", "flight_over_kac", "diffusion_over_flight"],
+                        "2D Dirac: E|u_t|² of the isotropic flow (planar flight) vs the 2D Kac product and the 2D heat "
+                        "flow; bounds c² (flight) and 2c² (Kac)", floatfmt=".4g")
     _common.print_table(res["grid"], ["path", "t", "energy", "stderr", "energy_exact_velocity", "max_speed",
-                                      "bound", "ratio"],
+                                      "bound", "ratio", "own_bound", "own_ratio"],
                         "3x3 grid data: E|u_t|² against the Kac bound (claim: kac ratio <= 1)")
     _common.print_table([dict(bound=k, worst_ratio=v) for k, v in res["worst_ratios"].items()],
                         ["bound", "worst_ratio"], "worst ratios")
