@@ -25,7 +25,9 @@ exact field (``exact_velocity(..., data_sigma=σ)``), with RK4 solved to converg
 
 Cases: 1D, the two points ``±0.5`` with weights ``0.3 / 0.7`` (a σ sweep, and ``a`` with ``c²/a = 1``
 fixed); 2D, 32 seeded points uniform in ``[-1, 1]²`` with equal weights and with unequal weights
-(``w_i ∝ i``), Dirac and ``σ = 0.1``.
+(``w_i ∝ i``), Dirac and ``σ = 0.1``. In 2D also the isotropic Kac flow (``flight``: ``FlightPath``, the
+planar random flight of SPEC §14, same ``a`` and ``c``), whose finite-data law has a circle atom per point
+instead of edge and corner atoms.
 
     python experiments/marginal_law.py              # default budget
     python experiments/marginal_law.py --quick      # < 40 s
@@ -46,13 +48,15 @@ from scipy import stats  # noqa: E402
 
 import _common  # noqa: E402
 from kacnum import cli  # noqa: E402
-from kacnum.paths import GaussianPath, KacPath, VPPath  # noqa: E402
+from kacnum.paths import FlightPath, GaussianPath, KacPath, VPPath  # noqa: E402
 from kacnum.solvers import integrate, uniform_grid  # noqa: E402
 from kacnum.stability import ExactField, piecewise_linear  # noqa: E402
 from kacnum.transport import wasserstein_1d, wasserstein_empirical  # noqa: E402
 
 NAME = "marginal_law"
 PATHS = ("kac", "gaussian", "vp")
+#: the 2D cases also run the isotropic flow (planar random flight; needs an even dimension)
+PATHS_2D = PATHS + ("flight",)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ QUICK = dict(steps_1d=128, steps_2d=48, samples_1d=3000, samples_2d=300, conv_sa
 def make_path(name: str, a: float, c: float, T: float):
     if name == "kac":
         return KacPath(a=a, c=c, T=T)
+    if name == "flight":
+        return FlightPath(a=a, c=c, T=T)
     if name == "gaussian":
         return GaussianPath(T=T)
     return VPPath(T=T)
@@ -229,7 +235,7 @@ def run(cfg: MarginalLawConfig, log) -> dict:
         add(f"1d/kac_a{a:g}/sigma0", "kac", one_d, w_1d, 0.0, cfg, a=a, c=c, samples=cfg.samples_1d,
             steps=cfg.steps_1d, w2_samples=cfg.samples_1d)
     for wname, w in (("equal", w_eq), ("unequal", w_uneq)):
-        for name in PATHS:
+        for name in PATHS_2D:
             for s in cfg.sigmas_2d:
                 if wname == "unequal" and s > 0:
                     continue
@@ -286,7 +292,7 @@ def figure(res: dict, cfg: MarginalLawConfig):
     ax = axes[2]
     rows = [r for r in res["cases"] if r["case"].startswith("2d/")]
     ps = [max(r["p_value"], 1e-300) for r in rows]
-    ax.barh(range(len(rows)), -np.log10(ps), color=["C0" if "/kac/" in r["case"] else "C1" if "gaussian" in r["case"]
+    ax.barh(range(len(rows)), -np.log10(ps), color=["C0" if "/kac/" in r["case"] else "C3" if "/flight/" in r["case"] else "C1" if "gaussian" in r["case"]
                                                     else "C2" for r in rows])
     ax.axvline(-math.log10(0.01), color="k", lw=0.8, ls="--", label="p = 0.01")
     ax.set_yticks(range(len(rows)), [r["case"][3:] for r in rows], fontsize=7)

@@ -82,3 +82,11 @@ def test_chi2_pools_small_categories():
     chi2, dof, p = mod.chi2_test(torch.tensor([80.0, 20.0], dtype=torch.float64),
                                  torch.tensor([0.5, 0.5], dtype=torch.float64))
     assert chi2 == pytest.approx(36.0) and dof == 1 and p < 1e-8
+
+
+def test_flight_cases_run_in_2d(res):
+    """The isotropic flow (planar random flight) runs beside the others on the 2D data."""
+    flight = [r for r in res["cases"] if "/flight/" in r["case"]]
+    assert flight and all(r["case"].startswith("2d/") and r["d"] == 2 for r in flight)
+    assert {r["case"] for r in flight} == {"2d/equal/flight/sigma0", "2d/unequal/flight/sigma0"}
+    assert all(0.0 <= r["p_value"] <= 1.0 and r["max_w2_ratio"] > 0 for r in flight)
