@@ -394,3 +394,28 @@ def test_cifar_distill_path_flight_trains_and_samples(tmp_path):
     sset = SampleSet.load(out / "sample" / "kac_teacher_nfe005.samples.pt")
     assert sset.images.shape == (12, 1, 8, 8) and bool(torch.isfinite(sset.images).all())
     assert float(sset.images.abs().max()) < 1.0 + 3.0
+
+
+def test_latent_laws_script_quick(tmp_path):
+    """experiments/latent_laws.py --quick: the figure and the atom shares (sampled vs exact)."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "experiments"))
+    spec = importlib.util.spec_from_file_location("latent_laws_script", root / "experiments" / "latent_laws.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    res = mod.main(["--quick", "--out", str(tmp_path / "ll"), "--threads", "1"])
+    png = tmp_path / "ll" / "latent_laws.png"
+    assert png.is_file() and 0 < png.stat().st_size < 300_000
+    rows = json.loads((tmp_path / "ll" / "results.json").read_text())["rows"]
+    assert rows == json.loads(json.dumps(res["rows"]))
+    r1 = next(r for r in rows if r["a_g"] == 1.0)
+    n = mod.QUICK["n_samples"]
+    assert abs(r1["flight_circle"] - r1["flight_circle_exact"]) < 5 * math.sqrt(0.25 / n)
+    assert abs(r1["kac_corner"] - r1["kac_corner_exact"]) < 5 * math.sqrt(0.25 / n)
+    assert r1["flight_max_radius"] <= r1["cg"] + 1e-12 < r1["kac_max_radius"] <= math.sqrt(2) * r1["cg"] + 1e-12
