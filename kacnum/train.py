@@ -222,6 +222,9 @@ class TrainConfig:
                              f"got path {self.path!r}")
         if self.precond not in PRECONDITIONINGS:
             raise ValueError(f"precond must be one of {PRECONDITIONINGS}, got {self.precond!r}")
+        if self.precond != "none" and self.path not in ("kac", "gaussian", "vp"):
+            raise ValueError(f"precond {self.precond!r} needs path 'kac', 'gaussian' or 'vp' (the marginal scales "
+                             f"of kacnum.losses.marginal_std), got path {self.path!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
