@@ -727,6 +727,7 @@ class Trainer:
                 "batches_per_epoch": self.batches.per_epoch,
                 "path": repr(self.path),
                 "loss": repr(self.loss_fn),
+                "preconditioner": self.model.get_extra_state() if isinstance(self.model, Preconditioned) else None,
                 "torch_version": torch.__version__,
             },
             "extra": self.extra_config,

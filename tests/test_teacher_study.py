@@ -306,6 +306,9 @@ def test_preconditioned_teacher_checkpoint_round_trip(tmp_path):
     assert isinstance(tr.model, Preconditioned) and isinstance(tr.ema.model, Preconditioned)
     images = tr.batches.images
     assert tr.model.sigma_data == pytest.approx(math.sqrt(images.std().item() ** 2 + 0.01), rel=1e-6)
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
+    assert resolved["preconditioner"]["sigma_data"] == pytest.approx(tr.model.sigma_data) and \
+        resolved["preconditioner"]["mode"] == "inout"
     model, path, loaded_cfg = load_teacher(tmp_path / "run" / "checkpoint.pt", device="cpu")
     assert isinstance(model, Preconditioned) and loaded_cfg.precond == "inout"
     assert (model.sigma_data, model.mode, repr(model.path)) == (tr.ema.model.sigma_data, "inout", repr(path))
@@ -357,7 +360,7 @@ def test_binned_loss_zero_model_and_atoms():
     assert binned_loss(zero, path, images, seed=4)["bins"][3]["mse"] != res["bins"][3]["mse"]
     g = binned_loss(zero, GaussianPath(), images, seed=3, bins=((0.0, 0.5), (0.5, 1.0)))
     assert g["bins"][0]["atom_fraction"] is None and len(g["bins"]) == 2
-    # data smoothing removes the atoms at t > 0
+    # atom_fraction counts the Kac draw's atoms: the same with smoothing (which spreads them out in x_t)
     sm = binned_loss(zero, path, images, seed=3, bins=((0.0, 0.05),), data_sigma=0.1)
     assert sm["bins"][0]["atom_fraction"] == pytest.approx(res["bins"][0]["atom_fraction"], abs=0.05)
     with pytest.raises(ValueError, match="bins must be"):
