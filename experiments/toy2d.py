@@ -11,6 +11,12 @@ component) this script
 3. distils it with the staged schedule ``nfes`` (100 → 20 → 4 → 2 → 1) from forward-noised data and
    from teacher roll-outs, and one-shot ``100 → 1`` with the same number of optimiser steps;
 4. samples Gaussian FM (Euler and AB-2) and VP (DDIM) at every NFE;
+4b. (``--no-flight`` skips it) the isotropic Kac flow: a teacher on ``FlightPath`` (the planar random
+   flight of SPEC §14, same ``a``, ``c``: a disc-shaped latent with a circle atom instead of the square with
+   edge atoms) trained with the same budget, sampled with AB-2 and Euler at every NFE
+   (``flight_teacher_*``), and distilled with the staged schedule from the main source
+   (``flight_distill_staged_<source>``): rows to read against the coordinate-wise Kac teacher and students
+   and Gaussian FM at the same NFE;
 5. measures W2 (POT, exact network simplex) between ``n_eval`` samples and ``n_eval`` held-out data
    points. Generation uses the held-out labels themselves (the data's label frequencies, with the
    reference set's exact class counts, so that count noise between clusters does not dominate W2)
@@ -53,7 +59,7 @@ from kacnum.guidance import GuidedField  # noqa: E402
 from kacnum.losses import EpsilonLoss, FlowMatchingLoss  # noqa: E402
 from kacnum.models.mlp import MLP  # noqa: E402
 from kacnum.kac import KacProcess  # noqa: E402
-from kacnum.paths import GaussianPath, KacPath, VPPath  # noqa: E402
+from kacnum.paths import FlightPath, GaussianPath, KacPath, VPPath  # noqa: E402
 from kacnum.progress import Progress  # noqa: E402
 from kacnum.solvers import ddim_sample, integrate  # noqa: E402
 from kacnum.toy_data import TOY_DATASETS, TOY_NUM_CLASSES, make_toy  # noqa: E402
@@ -89,6 +95,7 @@ class Toy2DConfig:
     rollout_pool: int = 1024
     rollout_refresh: int = 300
     one_shot: bool = True
+    flight: bool = True
     seed: int = 0
     threads: int = 1  # two threads lose to contention on a shared 2-core machine
     quick: bool = False
@@ -234,8 +241,11 @@ def run_dataset(name: str, cfg: Toy2DConfig, log: Callable[[str], None]) -> dict
         "gaussian_fm": FlowMatchingLoss(paths["gaussian_fm"], p_uncond=cfg.p_uncond, null_label=num_classes),
         "vp": EpsilonLoss(paths["vp"], p_uncond=cfg.p_uncond, null_label=num_classes),
     }
+    if cfg.flight:  # the isotropic Kac flow (planar random flight), same a and c
+        paths["flight"] = FlightPath(cfg.kac_a, cfg.kac_c)
+        losses["flight"] = FlowMatchingLoss(paths["flight"], p_uncond=cfg.p_uncond, null_label=num_classes)
     models = {}
-    for key in ("kac", "gaussian_fm", "vp"):
+    for key in paths:
         t0 = time.perf_counter()
         models[key], trace = train_model(new_model(), losses[key], x_train, y_train, cfg.train_steps,
                                          cfg.batch_size, cfg.lr, cfg.ema_decay, seed, desc=f"{name}:{key}")
@@ -249,9 +259,11 @@ def run_dataset(name: str, cfg: Toy2DConfig, log: Callable[[str], None]) -> dict
 
     # -- teacher and baselines, direct sampling
     t0 = time.perf_counter()
-    for key, methods in (("kac", ("ab2", "euler")), ("gaussian_fm", ("euler", "ab2"))):
+    direct = (("kac", ("ab2", "euler")), ("gaussian_fm", ("euler", "ab2"))) + \
+        ((("flight", ("ab2", "euler")),) if cfg.flight else ())
+    for key, methods in direct:
         for method in methods:
-            tag = f"{'kac_teacher' if key == 'kac' else key}_{method}"
+            tag = f"{key + '_teacher' if key in ('kac', 'flight') else key}_{method}"
             for nfe in cfg.nfes:
                 x, nm = sample_flow(models[key], paths[key], z[key], nfe, method, y_gen, cfg.guidance)
                 score(tag, nfe, nm, x)
@@ -274,9 +286,13 @@ def run_dataset(name: str, cfg: Toy2DConfig, log: Callable[[str], None]) -> dict
         # one student interval: x at t_0 = T is the latent whatever the source; roll-outs are cheaper
         runs.append(("distill_oneshot", DistillConfig(stages=(cfg.nfes[0], cfg.nfes[-1]), source="rollout",
                                                       **{**base, "steps_per_stage": total})))
-    for method, dcfg in runs:
+    runs = [("kac", m, c) for m, c in runs]
+    if cfg.flight:  # the isotropic teacher's students: the staged schedule from the main source
+        runs.append(("flight", f"flight_distill_staged_{cfg.distill_source}",
+                     DistillConfig(stages=cfg.nfes, source=cfg.distill_source, **base)))
+    for key, method, dcfg in runs:
         t0 = time.perf_counter()
-        d = Distiller(models["kac"], kac, x_train, y_train, dcfg)
+        d = Distiller(models[key], paths[key], x_train, y_train, dcfg)
         hist = d.run()
         timing[method] = time.perf_counter() - t0
         histories[method] = [{k: v for k, v in h.items() if k != "losses"} for h in hist]
@@ -284,7 +300,7 @@ def run_dataset(name: str, cfg: Toy2DConfig, log: Callable[[str], None]) -> dict
             + ", ".join(f"{h['student_steps']}:{h['final_loss']:.2e}" for h in hist))
         for stage in range(1, len(dcfg.stages)):
             s = d.sampler(stage)
-            score(method, s.steps, s.nfe, s(cfg.n_eval, y=y_gen, latent=z["kac"]))
+            score(method, s.steps, s.nfe, s(cfg.n_eval, y=y_gen, latent=z[key]))
     return {"rows": rows, "samples": samples, "timing": timing, "distill": histories,
             "num_classes": num_classes}
 
@@ -338,6 +354,21 @@ def goal_checks(rows: Sequence[dict], cfg: Toy2DConfig) -> dict:
                                          if srcs["rollout"][n] is not None and srcs["forward"][n] is not None
                                          and srcs["rollout"][n] < srcs["forward"][n]]
         c["sources"] = srcs
+        fl_one = _lookup(rows, ds, f"flight_distill_staged_{cfg.distill_source}", k_last)
+        fl_teacher = _lookup(rows, ds, "flight_teacher_ab2", k0)
+        if fl_teacher is not None:
+            iso = {}
+            for nfe in cfg.nfes:
+                fm = [w for w in (_lookup(rows, ds, "gaussian_fm_euler", nfe), _lookup(rows, ds, "gaussian_fm_ab2", nfe))
+                      if w is not None]
+                iso[str(nfe)] = {"flight_teacher": _lookup(rows, ds, "flight_teacher_ab2", nfe),
+                                 "kac_teacher": _lookup(rows, ds, "kac_teacher_ab2", nfe),
+                                 "flight_distilled": _lookup(rows, ds, f"flight_distill_staged_{cfg.distill_source}", nfe),
+                                 "kac_distilled": _lookup(rows, ds, staged, nfe),
+                                 "gaussian_fm_best": min(fm) if fm else None}
+            c["isotropic"] = iso
+            if fl_one is not None:
+                c["flight_ratio_1step_to_teacher"] = fl_one / fl_teacher
         out[ds] = c
     return out
 
@@ -371,6 +402,8 @@ def results_markdown(rows: Sequence[dict], cfg: Toy2DConfig, checks: dict) -> st
         if "staged_vs_oneshot" in c:
             s = c["staged_vs_oneshot"]
             lines.append(f"staged {s['staged']:.4f} vs one-shot {s['oneshot']:.4f} at 1 step")
+        if "flight_ratio_1step_to_teacher" in c:
+            lines.append(f"isotropic (flight) 1-step distilled / 100-step teacher: {c['flight_ratio_1step_to_teacher']:.3f}")
         lines.append("")
     return "\n".join(lines)
 
@@ -445,6 +478,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Toy2DConfig, Path]
     p.add_argument("--source", choices=("forward", "rollout"), default=None, help="main distillation source")
     p.add_argument("--no-compare-sources", action="store_true", help="distil with the main source only")
     p.add_argument("--no-one-shot", action="store_true", help="skip one-shot 100 -> 1")
+    p.add_argument("--no-flight", action="store_true", help="skip the isotropic Kac flow (FlightPath) rows")
     for name, typ in (("train-steps", cli.positive_int), ("distill-steps", cli.positive_int),
                       ("n-eval", cli.int_at_least(2)), ("n-train", cli.positive_int), ("hidden", cli.positive_int),
                       ("depth", cli.positive_int), ("seed", cli.nonnegative_int), ("threads", cli.positive_int),
@@ -465,6 +499,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Toy2DConfig, Path]
         kw["compare_sources"] = False
     if a.no_one_shot:
         kw["one_shot"] = False
+    if a.no_flight:
+        kw["flight"] = False
     for name in ("train_steps", "distill_steps", "n_eval", "n_train", "hidden", "depth", "seed", "threads",
                  "rollout_pool", "rollout_refresh", "batch_size", "distill_batch"):
         v = getattr(a, name)

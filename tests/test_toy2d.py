@@ -39,7 +39,8 @@ def test_tiny_run_writes_files_and_fields(tmp_path):
     rows = results["rows"]
     assert rows == json.loads(json.dumps(res["rows"]))
     methods = {"data", "kac_teacher_ab2", "kac_teacher_euler", "gaussian_fm_euler", "gaussian_fm_ab2",
-               "vp_ddim", "distill_staged_rollout", "distill_staged_forward", "distill_oneshot"}
+               "vp_ddim", "distill_staged_rollout", "distill_staged_forward", "distill_oneshot",
+               "flight_teacher_ab2", "flight_teacher_euler", "flight_distill_staged_rollout"}
     for ds in ("eight_gaussians", "grid9"):
         mine = [r for r in rows if r["dataset"] == ds]
         assert {r["method"] for r in mine} == methods
@@ -47,10 +48,11 @@ def test_tiny_run_writes_files_and_fields(tmp_path):
             assert set(r) >= {"dataset", "method", "nfe", "nfe_model", "w2"}
             assert isinstance(r["w2"], float) and math.isfinite(r["w2"]) and r["w2"] >= 0
         by = {(r["method"], r["nfe"]): r for r in mine}
-        for m in ("kac_teacher_ab2", "kac_teacher_euler", "gaussian_fm_euler", "gaussian_fm_ab2", "vp_ddim"):
+        for m in ("kac_teacher_ab2", "kac_teacher_euler", "gaussian_fm_euler", "gaussian_fm_ab2", "vp_ddim",
+                  "flight_teacher_ab2", "flight_teacher_euler"):
             for n in (8, 4, 2, 1):
                 assert by[(m, n)]["nfe_model"] == 2 * n  # guided (scale 1.2): 2 evaluations per step
-        for m in ("distill_staged_rollout", "distill_staged_forward"):
+        for m in ("distill_staged_rollout", "distill_staged_forward", "flight_distill_staged_rollout"):
             assert sorted(r["nfe"] for r in mine if r["method"] == m) == [1, 2, 4]
             assert all(r["nfe_model"] == r["nfe"] for r in mine if r["method"] == m)
         assert [r["nfe"] for r in mine if r["method"] == "distill_oneshot"] == [1]
@@ -64,8 +66,16 @@ def test_tiny_run_writes_files_and_fields(tmp_path):
         assert set(c["beats_baselines"]) == {"4", "2", "1"}
         hist = results["distill"][ds]["distill_staged_rollout"]
         assert [h["student_steps"] for h in hist] == [4, 2, 1] and [h["substeps"] for h in hist] == [2, 2, 2]
+        # the isotropic flow's rows, beside the coordinate-wise Kac flow and Gaussian FM at each NFE
+        iso = c["isotropic"]
+        assert set(iso) == {"8", "4", "2", "1"}
+        assert iso["1"]["flight_distilled"] == by[("flight_distill_staged_rollout", 1)]["w2"]
+        assert iso["8"]["kac_teacher"] == by[("kac_teacher_ab2", 8)]["w2"] and iso["8"]["flight_distilled"] is None
+        assert c["flight_ratio_1step_to_teacher"] == pytest.approx(
+            by[("flight_distill_staged_rollout", 1)]["w2"] / by[("flight_teacher_ab2", 8)]["w2"])
     md = (out / "results.md").read_text()
     assert "## eight_gaussians" in md and "| distill_staged_rollout |" in md and "noise floor" in md
+    assert "| flight_teacher_ab2 |" in md and "isotropic (flight) 1-step" in md
 
 
 def _rows(teacher, distilled, fm, ddim):
@@ -97,7 +107,8 @@ def test_cli_overrides_and_validation():
     assert cfg.quick and cfg.guidance == 1.5 and cfg.distill_source == "forward" and out == Path("x")
     assert cfg.train_steps == toy2d.QUICK["train_steps"]
     cfg, out = toy2d.parse_args([])
-    assert not cfg.quick and out == Path("runs/toy2d") and cfg.nfes == (100, 20, 4, 2, 1)
+    assert not cfg.quick and out == Path("runs/toy2d") and cfg.nfes == (100, 20, 4, 2, 1) and cfg.flight
+    assert not toy2d.parse_args(["--no-flight"])[0].flight
     with pytest.raises(SystemExit):  # argparse's one-line error (tests/test_cli.py checks the line)
         toy2d.parse_args(["--datasets", "spirals"])
     with pytest.raises(ValueError, match="^--nfes: each step count must divide"):
