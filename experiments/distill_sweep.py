@@ -1,17 +1,20 @@
-"""How the DistillKac student/teacher FID ratios depend on the distillation budget.
+"""How the DistillKac student/teacher FID ratios depend on the distillation budget and recipe.
 
 Takes a finished ``experiments/cifar_distill.py`` run (its ``teacher/checkpoint.pt``, the teacher's
 ``sample/kac_teacher_nfe100.samples.pt`` and the ``eval/`` cache of the FID feature network and reference
-statistics) and distils the same teacher again under each named setting, into ``OUT/<name>/``, then
-scores the students with the run's own FID protocol. Settings run in the order given; one that would
-not finish within ``--budget`` seconds (judged from the previous settings' speed) is skipped, and
-``OUT/sweep.json`` / ``OUT/sweep.md`` are rewritten after every setting, so a cut-short run keeps what
-it finished.
+statistics; with ``--teachers kac,fm`` also ``baselines/fm/checkpoint.pt``) and distils the same teacher(s)
+again under each named setting, into ``OUT/<name>/``, then scores the students with the run's own FID
+protocol (bootstrap intervals on every FID and ratio, :func:`kacnum.pipeline.eval_stage`). Settings run in
+the order given; one that would not finish within ``--budget`` seconds (judged from the previous settings'
+speed) is skipped, and ``OUT/sweep.json`` / ``OUT/sweep.md`` are rewritten after every setting, so a
+cut-short run keeps what it finished.
 
     python experiments/distill_sweep.py --run runs/cpu --out runs/cpu_sweep \\
         --settings preset,s1000_cos,s2000_cos --device cuda --budget 400
+    python experiments/distill_sweep.py --run runs/cpu --out runs/curve --curve 600,1000,2000 \\
+        --variants cos,cos_traj_roll --teachers kac,fm --oneshot 1
 
-Settings (``SETTINGS``; name -> steps per stage, batch, learning rate, schedule, source)::
+Settings. Fixed names (``SETTINGS``)::
 
     preset      300 steps, batch 64, lr 2e-4, constant  (the cpu preset's distillation)
     s600_cos    600 steps, batch 128, lr 5e-4, cosine
@@ -20,10 +23,26 @@ Settings (``SETTINGS``; name -> steps per stage, batch, learning rate, schedule,
     s2000_cos   2000 steps, batch 128, lr 5e-4, cosine
     s1000_roll  s1000_cos with the roll-out source (states from the teacher's own trajectories)
     tiny        3 steps, batch 16 (checks that the sweep runs)
+
+and names built from ``_``-separated parts (:func:`parse_setting`): ``s<N>`` steps per stage (required),
+``b<B>`` batch (128), ``lr<X>`` learning rate (5e-4 with ``cos``, else 2e-4), ``cos`` cosine schedule,
+``roll`` roll-out source, ``mix<F>`` mixed source with a share ``F`` of roll-out rows (``mix`` = 0.5),
+``traj`` trajectory targets (the 100-step teacher's own AB-2 states), ``u<P>`` null-label share; e.g.
+``s600_cos_traj_roll``, ``s1000_b64_cos_mix0.25_traj``. ``--curve 600,1000,2000 --variants cos,cos_traj_roll``
+is shorthand for the settings ``s600_cos, s1000_cos, s2000_cos, s600_cos_traj_roll, ...``.
+
+Report. Per setting: every student's FID (and 95 % interval), its ratio over its own teacher (DistillKac over
+the run's 100-step Kac teacher, DistillFM over the FM teacher's 100-step AB-2 samples, one-shot students over
+the same teachers) with intervals, and seconds. The ratio curve: per variant (a setting's name without its
+``s<N>`` part), teacher and student step count, the ratio against steps per stage, and where it stops
+improving (:func:`plateau`: the smallest steps per stage that no larger budget beats by more than the ratio's
+95 % interval half-width: more steps there are not a decided improvement).
 """
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,8 +53,9 @@ import torch
 from kacnum import cli
 from kacnum.checkpoint import load_json, save_json
 from kacnum.data import load_dataset
-from kacnum.pipeline import (collect_sample_sets, distill_stage, eval_stage, feature_extractor_for,
-                             reference_for)
+from kacnum.distill import DistillConfig
+from kacnum.pipeline import (collect_sample_sets, distill_stage, eval_stage, feature_extractor_for, oneshot_budget,
+                             reference_for, sample_stage)
 from kacnum.train import load_teacher
 
 #: name -> (steps per stage, batch size, lr, distill overrides)
@@ -48,22 +68,125 @@ SETTINGS = {
     "s2000_cos": (2000, 128, 5e-4, {"ema_decay": 0.99, "lr_schedule": "cosine"}),
     "s1000_roll": (1000, 128, 5e-4, {"ema_decay": 0.99, "lr_schedule": "cosine", "source": "rollout"}),
 }
+TEACHERS = ("kac", "fm")
+_PART = re.compile(r"^(s|b|lr|mix|u)([0-9.eE+-]*)$|^(cos|roll|traj)$")
+
+
+def parse_setting(name: str) -> tuple:
+    """``(steps, batch, lr, overrides)`` of a setting: a name of :data:`SETTINGS`, or parts joined by ``_``
+    (module docstring): ``s600_cos_traj_roll`` -> ``(600, 128, 5e-4, {"ema_decay": 0.99, "lr_schedule":
+    "cosine", "target": "trajectory", "source": "rollout"})``. Raises ``ValueError`` naming the bad part."""
+    if name in SETTINGS:
+        steps, batch, lr, over = SETTINGS[name]
+        return steps, batch, lr, dict(over)
+    steps, batch, lr, over = None, 128, None, {"ema_decay": 0.99}
+    for part in name.split("_"):
+        m = _PART.match(part)
+        if not m:
+            raise ValueError(f"setting {name!r}: unknown part {part!r}")
+        key, val, flag = m.group(1), m.group(2), m.group(3)
+        try:
+            if key == "s":
+                steps = int(val)
+            elif key == "b":
+                batch = int(val)
+            elif key == "lr":
+                lr = float(val)
+            elif key == "mix":
+                over["source"], over["rollout_fraction"] = "mix", float(val) if val else 0.5
+            elif key == "u":
+                over["p_uncond"] = float(val)
+        except ValueError:
+            raise ValueError(f"setting {name!r}: part {part!r} needs a number") from None
+        if flag == "cos":
+            over["lr_schedule"] = "cosine"
+        elif flag == "roll":
+            over["source"] = "rollout"
+        elif flag == "traj":
+            over["target"] = "trajectory"
+    if steps is None or steps < 1 or batch < 1 or (lr is not None and not lr > 0):
+        raise ValueError(f"setting {name!r}: needs s<steps> >= 1 (and b<batch> >= 1, lr<x> > 0)")
+    if lr is None:
+        lr = 5e-4 if over.get("lr_schedule") == "cosine" else 2e-4
+    DistillConfig(stages=(4, 2), steps_per_stage=steps, batch_size=batch, lr=lr, **over)  # checks the values
+    return steps, batch, lr, over
+
+
+def variant_of(name: str) -> str:
+    """The setting's name without its steps part (``s600_cos_traj`` -> ``cos_traj``; fixed names: themselves)."""
+    if name in SETTINGS and not re.match(r"^s\d+", name):
+        return name
+    parts = [p for p in name.split("_") if not re.fullmatch(r"s\d+", p)]
+    return "_".join(parts) or "constant"
+
+
+def plateau(points: Sequence[tuple]) -> Optional[int]:
+    """Where a ratio curve stops improving. ``points``: ``(steps, ratio, (lo, hi))`` in any order. Returns the
+    smallest ``steps`` whose ratio no larger budget beats by more than that ratio's 95 % half-width
+    ``(hi - lo) / 2`` (no decided improvement beyond it); None for an empty curve. With a single point, it."""
+    pts = sorted((int(s), float(r), iv) for s, r, iv in points if r is not None and math.isfinite(r))
+    for i, (s, r, iv) in enumerate(pts):
+        half = (iv[1] - iv[0]) / 2 if iv else 0.0
+        if all(r2 >= r - half for _, r2, _ in pts[i + 1:]):
+            return s
+    return None
+
+
+def _settings_arg(text: str) -> tuple:
+    vals = tuple(v.strip() for v in text.split(",") if v.strip())
+    for v in vals:
+        try:
+            parse_setting(v)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(
+                f"must be a comma-separated subset of {','.join(sorted(SETTINGS))} or names like s600_cos_traj_roll "
+                f"(s<N>, b<B>, lr<X>, cos, roll, mix<F>, traj, u<P>); {e}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError(f"must be a comma-separated subset of {','.join(sorted(SETTINGS))}")
+    return vals
+
+
+def _variants_arg(text: str) -> tuple:
+    vals = tuple(v.strip() for v in text.split(",") if v.strip())
+    for v in vals:
+        try:
+            parse_setting(f"s1_{v}" if v != "constant" else "s1")
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"must be variants such as cos, cos_traj_roll, cos_mix0.5_traj; {e}") \
+                from None
+    return vals
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = cli.ArgumentParser(prog="experiments/distill_sweep.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, required=True, help="a cifar_distill.py OUT folder (teacher, sample, eval)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--settings", type=cli.choice_list(sorted(SETTINGS)), default=("preset", "s1000_cos"),
-                   help=f"comma-separated, from {','.join(sorted(SETTINGS))} (default preset,s1000_cos)")
+    p.add_argument("--settings", type=_settings_arg, default=None,
+                   help=f"comma-separated, from {','.join(sorted(SETTINGS))} or built names such as "
+                        f"s600_cos_traj_roll (default preset,s1000_cos unless --curve)")
+    p.add_argument("--curve", type=cli.int_list(minimum=1), default=None, metavar="N1,N2,...",
+                   help="steps per stage of a ratio curve, e.g. 600,1000,2000 (with --variants)")
+    p.add_argument("--variants", type=_variants_arg, default=("cos",), metavar="V1,...",
+                   help="recipes of the curve: cos (default), cos_traj, cos_traj_roll, cos_mix0.5_traj, constant, ...")
+    p.add_argument("--teachers", type=cli.choice_list(TEACHERS), default=("kac",),
+                   help="kac (the run's teacher), fm (DistillFM: the run's baselines/fm model), or kac,fm")
+    p.add_argument("--oneshot", type=cli.int_list(minimum=1), default=(), metavar="K1,...",
+                   help="also distil each teacher directly 100 -> K at the staged budget (e.g. 1)")
+    p.add_argument("--rollout-pool", type=cli.positive_int, default=None,
+                   help="roll-outs per pool for roll-out/mixed settings (default 4096)")
+    p.add_argument("--rollout-refresh", type=cli.positive_int, default=None, help="steps between pool refreshes")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
     p.add_argument("--budget", type=cli.positive_float, default=float("inf"), help="seconds for the whole sweep")
     p.add_argument("--num-samples", type=cli.positive_int, default=1000)
+    p.add_argument("--n-boot", type=cli.positive_int, default=200, help="bootstrap resamples per FID interval")
     p.add_argument("--threads", type=cli.positive_int, default=None,
                    help="torch threads (default: physical cores, 1 on a busy machine)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    args.settings = list(args.settings)
+    names = list(args.settings or ())
+    if args.curve:
+        names += [f"s{n}" + ("" if v == "constant" else f"_{v}") for v in args.variants for n in args.curve]
+    args.settings = list(dict.fromkeys(names)) or ["preset", "s1000_cos"]
     return args
 
 
@@ -73,80 +196,176 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return cli.run_main(_main, argv)
 
 
+def _teacher_sets(args, run: Path, models: dict, pipe: dict, device: str) -> dict:
+    """The teacher rows: the run's Kac teacher samples; the FM teacher's ``schedule[0]``-step guided AB-2 samples
+    (the run's ``baselines/samples/fm_teacher_nfe100`` when present with the same count, else drawn into
+    ``OUT/fm_teacher``)."""
+    sets = {"kac": run / "sample" / "kac_teacher_nfe100.samples.pt"}
+    if "fm" in models:
+        steps = int(pipe["schedule"][0])
+        old = run / "baselines" / "samples" / f"fm_teacher_nfe{steps:03d}.samples.pt"
+        if old.is_file():
+            sets["fm"] = old
+        else:
+            model, path = models["fm"]
+            rec = sample_stage(model, path, args.out / "fm_teacher", num_samples=args.num_samples,
+                               guidance=pipe["guidance"], steps=steps, method="ab2", batch_size=500,
+                               seed=pipe["sample_seed"], device=device, name="fm_teacher", resume=True)
+            sets["fm"] = Path(rec["file"])
+    return sets
+
+
 def _main(argv: Optional[Sequence[str]]) -> int:
     args = parse_args(argv)
     cli.check_device(args.device, "--device")
     run = args.run
     conf_file = run / "config.json"
     needed = [run / "teacher" / "checkpoint.pt", run / "sample" / "kac_teacher_nfe100.samples.pt", conf_file]
+    if "fm" in args.teachers:
+        needed.append(run / "baselines" / "fm" / "checkpoint.pt")
     missing = [str(f) for f in needed if not f.is_file()]
     if missing:
         raise cli.UsageError(f"--run {run} lacks {', '.join(missing)} (run cifar_distill.py --stage teacher,sample "
-                             f"first)")
+                             f"first{'; baselines for --teachers fm' if 'fm' in args.teachers else ''})")
     cli.check_out_dir(args.out, "--out")
     torch.set_num_threads(cli.resolve_threads(args.threads))
     conf = load_json(conf_file)
     pipe, teacher_cfg = conf["pipeline"], conf["teacher"]
+    for k in args.oneshot:
+        if int(pipe["schedule"][0]) % k:
+            raise cli.UsageError(f"--oneshot {k} must divide the teacher's {pipe['schedule'][0]} steps")
     dataset = teacher_cfg["dataset"]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, path, _ = load_teacher(run / "teacher" / "checkpoint.pt", device=device)
+    models = {"kac": load_teacher(run / "teacher" / "checkpoint.pt", device=device)[:2]}
+    if "fm" in args.teachers:
+        models["fm"] = load_teacher(run / "baselines" / "fm" / "checkpoint.pt", device=device)[:2]
     images, labels = load_dataset(dataset, data_dir=teacher_cfg.get("data_dir"), split="train")
     ext = feature_extractor_for(dataset, run / "eval", device=device, data_dir=teacher_cfg.get("data_dir"),
                                 classifier_epochs=pipe["classifier_epochs"], seed=teacher_cfg["seed"])
     ref = reference_for(dataset, ext, run / "eval", split=pipe["reference_split"], data_dir=teacher_cfg.get("data_dir"))
-    teacher_set = run / "sample" / "kac_teacher_nfe100.samples.pt"
 
     args.out.mkdir(parents=True, exist_ok=True)
-    sweep = {"run": str(run), "device": device, "dataset": dataset, "settings": {}, "skipped": []}
-    t_start, rate = time.perf_counter(), None  # rate: seconds per (optimiser step x batch row)
+    t_start = time.perf_counter()
+    teacher_sets = _teacher_sets(args, run, models, pipe, device)
+    sweep = {"run": str(run), "device": device, "dataset": dataset, "teachers": list(args.teachers),
+             "oneshot": list(args.oneshot), "settings": {}, "skipped": [], "curve": {}}
+    rate = None  # seconds per (optimiser step x batch row)
+    n_stages = len(pipe["schedule"]) - 1
     for name in args.settings:
-        steps, batch, lr, over = SETTINGS[name]
-        n_rows = steps * batch * (len(pipe["schedule"]) - 1)
+        steps, batch, lr, over = parse_setting(name)
+        if args.rollout_pool is not None:
+            over["rollout_pool"] = args.rollout_pool
+        if args.rollout_refresh is not None:
+            over["rollout_refresh"] = args.rollout_refresh
+        source = over.pop("source", "forward")
+        staged = steps * n_stages
+        extra = sum(oneshot_budget(DistillConfig(stages=tuple(pipe["schedule"]), steps_per_stage=steps), int(k))
+                    for k in args.oneshot)
+        n_rows = (staged + extra) * batch * len(args.teachers)
         left = args.budget - (time.perf_counter() - t_start)
         if rate is not None and rate * n_rows + 20 > left:
             sweep["skipped"].append({"name": name, "estimated_seconds": rate * n_rows, "seconds_left": left})
             continue
         t0 = time.perf_counter()
-        over = dict(over)
-        source = over.pop("source", "forward")
-        res = distill_stage(model, path, images, labels, args.out / name / "distill", schedule=pipe["schedule"],
-                            guidance=pipe["guidance"], steps_per_stage=steps, batch_size=batch, lr=lr, source=source,
-                            seed=teacher_cfg["seed"], device=device, num_samples=args.num_samples,
-                            sample_batch=500, sample_seed=pipe["sample_seed"], distill_overrides=over,
-                            progress=not args.quiet)
+        hist = {}
+        for who in args.teachers:
+            model, path = models[who]
+            res = distill_stage(model, path, images, labels, args.out / name / f"distill_{who}",
+                                schedule=pipe["schedule"], guidance=pipe["guidance"], steps_per_stage=steps,
+                                batch_size=batch, lr=lr, source=source, seed=teacher_cfg["seed"], device=device,
+                                num_samples=args.num_samples, sample_batch=500, sample_seed=pipe["sample_seed"],
+                                distill_overrides=over, progress=not args.quiet,
+                                method="distillkac" if who == "kac" else "distillfm", oneshot=tuple(args.oneshot))
+            hist[who] = [h["final_loss"] for h in res["history"]]
         t_distill = time.perf_counter() - t0
         rate = t_distill / n_rows
-        files = collect_sample_sets(args.out / name / "distill" / "samples") + [teacher_set]
-        ev = eval_stage(files, ref, ext, args.out / name / "eval", dataset=dataset)
-        fid = {r["nfe"]: r["fid"] for r in ev["rows"] if r["method"] == "distillkac"}
-        teacher_fid = ev["teacher_fid"]
-        sweep["settings"][name] = {
-            "steps_per_stage": steps, "batch_size": batch, "lr": lr, "source": source, "overrides": over,
-            "distill_seconds": t_distill, "teacher_fid": teacher_fid, "fid": fid,
-            "ratio": {n: f / teacher_fid for n, f in fid.items()},
-            "final_loss": [h["final_loss"] for h in res["history"]],
-        }
+        files = [teacher_sets[w] for w in args.teachers]
+        for who in args.teachers:
+            files += collect_sample_sets(args.out / name / f"distill_{who}" / "samples")
+        ev = eval_stage(files, ref, ext, args.out / name / "eval", dataset=dataset, n_boot=args.n_boot,
+                        interval_curve=False)
+        sweep["settings"][name] = _summary(name, steps, batch, lr, source, over, t_distill, ev, hist)
+        sweep["curve"] = _curves(sweep["settings"])
         save_json(args.out / "sweep.json", sweep)
         _write_md(args.out / "sweep.md", sweep)
-        print(f"{name}: {t_distill:.0f} s, FID " + ", ".join(f"{n}: {f:.3g}" for n, f in sorted(fid.items(), reverse=True))
-              + f" (teacher {teacher_fid:.3g})", flush=True)
+        s = sweep["settings"][name]
+        print(f"{name}: {t_distill:.0f} s, FID " + ", ".join(f"{n}: {f:.3g}" for n, f in sorted(
+            s["fid"].items(), key=lambda kv: -int(kv[0]))) + f" (teacher {s['teacher_fid']:.3g})", flush=True)
+    sweep["curve"] = _curves(sweep["settings"])
     save_json(args.out / "sweep.json", sweep)
     _write_md(args.out / "sweep.md", sweep)
     print((args.out / "sweep.md").read_text())
     return 0
 
 
+def _summary(name, steps, batch, lr, source, over, seconds, ev, hist) -> dict:
+    """One setting's record. ``fid``/``ratio`` (keys: student steps) are the staged DistillKac students (the
+    fields the first version of the sweep had); ``students`` holds every student row (method, steps, FID and
+    interval, ratio over its own teacher and interval)."""
+    rows = ev["rows"]
+    fid = {r["nfe"]: r["fid"] for r in rows if r["method"] == "distillkac"}
+    teacher_fid = ev["teacher_fid"]
+    students = []
+    for key, v in ev["ratios"].items():
+        method = v.get("student", "distillkac")
+        row = next(r for r in rows if r["method"] == method and r["nfe"] == v["nfe"])
+        students.append({"method": method, "steps": v["nfe"], "fid": row["fid"], "fid_interval": row["fid_interval"],
+                         "teacher": v.get("teacher_method"), "ratio": v["ours"], "ratio_interval": v["interval"]})
+    teachers = {r["method"]: {"fid": r["fid"], "fid_interval": r["fid_interval"]} for r in rows
+                if r["method"] in ("kac_teacher", "fm_teacher")}
+    return {"steps_per_stage": steps, "batch_size": batch, "lr": lr, "source": source, "overrides": over,
+            "variant": variant_of(name), "distill_seconds": seconds, "teacher_fid": teacher_fid, "teachers": teachers,
+            "fid": fid, "ratio": {n: f / teacher_fid for n, f in fid.items()} if teacher_fid else {},
+            "students": students, "final_loss": hist,
+            "controls": [c for c in ev.get("comparisons", []) if c["kind"] == "control"]}
+
+
+def _curves(settings: dict) -> dict:
+    """``{variant: {method: {steps: {"points": [[steps per stage, ratio, [lo, hi]], ...], "plateau": S}}}}``."""
+    out: dict = {}
+    for s in settings.values():
+        for st in s.get("students", []):
+            pts = out.setdefault(s["variant"], {}).setdefault(st["method"], {}).setdefault(str(st["steps"]), [])
+            pts.append([s["steps_per_stage"], st["ratio"], st["ratio_interval"]])
+    return {v: {m: {n: {"points": sorted(p), "plateau": plateau(p)} for n, p in by_n.items()} for m, by_n in ms.items()}
+            for v, ms in out.items()}
+
+
+def _cell(v, iv=None, spec=".3g") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    return format(v, spec) + ("" if not iv else f" [{format(iv[0], spec)}, {format(iv[1], spec)}]")
+
+
 def _write_md(file: Path, sweep: dict) -> None:
     lines = [f"# Distillation budget sweep ({sweep['dataset']}, {sweep['device']}; teacher and FID protocol of "
              f"{sweep['run']})", "",
-             "| setting | steps/stage | batch | lr | source | seconds | FID 20 | FID 4 | FID 2 | FID 1 | 4-step ratio | "
-             "1-step ratio |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| setting | steps/stage | batch | lr | source | target | seconds | FID 20 | FID 4 | FID 2 | FID 1 | "
+             "4-step ratio | 1-step ratio |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in sweep["settings"].items():
         f, r = s["fid"], s["ratio"]
         sched = s["overrides"].get("lr_schedule", "constant")
+        get = lambda d, n: d.get(n, d.get(str(n), float("nan")))  # noqa: E731  (keys are str after JSON)
         lines.append(f"| {name} | {s['steps_per_stage']} | {s['batch_size']} | {s['lr']:g} {sched} | {s['source']} | "
-                     f"{s['distill_seconds']:.0f} | " + " | ".join(f"{f.get(n, float('nan')):.3g}" for n in (20, 4, 2, 1))
-                     + f" | {r.get(4, float('nan')):.2f} | {r.get(1, float('nan')):.2f} |")
+                     f"{s['overrides'].get('target', 'restart')} | {s['distill_seconds']:.0f} | "
+                     + " | ".join(f"{get(f, n):.3g}" for n in (20, 4, 2, 1))
+                     + f" | {get(r, 4):.2f} | {get(r, 1):.2f} |")
+    lines += ["", "Every student, its FID and its ratio over its own teacher (95 % bootstrap intervals):", "",
+              "| setting | student | steps | FID | teacher | ratio |", "|---|---|---|---|---|---|"]
+    for name, s in sweep["settings"].items():
+        for st in s.get("students", []):
+            lines.append(f"| {name} | {st['method']} | {st['steps']} | {_cell(st['fid'], st['fid_interval'])} | "
+                         f"{st['teacher']} | {_cell(st['ratio'], st['ratio_interval'])} |")
+    curve = sweep.get("curve") or {}
+    if curve:
+        lines += ["", "Ratio curve (student/teacher FID ratio against optimiser steps per stage; plateau: the smallest "
+                      "budget no larger one beats by more than the ratio's 95 % half-width):", "",
+                  "| variant | student | steps | ratio by steps per stage | plateau |", "|---|---|---|---|---|"]
+        for v, ms in curve.items():
+            for m, by_n in ms.items():
+                for n, c in sorted(by_n.items(), key=lambda kv: -int(kv[0])):
+                    pts = ", ".join(f"{p[0]}: {p[1]:.3f}" for p in c["points"])
+                    lines.append(f"| {v} | {m} | {n} | {pts} | {c['plateau'] if c['plateau'] is not None else '—'} |")
     if sweep["skipped"]:
         lines += ["", "Skipped (budget): " + ", ".join(s["name"] for s in sweep["skipped"])]
     file.write_text("\n".join(lines) + "\n")
