@@ -377,6 +377,8 @@ GM_NODES = 20
 GM_WIDTH = 6.5
 #: Gauss–Legendre nodes of the flight's Gaussian-mixture field (radial variable w, see _FlightKernel.gm_block)
 GM_NODES_FLIGHT = 32
+#: a Gaussian-mixture window ``GM_WIDTH · f σ`` below this many ulps of ``|z| + c g`` is replaced by its limit
+GM_DEGENERATE = 1e6
 _GL_CACHE: dict = {}
 
 
@@ -429,12 +431,16 @@ class _KacKernel:
                  nodes: int, width: float, velocity: bool):
         """One coordinate of a Gaussian-mixture component: the Kac law at ``g`` convolved with ``N(0, s²)`` at
         ``z = x - f μ`` (SPEC §13). ``z: (R, K, d)``, ``s, cg, ag: (R, 1, 1)``. Returns ``(log H (R, K, d),
-        E[y | z] (R, K, d), E[v | z] (R, K, d))`` (the last two ``None`` unless ``velocity``).
+        E[z - y | z] (R, K, d), E[v | z] (R, K, d))`` (the last two ``None`` unless ``velocity``; ``z - y`` is
+        ``s ξ``, the data's share of the offset).
 
             H(z) = e^{-ag}/2 [φ_s(z - cg) + φ_s(z + cg)] + ∫_{|y|<cg} p(g, y) φ_s(z - y) dy,
 
         the integral by ``nodes``-point Gauss–Legendre on the window ``|y - z| ≤ width · s`` clipped to the
-        open cone (the integrand is smooth there; outside it the Gaussian weight is below e^{-21}).
+        open cone (the integrand is smooth there; outside it the Gaussian weight is below e^{-21}). Where the
+        window is below the floating-point resolution at ``z`` (``width · s ≤`` :data:`GM_DEGENERATE` ``· eps
+        (|z| + cg)``, i.e. ``f(t)`` within ~1e-10 of 0) the integral is its ``s → 0`` limit ``p(g, z)``, with
+        ``y = z`` and ``v(g, z)``: the quadrature would round its window to a point.
         """
         a, c = self.a, self.c
         gl_x, gl_w = _gauss_legendre_nodes(nodes, z.dtype, z.device)
@@ -452,16 +458,25 @@ class _KacKernel:
         log_atom = (-ag - math.log(2.0)).expand_as(z)
         la_p = log_atom - 0.5 * ((z - cg) / s) ** 2 - torch.log(s) - _HALF_LOG_2PI
         la_m = log_atom - 0.5 * ((z + cg) / s) ** 2 - torch.log(s) - _HALF_LOG_2PI
-        L = torch.cat([lq, la_p[..., None], la_m[..., None]], dim=-1)  # (R,K,d,Q+2)
+        cgq = cg.expand_as(z)[..., None]
+        Ls, Ys, Vs = [lq, la_p[..., None], la_m[..., None]], [y, cgq, -cgq], [v, torch.full_like(cgq, c),
+                                                                             torch.full_like(cgq, -c)]
+        degen = width * s <= GM_DEGENERATE * torch.finfo(z.dtype).eps * (z.abs() + cg)  # (R,K,d)
+        if bool(degen.any()):  # the s -> 0 limit: one node at y = z carrying p(g, z)
+            lpz, vz = _kac_logp_velocity(z, cg, ag, a, c, "table")
+            Ls[0] = torch.where(degen[..., None], torch.full_like(lq, -math.inf), lq)
+            Ls.append(torch.where(degen, lpz + self.log_const, torch.full_like(lpz, -math.inf))[..., None])
+            Ys.append(z[..., None])
+            Vs.append(vz[..., None])
+        L = torch.cat(Ls, dim=-1)  # (R,K,d,Q+2[+1])
         logH = torch.logsumexp(L, dim=-1)  # (R,K,d)
         if not velocity:
             return logH, None, None
         wts = torch.exp(L - logH[..., None])
         wts = torch.nan_to_num(wts, nan=0.0)
-        cgq = cg.expand_as(z)[..., None]
-        Y = torch.cat([y, cgq, -cgq], dim=-1)
-        V = torch.cat([v, torch.full_like(cgq, c), torch.full_like(cgq, -c)], dim=-1)
-        return logH, (wts * Y).sum(dim=-1), (wts * V).sum(dim=-1)
+        Y = torch.cat(Ys, dim=-1)
+        V = torch.cat(Vs, dim=-1)
+        return logH, z - (wts * Y).sum(dim=-1), (wts * V).sum(dim=-1)
 
 
 class _FlightKernel:
@@ -500,7 +515,8 @@ class _FlightKernel:
         """One pair of a Gaussian-mixture component: the flight law at ``g`` convolved with ``N(0, s² I₂)``.
 
         ``z: (R, K, d)`` (``z = x - f μ``), ``s, cg, ag: (R, 1, 1)``. Returns ``(log H (R, K, d/2),
-        E[y | z] (R, K, d), E[u_flight(y) | z] (R, K, d))``.
+        E[z - y | z] (R, K, d), E[u_flight(y) | z] (R, K, d))`` (``z - y = s ξ``: radial along ``ẑ``, summed as
+        ``|z| - r (I1/I0)(κ)`` per term so that the ``s → 0`` limit gives exactly 0).
 
         The Gaussian is isotropic, so the angle integrates in closed form: for ``|y| = r`` uniform on its
         circle, ``E_θ φ_s(z - y) = exp(-(ρ - r)²/(2s²)) i0e(κ) / (2π s²)`` and
@@ -511,7 +527,9 @@ class _FlightKernel:
         is analytic in ``w`` (the angular averages are even in ``r``). Gauss–Legendre with ``nodes`` nodes on
         the ``w``-image of the radial window where the Gaussian factor is within ``e^{-width²/2}`` of its
         largest value on the disc (``r ∈ [ρ - sqrt(D² + (width s)²), ρ + width s]``, ``D = max(ρ - cg, 0)``),
-        plus the circle atom ``e^{-λg}`` at ``r = cg`` (velocity ``c ẑ (I1/I0)(κ)``).
+        plus the circle atom ``e^{-λg}`` at ``r = cg`` (velocity ``c ẑ (I1/I0)(κ)``). Where the window is below
+        the floating-point resolution (``width · s ≤`` :data:`GM_DEGENERATE` ``· eps (|z| + cg)``) the disc's
+        part is its ``s → 0`` limit: density ``p(g, z)``, ``y = z``, velocity ``u_flight(g, z)``.
         """
         lam, c = self.a, self.c
         gl_x, gl_w = _gauss_legendre_nodes(nodes, z.dtype, z.device)
@@ -540,18 +558,30 @@ class _FlightKernel:
         i0 = torch.special.i0e(kall)
         lq = math.log(lam / c) - (lam / c) * wn + torch.log(half[..., None] * gl_w)
         lq = torch.where(half[..., None] > 0, lq, torch.full_like(lq, -math.inf))
+        degen = ws <= GM_DEGENERATE * torch.finfo(z.dtype).eps * (rz + cg)  # (R,K,k)
+        if bool(degen.any()):
+            lq = torch.where(degen[..., None], torch.full_like(lq, -math.inf), lq)
         lead = torch.cat([lq, -ag.expand_as(rz)[..., None]], dim=-1)  # log of the radial weights
         L = lead - 0.5 * (rzq - R) ** 2 / s2 + torch.log(i0) - torch.log(2.0 * math.pi * s2)
+        Vr = torch.cat([c * rn / (2.0 * cgq - wn).clamp_min(1e-300), torch.full_like(rz[..., None], c)], dim=-1)
+        ratio = None
+        if bool(degen.any()):  # the s -> 0 limit: one node at y = z carrying p(g, z) (radial: r = |z|, I1/I0 -> 1)
+            lpz, _ = _flight_logp_velocity(z, cg, lam, c)
+            L = torch.cat([L, torch.where(degen, lpz + self.log_const, torch.full_like(lpz, -math.inf))[..., None]], -1)
+            qz = ((cg - rz) * (cg + rz)).clamp_min(0.0).sqrt()
+            R = torch.cat([R, rz[..., None]], dim=-1)
+            Vr = torch.cat([Vr, (c * rz / torch.maximum(cg + qz, rz).clamp_min(1e-300))[..., None]], dim=-1)
+            ratio = torch.cat([torch.special.i1e(kall) / i0, torch.ones_like(rz[..., None])], dim=-1)
         logH = torch.logsumexp(L, dim=-1)
         if not velocity:
             return logH, None, None
         wts = torch.nan_to_num(torch.exp(L - logH[..., None]), nan=0.0)
-        ratio = torch.special.i1e(kall) / i0  # I1/I0, 0 at κ = 0
-        Vr = torch.cat([c * rn / (2.0 * cgq - wn).clamp_min(1e-300), torch.full_like(rz[..., None], c)], dim=-1)
-        Ey_r = (wts * R * ratio).sum(dim=-1)  # (R,K,k): radial components along ẑ
+        if ratio is None:
+            ratio = torch.special.i1e(kall) / i0  # I1/I0, 0 at κ = 0
+        Ed_r = (wts * (rzq - R * ratio)).sum(dim=-1)  # (R,K,k): radial components along ẑ
         Ev_r = (wts * Vr * ratio).sum(dim=-1)
         zhat = zp / torch.where(rz > 0, rz, torch.ones_like(rz))[..., None]
-        return logH, (zhat * Ey_r[..., None]).reshape(z.shape), (zhat * Ev_r[..., None]).reshape(z.shape)
+        return logH, (zhat * Ed_r[..., None]).reshape(z.shape), (zhat * Ev_r[..., None]).reshape(z.shape)
 
 
 def _gm_pass(path: "ProcessPath", x: torch.Tensor, t: torch.Tensor, mu: torch.Tensor, logw: torch.Tensor,
@@ -585,11 +615,11 @@ def _gm_pass(path: "ProcessPath", x: torch.Tensor, t: torch.Tensor, mu: torch.Te
         cg = (c * g[b0:b1])[:, None, None]
         ag = (a * g[b0:b1])[:, None, None]
         z = x[b0:b1, None, :] - fb[:, None, None] * mu[None]  # (R,K,d)
-        logH, Ey, Ev = kern.gm_block(z, s, cg, ag, nodes, width, velocity)
+        logH, Ed, Ev = kern.gm_block(z, s, cg, ag, nodes, width, velocity)
         logq = logH.sum(dim=-1) + logw[None]  # (R,K)
         lse[b0:b1] = torch.logsumexp(logq, dim=1)
         if velocity:
-            X0 = mu[None] + sigma * (z - Ey) / s  # (R,K,d)
+            X0 = mu[None] + sigma * Ed / s  # (R,K,d): E[X0 | x, k] = μ + σ E[ξ], s ξ = z - y
             post = torch.softmax(logq, dim=1)[..., None]  # (R,K,1)
             u[b0:b1] = df[b0:b1, None] * (post * X0).sum(dim=1) + dg[b0:b1, None] * (post * Ev).sum(dim=1)
     if bool(zero_f.any()):  # the latent end: the law does not depend on the data

@@ -419,3 +419,17 @@ def test_latent_laws_script_quick(tmp_path):
     assert abs(r1["flight_circle"] - r1["flight_circle_exact"]) < 5 * math.sqrt(0.25 / n)
     assert abs(r1["kac_corner"] - r1["kac_corner_exact"]) < 5 * math.sqrt(0.25 / n)
     assert r1["flight_max_radius"] <= r1["cg"] + 1e-12 < r1["kac_max_radius"] <= math.sqrt(2) * r1["cg"] + 1e-12
+
+
+@pytest.mark.parametrize("cls", [KacPath, FlightPath])
+def test_mixture_field_is_continuous_into_the_latent_end(cls):
+    """As f(t) -> 0 the Gaussian-mixture field tends to its t = T value (the data-free law): no 1/f blow-up
+    where the quadrature window (width f σ) falls below the floating-point resolution."""
+    path = cls(9.0, 3.0)
+    smp = path.sample(torch.zeros(300, 2, dtype=F64), 1.0, _gen(22))
+    x = smp.x_t[~smp.atom_mask.any(1)]
+    x = x[(path._kernel.norm(x) < 2.9).all(1)]  # inside the support, away from its boundary
+    u_T = path.exact_velocity(x, 1.0, SUP, W, data_sigma=0.1)
+    for eps in (1e-6, 1e-9, 1e-12, 1e-15):
+        u = path.exact_velocity(x, 1.0 - eps, SUP, W, data_sigma=0.1)
+        assert float((u - u_T).abs().max()) < 1e-3 + 50 * eps, (eps, float((u - u_T).abs().max()))
