@@ -248,7 +248,8 @@ def make_time_grid(kind: str, n_steps: int, T: float, t_min: float = 0.0, path=N
         n_steps: ``N >= 1``.
         T, t_min: latent and data ends, ``0 <= t_min < T``, both finite.
         path: the probability path; required for ``"kac"``, where it must be a
-            :class:`~kacnum.paths.KacPath` with this ``T`` (others raise ``ValueError``).
+            :class:`~kacnum.paths.KacPath` or :class:`~kacnum.paths.FlightPath` (any ``ProcessPath``: the atom
+            mass of a block is ``e^{-a g(t)}`` for both) with this ``T`` (others raise ``ValueError``).
 
     The end points are exact (``t_0 == T``, ``t_N == t_min``) and every step is negative.
     """
@@ -263,11 +264,11 @@ def make_time_grid(kind: str, n_steps: int, T: float, t_min: float = 0.0, path=N
     elif name == "power":
         grid = power_grid(a, b, n, rho=rho)
     else:
-        from kacnum.paths import KacPath  # kacnum.paths imports this module
+        from kacnum.paths import ProcessPath  # kacnum.paths imports this module
 
-        if not isinstance(path, KacPath):
+        if not isinstance(path, ProcessPath):
             got = "no path" if path is None else type(path).__name__
-            raise ValueError(f"time_grid 'kac' (uniform in the atom mass e^(-a g(t))) needs a KacPath with its "
+            raise ValueError(f"time_grid 'kac' (uniform in the atom mass e^(-a g(t))) needs a KacPath (or FlightPath) with its "
                              f"switching rate a and Kac time g(t); got {got}. Use 'uniform' or 'power:RHO' "
                              f"for other paths")
         if abs(float(path.T) - a) > 1e-12 * max(1.0, abs(a)):

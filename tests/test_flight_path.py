@@ -433,3 +433,13 @@ def test_mixture_field_is_continuous_into_the_latent_end(cls):
     for eps in (1e-6, 1e-9, 1e-12, 1e-15):
         u = path.exact_velocity(x, 1.0 - eps, SUP, W, data_sigma=0.1)
         assert float((u - u_T).abs().max()) < 1e-3 + 50 * eps, (eps, float((u - u_T).abs().max()))
+
+
+def test_kac_time_grid_takes_the_flight_path():
+    """``make_time_grid('kac')`` (uniform in the atom mass e^{-a g}) is the same grid for Kac and flight paths."""
+    from kacnum.solvers import make_time_grid
+
+    for sched in ("t", "t2"):
+        a = make_time_grid("kac", 7, 1.0, path=FlightPath(9.0, 3.0, g=sched))
+        b = make_time_grid("kac", 7, 1.0, path=KacPath(9.0, 3.0, g=sched))
+        assert torch.equal(a, b) and bool((a.diff() < 0).all())
