@@ -70,7 +70,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from kacnum.progress import Progress
 
 from kacnum._checks import check_finite, check_in_range, check_positive
 
@@ -837,7 +837,7 @@ def train_classifier(
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
         xd, yd = x.to(device, torch.float32), y.to(device)
         model.train()
-        for _ in tqdm(range(epochs), desc="train classifier", disable=None if progress else True):
+        for _ in Progress(epochs, "train classifier", unit="epoch", enabled=progress).iterate(range(epochs)):
             order = torch.randperm(xd.shape[0], generator=gen).to(device)
             for i in range(0, xd.shape[0], batch_size):
                 idx = order[i : i + batch_size]
@@ -1074,7 +1074,7 @@ def _extract_stats(
     total = None
     if torch.is_tensor(images_or_loader) or isinstance(images_or_loader, np.ndarray):
         total = images_or_loader.shape[0] if max_images is None else min(max_images, images_or_loader.shape[0])
-    bar = tqdm(total=total, desc=desc, unit="img", disable=None if progress else True)
+    bar = Progress(total or 0, desc, unit="img", enabled=progress)  # bars on a terminal, lines in a log
     try:
         for batch in _iter_image_batches(images_or_loader, extractor.batch_size, max_images):
             acc.update(extractor(batch))
@@ -1704,9 +1704,10 @@ def extract_features(images_or_loader: Any, extractor: FeatureExtractor, *, max_
     """``(N, D)`` float32 features of images (a tensor, an iterable of batches or a callable, as in
     :func:`compute_reference_stats`)."""
     out = []
-    for batch in tqdm(_iter_image_batches(images_or_loader, extractor.batch_size, max_images), desc="features",
-                      disable=None if progress else True, leave=False):
+    bar = Progress(0, "features", unit="batch", enabled=progress)
+    for batch in bar.iterate(_iter_image_batches(images_or_loader, extractor.batch_size, max_images)):
         out.append(extractor(batch).numpy().astype(np.float32))
+    bar.close()
     if not out:
         raise ValueError("images_or_loader yielded no images")
     return np.concatenate(out)

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 import torch
-from tqdm.auto import tqdm
+from kacnum.progress import Progress
 
 from kacnum._checks import check_finite, check_positive
 
@@ -384,7 +384,7 @@ def integrate(field: Field, x: torch.Tensor, time_grid: GridLike, method: str = 
         return_trajectory: also return the states at all grid times, ``(N+1, *x.shape)``.
         callback: ``callback(i, t, x)`` after step ``i`` (0-based) with ``t = time_grid[i+1]``
             (a float) and the new state ``x``.
-        progress: show a tqdm bar (hidden when not a tty).
+        progress: a progress bar on a terminal, log lines otherwise (:class:`kacnum.progress.Progress`).
 
     Autograd is not switched off: wrap in ``torch.no_grad()`` to sample.
     """
@@ -396,8 +396,7 @@ def integrate(field: Field, x: torch.Tensor, time_grid: GridLike, method: str = 
     f = _CountingField(field, x)
     traj = [x] if return_trajectory else None
     f_prev, h_prev = None, None
-    for i in tqdm(range(n_steps), disable=None if progress else True, desc=f"integrate[{method}]",
-                  leave=False):
+    for i in Progress(n_steps, f"integrate[{method}]", enabled=progress).iterate(range(n_steps)):
         t, h = ts[i], ts[i + 1] - ts[i]
         if method == "ab2":
             f_n = f(x, t)

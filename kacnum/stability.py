@@ -46,7 +46,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from kacnum.progress import Progress
 
 from kacnum._checks import check_finite, check_in_range, check_positive
 from kacnum.distill import Distiller, FlowTeacher, student_step
@@ -724,7 +724,7 @@ def fit_velocity_mlp(model: nn.Module, path: Any, support: torch.Tensor, field: 
     model.train()
     losses = []
     tail = []
-    for n in tqdm(range(steps), disable=None if progress else True, desc="fit exact field", leave=False):
+    for n in Progress(steps, "fit exact field", enabled=progress).iterate(range(steps)):
         b = torch.randint(n_points, (batch_size,), generator=gen).to(device)
         loss = (model(x[b], t[b]) - u[b]).pow(2).mean()
         opt.zero_grad(set_to_none=True)
