@@ -267,7 +267,8 @@ def build_pipeline_config(args: argparse.Namespace, train: TrainConfig) -> Pipel
         if v is not None:
             over[name] = str(v) if name == "inception_path" else v
     dover = {}
-    for name, attr in (("rollout_pool", "rollout_pool"), ("rollout_fraction", "rollout_fraction"),
+    for name, attr in (("rollout_pool", "rollout_pool"), ("rollout_refresh", "rollout_refresh"),
+                       ("rollout_fraction", "rollout_fraction"),
                        ("target", "target"), ("lr_schedule", "lr_schedule"), ("p_uncond", "distill_p_uncond")):
         if getattr(args, attr, None) is not None:
             dover[name] = getattr(args, attr)
@@ -545,6 +546,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--source", choices=("forward", "rollout", "mix"), default="forward",
                    help="distillation inputs: forward-process draws, teacher roll-outs (SPEC §7), or a mix "
                         "(--rollout-fraction of each batch from roll-outs)")
+    g.add_argument("--rollout-refresh", type=cli.positive_int, default=None, metavar="STEPS",
+                   help="optimiser steps between roll-out pool refreshes (default 500; a trajectory pool costs "
+                        "200 network evaluations per latent: set it >= the steps of a stage to pay it once)")
     g.add_argument("--rollout-fraction", type=cli.float_in(0.0, 1.0), default=None, metavar="F",
                    help="share of each batch from the roll-out pool with --source mix (default 0.5)")
     g.add_argument("--target", choices=("restart", "trajectory"), default=None,

@@ -99,3 +99,16 @@ def test_control_flags_are_checked_before_any_stage(cd, tmp_path, capsys, argv, 
     assert cd.main(COMMON + ["--out", str(out)] + argv) == 2
     assert words in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_distill_flags_reach_the_pipeline_config(cd):
+    args = cd.parse_args(["--preset", "cpu", "--source", "rollout", "--target", "trajectory", "--rollout-pool", "512",
+                          "--rollout-refresh", "1200", "--distill-lr", "5e-4", "--lr-schedule", "cosine",
+                          "--distill-p-uncond", "0.1", "--oneshot", "1", "--distill-fm", "--baseline-kinds", "fm"])
+    cfg = cd.build_pipeline_config(args, cd.build_train_config(args))
+    assert cfg.distill_overrides == {"ema_decay": 0.99, "rollout_pool": 512, "rollout_refresh": 1200,
+                                     "target": "trajectory", "lr_schedule": "cosine", "p_uncond": 0.1}
+    assert (cfg.source, cfg.distill_lr, cfg.oneshot, cfg.distill_fm, cfg.baseline_kinds) == \
+        ("rollout", 5e-4, (1,), True, ("fm",))
+    plain = cd.build_pipeline_config(cd.parse_args(["--preset", "cpu"]), cd.build_train_config(cd.parse_args([])))
+    assert plain.distill_overrides == {"ema_decay": 0.99} and plain.oneshot == () and not plain.distill_fm
