@@ -810,9 +810,7 @@ class Distiller(_StudentCheckpoints):
         returned at the student grid times ``grid(1)``: ``(K_1 + 1, P, ...)``, and the network
         evaluations per student interval."""
         n = self.config.substeps[0]
-        null = self.null_label if self.labels is not None else None
-        field = FlowTeacher(self.teacher, self.grid(1), n, self.config.teacher_method, self.config.guidance_scale,
-                            null).field(y)
+        field = self.stage_teacher(1).field(y)  # the stage-1 teacher's field (a subclass may replace it)
         kept = [z]
 
         def keep(i, t, x):
