@@ -412,6 +412,21 @@ def test_teacher_study_quick_end_to_end(tmp_path, capsys):
     again = teacher_study.main(argv + ["--resume"])
     assert (out / "rows" / "kac" / "row.json").stat().st_mtime_ns == stamp
     assert again["rows"][1]["sets"][0]["fid"] == kac["sets"][0]["fid"]
+    # scripts/study_run.py lays two rows out as a pipeline run for experiments/distill_sweep.py
+    import runpy
+
+    mod = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "study_run.py"))
+    run = tmp_path / "run"
+    assert mod["main"](["--study", str(out), "--out", str(run), "--samples-nfe", "10"]) == 0
+    for f in ("config.json", "teacher/checkpoint.pt", "sample/kac_teacher_nfe100.samples.pt",
+              "baselines/fm/checkpoint.pt", "baselines/samples/fm_teacher_nfe100.samples.pt"):
+        assert (run / f).is_file(), f
+    conf = json.loads((run / "config.json").read_text())
+    assert conf["teacher"]["total_steps"] == 6 and conf["pipeline"]["num_samples"] == 20
+    assert (run / "teacher" / "checkpoint.pt").read_bytes() == (out / "rows" / "kac" / "checkpoint.pt").read_bytes()
+    assert sorted(p.name for p in (run / "eval").iterdir()) == sorted(p.name for p in (out / "eval").iterdir())
+    with pytest.raises(Exception):
+        mod["main"](["--study", str(out), "--out", str(tmp_path / "run2"), "--kac-row", "nope"])
 
 
 def test_teacher_study_flags(capsys):
