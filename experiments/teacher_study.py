@@ -29,6 +29,7 @@ kac_atom          + loss weight ∝ 1 - e^{-a g(t)} (down-weights the atom-domin
 kac_precond       + EDM-style preconditioning c_in = 1/std(x_t), c_out = std(u_t) (``inout``)
 kac_a25c2         Kac flow with a = 25, c = 2 (reported best for CIFAR-10)
 kac_gt2           Kac flow with g(t) = t²
+flight            the block-isotropic Kac flow: pairs of pixels as planar random flights (``--path flight``)
 ================= =============================================================================
 
 Budget. The default (``--dataset mnist``) is a reduced MNIST budget sized for about 40 minutes on
@@ -101,6 +102,7 @@ ROWS = {
     "kac_precond": Row("Kac + preconditioning (in+out)", {"precond": "inout"}),
     "kac_a25c2": Row("Kac a=25 c=2", {"a": 25.0, "c": 2.0}),
     "kac_gt2": Row("Kac g(t)=t^2", {"g_schedule": "t2"}),
+    "flight": Row("planar random flight a=9 c=3 (block-isotropic, issue 14)", {"path": "flight"}),
 }
 DEFAULT_ROWS = ("fm", "kac", "kac_sigma05", "kac_logitnormal", "kac_atom", "kac_precond", "kac_a25c2", "kac_gt2")
 
