@@ -50,12 +50,14 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
+def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb",
+                 before_replace: Optional[Callable[[Path], None]] = None) -> Path:
     """Call ``write(f)`` on a temporary file next to ``path``, fsync it, then ``os.replace`` it.
 
     ``mode`` is ``"wb"`` (binary) or ``"w"`` (text, UTF-8). Parent directories are created.
-    Returns the final path. On any exception the temporary file is removed and the old ``path``
-    (if any) is left untouched.
+    ``before_replace(path)``, if given, runs after the temporary file is complete and just before it
+    takes ``path``'s place (e.g. to move the old file aside). Returns the final path. On any exception
+    the temporary file is removed and the old ``path`` (if any) is left untouched.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
@@ -70,6 +72,8 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
             os.fsync(f.fileno())
         # mkstemp creates the file 0600; give it the permissions a plain open() would have
         os.chmod(tmp, 0o666 & ~_umask())
+        if before_replace is not None:
+            before_replace(path)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -134,23 +138,12 @@ def save_checkpoint(path: PathLike, obj: Any, keep_previous: bool = False) -> Pa
     """
     if not keep_previous:
         return atomic_write(path, lambda f: torch.save(obj, f))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        if path.is_file() and verify_checkpoint(path) is None:
-            os.replace(path, previous_path(path))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    def keep_good_previous(p: Path) -> None:
+        if p.is_file() and verify_checkpoint(p) is None:
+            os.replace(p, previous_path(p))
+
+    return atomic_write(path, lambda f: torch.save(obj, f), before_replace=keep_good_previous)
 
 
 def _read(path: Path, map_location: Any, weights_only: bool) -> Any:
