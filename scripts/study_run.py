@@ -17,7 +17,6 @@ files out as such a run (hard links where possible, copies otherwise; nothing is
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
