@@ -31,7 +31,10 @@ Error bars. A FID on ``n`` samples has a sampling error that matters when ratios
 * :func:`fid_bootstrap`: the FID with a 95 % bootstrap interval (generated features resampled with
   replacement by a fixed-seed generator, the Fréchet distance recomputed against the fixed reference
   statistics; vectorised over resamples). :func:`ratio_interval`: the interval of a ratio of two
-  independently bootstrapped FIDs.
+  independently bootstrapped FIDs. :func:`paired_ratio_interval`: the same for two *coupled* sets
+  (row ``i`` of both from the same latent and label: a student and its teacher, a solver and its
+  reference), resampling pairs, 3-5x narrower for a student over its teacher;
+  :func:`double_ratio_interval`: a ratio of two such ratios (Kac student/teacher over FM student/teacher).
 * :func:`fid_interval_curve` / :func:`ratio_interval_curve`: the interval half-width against ``n``;
   :func:`n_for_precision` reads off the ``n`` for a target (e.g. a ratio within +-5 %).
 * :func:`kid`: KID, the unbiased MMD^2 with kernel ``k(x, y) = (x.y/d + 1)^3``, averaged over reference
@@ -113,6 +116,8 @@ __all__ = [
     "bootstrap_counts",
     "fid_bootstrap",
     "ratio_interval",
+    "paired_ratio_interval",
+    "double_ratio_interval",
     "fid_interval_curve",
     "ratio_interval_curve",
     "n_for_precision",
@@ -1435,17 +1440,25 @@ def fid_bootstrap(
 
 
 def ratio_interval(numerator: BootstrapResult, denominator: BootstrapResult, *, level: float | None = None,
-                   method: str | None = None) -> dict:
+                   method: str | None = None, paired: bool = False) -> dict:
     """Interval of ``numerator.value / denominator.value`` (e.g. student FID / teacher FID).
 
     The two sample sets are independent, so each was bootstrapped on its own; replicate ``b`` of the
     ratio is ``numerator.replicates[b] / denominator.replicates[b]`` and the interval is the
     percentile (or ``centered``) interval of those. Both must have the same ``n_boot``.
-    Returns ``{"value", "interval": [lo, hi], "half_width", "relative_half_width", "std", "level", "method"}``.
+    ``paired=True``: the two sets are coupled row by row and were bootstrapped with the same ``seed``
+    and ``n`` (identical resamples: the pairs bootstrap of :func:`paired_ratio_interval`); refused
+    otherwise.
+    Returns ``{"value", "interval": [lo, hi], "half_width", "relative_half_width", "std", "level", "method",
+    "paired"}``.
     """
     if numerator.n_boot != denominator.n_boot:
         raise ValueError(f"numerator and denominator need the same n_boot, got {numerator.n_boot} and {denominator.n_boot}")
-    if numerator.seed == denominator.seed and numerator.n == denominator.n:
+    if paired:
+        if numerator.seed != denominator.seed or numerator.n != denominator.n:
+            raise ValueError("paired=True needs both sets bootstrapped with the same seed and n, got seeds "
+                             f"{numerator.seed}/{denominator.seed} and n {numerator.n}/{denominator.n}")
+    elif numerator.seed == denominator.seed and numerator.n == denominator.n:
         warnings.warn("numerator and denominator were bootstrapped with the same seed and n: their resamples "
                       "are paired by index although the sets are independent; use different seeds", stacklevel=2)
     level = numerator.level if level is None else _check_level(level)
@@ -1458,7 +1471,67 @@ def ratio_interval(numerator: BootstrapResult, denominator: BootstrapResult, *, 
     half = 0.5 * (hi - lo)
     return {"value": value, "interval": [lo, hi], "half_width": half,
             "relative_half_width": half / value if value else math.inf, "std": float(reps.std(ddof=1)),
-            "level": level, "method": method}
+            "level": level, "method": method, "paired": bool(paired)}
+
+
+def paired_ratio_interval(
+    numerator_features: ArrayLike,
+    denominator_features: ArrayLike,
+    reference: Union[FeatureStats, str, os.PathLike],
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+    method: str = "centered",
+) -> dict:
+    """Interval of the FID ratio of two *coupled* sample sets: row ``i`` of both came from the same latent
+    and label (a student and its teacher sampled from the same seeds, a solver against its fine reference).
+
+    The pairs ``(x_i, y_i)`` are i.i.d. over ``i``, so the bootstrap resamples *pairs*: both sets are
+    resampled with the same counts (:func:`bootstrap_counts` with ``seed``) and replicate ``b`` of the
+    ratio is ``FID(x resample b) / FID(y resample b)``. The part of the sampling noise that the two sets
+    share (which images were drawn) cancels in the ratio, so the interval is narrower than
+    :func:`ratio_interval`'s independent one, the more so the closer the sets (measured on MNIST, 300
+    images: a 4-step student over its teacher, per-pixel RMS 0.09 between the sets, +-5 % against
+    +-26 % independent; for sets from unrelated latents it is as wide as the independent one). It is
+    valid for any two sets of equal ``n`` whose pairs are i.i.d., coupled or not; it is *not* valid
+    when rows of one set depend on each other.
+
+    Returns :func:`ratio_interval`'s dict plus ``"numerator_fid"``, ``"denominator_fid"``, ``"n"``,
+    ``"paired": True`` and ``"replicates"`` (``(n_boot,)`` ratio replicates, a numpy array: drop it
+    before writing JSON).
+    """
+    a = _as_features("numerator_features", numerator_features)
+    b = _as_features("denominator_features", denominator_features)
+    if a.shape != b.shape:
+        raise ValueError(f"coupled sets need the same shape, got numerator {a.shape} and denominator {b.shape}")
+    ra = fid_bootstrap(a, reference, n_boot=n_boot, seed=seed, level=level, method=method)
+    rb = fid_bootstrap(b, reference, n_boot=n_boot, seed=seed, level=level, method=method)
+    q = ratio_interval(ra, rb, paired=True)
+    q.update({"numerator_fid": ra.value, "denominator_fid": rb.value, "n": int(a.shape[0]),
+              "replicates": ra.replicates / rb.replicates})
+    return q
+
+
+def double_ratio_interval(first: Mapping, second: Mapping, *, level: float = 0.95, method: str = "centered") -> dict:
+    """Interval of ``first / second`` where both are :func:`paired_ratio_interval` results on independent
+    pairs of sets (e.g. a Kac student over its Kac teacher divided by an FM student over its FM teacher:
+    which teacher loses less in distillation). Replicate ``b`` is ``first.replicates[b] /
+    second.replicates[b]``; both need the same number of replicates and should come from different
+    bootstrap seeds. Returns ``{"value", "interval", "half_width", "relative_half_width", "std", "level",
+    "method"}``."""
+    r1, r2 = np.asarray(first["replicates"], float), np.asarray(second["replicates"], float)
+    if r1.shape != r2.shape:
+        raise ValueError(f"first and second need the same number of replicates, got {r1.size} and {r2.size}")
+    if np.any(r2 <= 0) or second["value"] <= 0:
+        raise ValueError("second ratio must be > 0 in every replicate")
+    value = float(first["value"]) / float(second["value"])
+    reps = r1 / r2
+    lo, hi = _interval(reps, value, _check_level(level), method)
+    half = 0.5 * (hi - lo)
+    return {"value": value, "interval": [lo, hi], "half_width": half,
+            "relative_half_width": half / value if value else math.inf,
+            "std": float(reps.std(ddof=1)) if reps.size > 1 else 0.0, "level": level, "method": method}
 
 
 def _nested_subsets(n_total: int, ns: Iterable[int], seed: int) -> tuple[np.ndarray, list[int]]:
@@ -1507,20 +1580,26 @@ def ratio_interval_curve(
     seed: int = 0,
     level: float = 0.95,
     method: str = "centered",
+    paired: bool = False,
 ) -> list[dict]:
-    """Interval of the FID ratio numerator / denominator (two independent sets of the same ``n``)
-    against ``n``: nested seeded subsets of both, each bootstrapped on its own (different seeds),
-    :func:`ratio_interval`. One dict per ``n``: ``n, ratio, interval, half_width, relative_half_width``."""
+    """Interval of the FID ratio numerator / denominator against ``n``: nested seeded subsets of both.
+    Independent sets (default): each subset bootstrapped on its own (different seeds),
+    :func:`ratio_interval`. ``paired=True`` (coupled sets of equal size, see
+    :func:`paired_ratio_interval`): the same rows of both sets, pairs resampled. One dict per ``n``:
+    ``n, ratio, interval, half_width, relative_half_width, numerator_fid, denominator_fid``."""
     a = _as_features("numerator_features", numerator_features)
     b = _as_features("denominator_features", denominator_features)
+    if paired and a.shape != b.shape:
+        raise ValueError(f"paired=True needs sets of the same shape, got {a.shape} and {b.shape}")
     _, ns = _nested_subsets(min(a.shape[0], b.shape[0]), ns, seed)
     pa = np.random.default_rng(seed).permutation(a.shape[0])
-    pb = np.random.default_rng(seed + 1).permutation(b.shape[0])
+    pb = pa if paired else np.random.default_rng(seed + 1).permutation(b.shape[0])
     out = []
     for n in ns:
         ra = fid_bootstrap(a[pa[:n]], reference, n_boot=n_boot, seed=seed + 2 * n, level=level, method=method)
-        rb = fid_bootstrap(b[pb[:n]], reference, n_boot=n_boot, seed=seed + 2 * n + 1, level=level, method=method)
-        r = ratio_interval(ra, rb)
+        rb = fid_bootstrap(b[pb[:n]], reference, n_boot=n_boot, seed=seed + 2 * n + (0 if paired else 1),
+                           level=level, method=method)
+        r = ratio_interval(ra, rb, paired=paired)
         out.append({"n": n, "ratio": r["value"], "interval": r["interval"], "half_width": r["half_width"],
                     "relative_half_width": r["relative_half_width"], "numerator_fid": ra.value,
                     "denominator_fid": rb.value})
