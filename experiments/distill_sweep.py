@@ -310,13 +310,14 @@ def _summary(name, steps, batch, lr, source, over, seconds, ev, hist) -> dict:
         method = v.get("student", "distillkac")
         row = next(r for r in rows if r["method"] == method and r["nfe"] == v["nfe"])
         students.append({"method": method, "steps": v["nfe"], "fid": row["fid"], "fid_interval": row["fid_interval"],
-                         "teacher": v.get("teacher_method"), "ratio": v["ours"], "ratio_interval": v["interval"]})
+                         "teacher": v.get("teacher_method"), "ratio": v["ours"], "ratio_interval": v["interval"],
+                         "paired": bool(v.get("paired"))})
     teachers = {r["method"]: {"fid": r["fid"], "fid_interval": r["fid_interval"]} for r in rows
                 if r["method"] in ("kac_teacher", "fm_teacher")}
     return {"steps_per_stage": steps, "batch_size": batch, "lr": lr, "source": source, "overrides": over,
             "variant": variant_of(name), "distill_seconds": seconds, "teacher_fid": teacher_fid, "teachers": teachers,
             "fid": fid, "ratio": {n: f / teacher_fid for n, f in fid.items()} if teacher_fid else {},
-            "students": students, "final_loss": hist,
+            "students": students, "final_loss": hist, "degradation": ev.get("degradation") or {},
             "controls": [c for c in ev.get("comparisons", []) if c["kind"] == "control"]}
 
 
@@ -350,12 +351,24 @@ def _write_md(file: Path, sweep: dict) -> None:
                      f"{s['overrides'].get('target', 'restart')} | {s['distill_seconds']:.0f} | "
                      + " | ".join(f"{get(f, n):.3g}" for n in (20, 4, 2, 1))
                      + f" | {get(r, 4):.2f} | {get(r, 1):.2f} |")
-    lines += ["", "Every student, its FID and its ratio over its own teacher (95 % bootstrap intervals):", "",
-              "| setting | student | steps | FID | teacher | ratio |", "|---|---|---|---|---|---|"]
+    lines += ["", "Every student, its FID and its ratio over its own teacher (95 % bootstrap intervals; a ratio marked "
+                  "paired is over a teacher sampled from the same latents and labels, its interval from resampling the "
+                  "pairs, kacnum.metrics.paired_ratio_interval):", "",
+              "| setting | student | steps | FID | teacher | ratio | interval |", "|---|---|---|---|---|---|---|"]
     for name, s in sweep["settings"].items():
         for st in s.get("students", []):
             lines.append(f"| {name} | {st['method']} | {st['steps']} | {_cell(st['fid'], st['fid_interval'])} | "
-                         f"{st['teacher']} | {_cell(st['ratio'], st['ratio_interval'])} |")
+                         f"{st['teacher']} | {_cell(st['ratio'], st['ratio_interval'])} | "
+                         f"{'paired' if st.get('paired') else 'independent'} |")
+    deg = [(name, n, d) for name, s in sweep["settings"].items() for n, d in (s.get("degradation") or {}).items()]
+    if deg:
+        lines += ["", "The thesis test: (Kac student / Kac teacher) over (FM student / FM teacher), both ratios paired; "
+                      "below 1, the Kac teacher loses less in distillation (decided: the interval excludes 1):", "",
+                  "| setting | steps | Kac ratio | FM ratio | Kac / FM | decided |", "|---|---|---|---|---|---|"]
+        for name, n, d in sorted(deg, key=lambda x: (x[0], -int(x[1]))):
+            lines.append(f"| {name} | {n} | {_cell(d['kac_ratio'], d['kac_interval'])} | "
+                         f"{_cell(d['fm_ratio'], d['fm_interval'])} | {_cell(d['kac_over_fm'], d['interval'])} | "
+                         f"{'yes' if d['decided'] else 'no'} |")
     curve = sweep.get("curve") or {}
     if curve:
         lines += ["", "Ratio curve (student/teacher FID ratio against optimiser steps per stage; plateau: the smallest "

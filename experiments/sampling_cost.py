@@ -19,8 +19,13 @@ With ``--fid`` every set also gets its FID with a 95 % bootstrap interval (``kac
 through the run's evaluation cache (``RUN/eval``: the feature classifier ``classifier_<dataset>.pt`` or
 Inception, and the cached reference statistics; missing ones are computed and cached as the pipeline's
 eval stage does). The reference solution's FID is taken as the converged FID, and the table reports, per
-(solver, grid), the fewest steps whose FID is within ``--fid-tol`` (3 %) of it. Without ``--fid`` it
-reports the fewest steps whose RMS is at most ``--rms-tol``.
+(solver, grid), the fewest steps whose FID is within ``--fid-tol`` (3 %) of it. Every set is coupled to
+the reference (same latents and labels), so each FID/reference ratio also gets the paired bootstrap
+interval (``kacnum.metrics.paired_ratio_interval``, resampling pairs: far narrower than two independent
+FID intervals), and the summary ``fid_ratio_hi`` gives the fewest steps whose ratio is within the
+tolerance with 95 % confidence (upper end of that interval <= 1 + tol). Without ``--fid`` it
+reports the fewest steps whose RMS is at most ``--rms-tol``. ``--teacher`` studies another checkpoint
+of the run, e.g. the FM baseline ``RUN/baselines/fm/checkpoint.pt``.
 
 Writes ``OUT/sampling_cost.json`` (every configuration: solver, grid, steps, nfe, nfe_model, rms,
 rms_p99 per image, seconds, fid, fid_interval; the reference; the fewest-steps summary) and
@@ -47,7 +52,7 @@ import torch  # noqa: E402
 
 from kacnum import cli  # noqa: E402
 from kacnum.checkpoint import atomic_write, save_json  # noqa: E402
-from kacnum.metrics import calc_fid, extract_features, fid_bootstrap  # noqa: E402
+from kacnum.metrics import calc_fid, extract_features, fid_bootstrap, paired_ratio_interval  # noqa: E402
 from kacnum.pipeline import feature_extractor_for, reference_for, sample_flow_set  # noqa: E402
 from kacnum.solvers import METHODS, make_time_grid, parse_time_grid  # noqa: E402
 from kacnum.train import load_teacher  # noqa: E402
@@ -83,6 +88,9 @@ def _reference(text: str) -> tuple:
 def parse_args(argv: Optional[Sequence[str]] = None):
     p = cli.ArgumentParser(prog="experiments/sampling_cost.py", description=__doc__)
     p.add_argument("--run", type=Path, required=True, help="pipeline run folder with teacher/checkpoint.pt")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="teacher checkpoint to study (default RUN/teacher/checkpoint.pt; e.g. "
+                        "RUN/baselines/fm/checkpoint.pt for the FM teacher)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/sampling_cost)")
     p.add_argument("--solvers", type=cli.choice_list(METHODS), default=DEFAULT_SOLVERS,
                    help=f"solvers (default {','.join(DEFAULT_SOLVERS)})")
@@ -109,8 +117,11 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     p.add_argument("--threads", type=cli.positive_int, default=None, help="torch and BLAS threads")
     p.add_argument("--quiet", action="store_true", help="no table on stdout")
     args = p.parse_args(argv)
-    cli.check_input_file(args.run / "teacher" / "checkpoint.pt", "--run", "a pipeline run folder whose teacher "
-                         "stage has finished (experiments/cifar_distill.py --stage teacher --out RUN)")
+    if args.teacher is None:
+        cli.check_input_file(args.run / "teacher" / "checkpoint.pt", "--run", "a pipeline run folder whose teacher "
+                             "stage has finished (experiments/cifar_distill.py --stage teacher --out RUN)")
+    else:
+        cli.check_input_file(args.teacher, "--teacher", "a teacher checkpoint (kacnum.train.load_teacher)")
     cli.check_device(args.device)
     if args.out is None:
         args.out = args.run / "sampling_cost"
@@ -140,7 +151,8 @@ def fewest_steps(configs: list, key: str, target: float, tol: float, relative: b
 
 def run(args) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, path, tcfg = load_teacher(args.run / "teacher" / "checkpoint.pt", device=device)
+    ckpt = args.teacher if args.teacher is not None else args.run / "teacher" / "checkpoint.pt"
+    model, path, tcfg = load_teacher(ckpt, device=device)
     guidance = float(tcfg.guidance_scale if args.guidance is None else args.guidance)
     for g in args.grids:  # refuse a kac grid on a non-Kac teacher before any sampling
         make_time_grid(g, 2, path.T, path.t_min_default, path=path)
@@ -159,16 +171,24 @@ def run(args) -> dict:
                                     classifier_epochs=args.classifier_epochs, seed=tcfg.seed)
         ref_stats = reference_for(ds, ext, args.run / "eval", split="train", data_dir=tcfg.data_dir)
 
+    ref_feats = None
+
     def score(images, seed):
+        """FID, its interval, and the FID ratio to the reference with the paired (same latents) interval."""
         if ext is None:
-            return None, None
+            return None, None, None
         f = extract_features(images.clamp(-1, 1), ext)
         b = fid_bootstrap(f, ref_stats, n_boot=args.n_boot, seed=seed)
-        return calc_fid(torch.from_numpy(f), ref_stats, ext).value, [b.lo, b.hi]
+        q = None
+        if ref_feats is not None:
+            q = paired_ratio_interval(f, ref_feats, ref_stats, n_boot=args.n_boot, seed=seed)
+            q = {"value": q["value"], "interval": q["interval"], "relative_half_width": q["relative_half_width"]}
+        return calc_fid(torch.from_numpy(f), ref_stats, ext).value, [b.lo, b.hi], (f, q)
 
     r_solver, r_steps = args.reference
     ref_set, ref_sec = sample(r_solver, r_steps, "uniform")
-    ref_fid, ref_iv = score(ref_set.images, 0)
+    ref_fid, ref_iv, ref_extra = score(ref_set.images, 0)
+    ref_feats = None if ref_extra is None else ref_extra[0]
     reference = {"solver": r_solver, "steps": r_steps, "grid": "uniform", "nfe": ref_set.nfe,
                  "nfe_model": ref_set.nfe_model, "seconds": ref_sec, "fid": ref_fid, "fid_interval": ref_iv}
     configs = []
@@ -179,13 +199,17 @@ def run(args) -> dict:
                 k += 1
                 s, sec = sample(solver, steps, grid)
                 rms, p99 = _rms(s.images, ref_set.images)
-                fid, iv = score(s.images, k)
+                fid, iv, extra = score(s.images, k)
                 configs.append({"solver": solver, "grid": grid, "steps": steps, "nfe": s.nfe,
                                 "nfe_model": s.nfe_model, "rms": rms, "rms_p99": p99, "seconds": sec,
-                                "fid": fid, "fid_interval": iv})
+                                "fid": fid, "fid_interval": iv,
+                                "fid_ratio": None if extra is None else extra[1]})
     summary = {"rms": fewest_steps(configs, "rms", 0.0, args.rms_tol, relative=False)}
     if ref_fid is not None:
         summary["fid"] = fewest_steps(configs, "fid", ref_fid, args.fid_tol, relative=True)
+        for c in configs:  # the upper end of the paired ratio interval: "within tol" with 95 % confidence
+            c["fid_ratio_hi"] = c["fid_ratio"]["interval"][1] if c.get("fid_ratio") else None
+        summary["fid_ratio_hi"] = fewest_steps(configs, "fid_ratio_hi", 0.0, 1.0 + args.fid_tol, relative=False)
     return {"run": str(args.run), "teacher": repr(path), "dataset": tcfg.dataset, "guidance": guidance,
             "num_samples": args.num_samples, "seed": args.seed, "device": device, "reference": reference,
             "configs": configs, "fewest_steps": summary, "fid_tol": args.fid_tol, "rms_tol": args.rms_tol,
@@ -229,17 +253,22 @@ def plot(res: dict, file: Path) -> Path:
 def print_table(res: dict) -> None:
     has_fid = res["reference"]["fid"] is not None
     print(f"{'solver':<7}{'grid':<10}{'steps':>6}{'evals':>7}{'RMS/pixel':>12}{'p99':>10}{'s':>7}"
-          + (f"{'FID':>9}{'95% interval':>20}" if has_fid else ""))
+          + (f"{'FID':>9}{'95% interval':>20}{'FID/ref':>9}{'paired 95%':>18}" if has_fid else ""))
     for c in res["configs"]:
         line = (f"{c['solver']:<7}{c['grid']:<10}{c['steps']:>6}{c['nfe_model']:>7}{c['rms']:>12.4g}"
                 f"{c['rms_p99']:>10.3g}{c['seconds']:>7.1f}")
         if has_fid:
             line += f"{c['fid']:>9.4g}{'[%.3g, %.3g]' % tuple(c['fid_interval']):>20}"
+            q = c.get("fid_ratio")
+            if q:
+                line += f"{q['value']:>9.3f}{'[%.3f, %.3f]' % tuple(q['interval']):>18}"
         print(line)
     r = res["reference"]
     print(f"reference: {r['solver']} x {r['steps']} steps ({r['nfe_model']} evals)"
           + (f", FID {r['fid']:.4g} [{r['fid_interval'][0]:.3g}, {r['fid_interval'][1]:.3g}]" if has_fid else ""))
     for key, tol in (("fid", f"within {100 * res['fid_tol']:g} % of the converged FID"),
+                     ("fid_ratio_hi", f"within {100 * res['fid_tol']:g} % of the converged FID with 95 % "
+                                      "confidence (paired interval)"),
                      ("rms", f"RMS <= {res['rms_tol']:g}")):
         if key not in res["fewest_steps"]:
             continue

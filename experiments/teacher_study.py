@@ -10,7 +10,8 @@ measures for each:
   t < 0.05 and ten bins of width 0.1, the same t and noise for every row of a path, and the share of Kac
   coordinates on atoms per bin);
 * FID with its 95 % bootstrap interval, KID and class accuracy of ``--num-samples`` guided samples
-  (guidance 1.2; Kac rows 100 AB-2 steps, the FM row at 20 and at 100), with the pipeline's evaluation:
+  (guidance 1.2; Kac rows 100 AB-2 steps, the FM row at 20 and at 100, the VP rows 100 and 20 DDIM steps),
+  with the pipeline's evaluation:
   the project's feature classifier and reference statistics from ``--eval-cache`` (default ``OUT/eval``;
   point it at an earlier run's ``eval/`` folder to reuse that classifier), one extractor for every row,
   and the FID floor of as many real test images;
@@ -30,7 +31,13 @@ kac_precond       + EDM-style preconditioning c_in = 1/std(x_t), c_out = std(u_t
 kac_a25c2         Kac flow with a = 25, c = 2 (reported best for CIFAR-10)
 kac_gt2           Kac flow with g(t) = t²
 flight            the block-isotropic Kac flow: pairs of pixels as planar random flights (``--path flight``)
+vp                VP diffusion, ε-prediction (the pipeline's VP baseline), DDIM at 100 and 20 steps
+vp_v              VP diffusion, v-prediction (``v = α ε - σ x0``, Salimans & Ho 2022), DDIM at 100 and 20
 ================= =============================================================================
+
+The VP rows are not in the default list (``--rows vp,vp_v``). Their held-out loss is against the row's own
+target (ε for ``vp``, v for ``vp_v``; labelled in the tables), not comparable with each other or with the
+flow rows' velocity loss.
 
 Budget. The default (``--dataset mnist``) is a reduced MNIST budget sized for about 40 minutes on
 2 CPU cores: 8 rows of 600 steps at batch 64 (lr 5e-4, 60 warm-up steps, EMA 0.999 with warm-up),
@@ -83,12 +90,15 @@ FORMAT = "kacnum.teacher_study/1"
 
 @dataclass(frozen=True)
 class Row:
-    """One training recipe: ``overrides`` of the base :class:`~kacnum.train.TrainConfig` and the AB-2
-    step counts it is sampled at (``None``: ``--sample-steps``; the FM row adds ``--fm-steps``)."""
+    """One training recipe: ``overrides`` of the base :class:`~kacnum.train.TrainConfig` and the step
+    counts it is sampled at (``--sample-steps``; ``fm``: also ``--fm-steps``, the FM and VP rows) with
+    ``sampler``: ``"ab2"`` (guided AB-2 of the velocity) or ``"ddim"`` (guided DDIM of a VP model,
+    :func:`kacnum.pipeline.sample_ddim_set`; a v-network through :class:`kacnum.losses.VToEps`)."""
 
     label: str
     overrides: dict = field(default_factory=dict)
     fm: bool = False
+    sampler: str = "ab2"
 
 
 ROWS = {
@@ -103,6 +113,8 @@ ROWS = {
     "kac_a25c2": Row("Kac a=25 c=2", {"a": 25.0, "c": 2.0}),
     "kac_gt2": Row("Kac g(t)=t^2", {"g_schedule": "t2"}),
     "flight": Row("planar random flight a=9 c=3 (block-isotropic, issue 14)", {"path": "flight"}),
+    "vp": Row("VP diffusion, eps-prediction (DDIM)", {"path": "vp"}, fm=True, sampler="ddim"),
+    "vp_v": Row("VP diffusion, v-prediction (DDIM)", {"path": "vp", "vp_prediction": "v"}, fm=True, sampler="ddim"),
 }
 DEFAULT_ROWS = ("fm", "kac", "kac_sigma05", "kac_logitnormal", "kac_atom", "kac_precond", "kac_a25c2", "kac_gt2")
 
@@ -161,8 +173,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--lr", type=cli.positive_float, default=None, help="learning rate (mnist 5e-4)")
     p.add_argument("--ema-decay", type=cli.float_in(0.0, 0.999999), default=None, help="EMA decay (mnist 0.999)")
     p.add_argument("--num-samples", type=cli.positive_int, default=None, help="samples per set (mnist 250)")
-    p.add_argument("--sample-steps", type=cli.positive_int, default=100, help="AB-2 steps of every row (100)")
-    p.add_argument("--fm-steps", type=cli.positive_int, default=20, help="extra AB-2 steps of the FM row (20)")
+    p.add_argument("--sample-steps", type=cli.positive_int, default=100,
+                   help="sampling steps of every row (100; AB-2, DDIM for the VP rows)")
+    p.add_argument("--fm-steps", type=cli.positive_int, default=20,
+                   help="extra sampling steps of the FM and VP rows (20)")
     p.add_argument("--guidance", type=cli.float_in(0.0, 50.0), default=1.2, help="guidance scale (1.2)")
     p.add_argument("--eval-images", type=cli.positive_int, default=None,
                    help="test images of the per-bin loss (mnist 500)")
@@ -241,12 +255,17 @@ def _train_seconds(log_file: Path) -> Optional[float]:
     return total + (last or 0.0)
 
 
-def _sample_set(model, path, args, steps: int, file: Path, device) -> tuple[dict, float]:
-    """Guided AB-2 samples (reused from ``file`` under ``--resume`` when the settings match)."""
-    from kacnum.pipeline import sample_flow_set
+def _sample_set(model, path, args, steps: int, file: Path, device, sampler: str = "ab2",
+                prediction: Optional[str] = None) -> tuple[dict, float]:
+    """Guided AB-2 samples, or (``sampler="ddim"``) guided DDIM samples of a VP ε-model (``model`` already
+    wrapped for a v-network; ``prediction`` is recorded), reused from ``file`` under ``--resume`` when the
+    settings match."""
+    from kacnum.pipeline import sample_ddim_set, sample_flow_set
 
     meta = {"steps": steps, "num_samples": args.num_samples, "guidance": args.guidance, "seed": args.sample_seed,
-            "solver": "ab2", "path": repr(path)}
+            "solver": "ab2" if sampler == "ab2" else "ddim", "path": repr(path)}
+    if prediction is not None:
+        meta["prediction"] = prediction
     if args.resume and file.is_file():
         try:
             old = load_checkpoint(file)
@@ -255,11 +274,15 @@ def _sample_set(model, path, args, steps: int, file: Path, device) -> tuple[dict
         except (ValueError, RuntimeError, OSError):
             pass
     t0 = time.perf_counter()
-    s = sample_flow_set(model, path, "teacher", num_samples=args.num_samples, steps=steps, solver="ab2",
-                        guidance=args.guidance, seed=args.sample_seed, batch_size=min(500, args.num_samples),
-                        device=device)
+    if sampler == "ddim":
+        s = sample_ddim_set(model, path, "teacher", num_samples=args.num_samples, steps=steps, guidance=args.guidance,
+                            seed=args.sample_seed, batch_size=min(500, args.num_samples), device=device)
+    else:
+        s = sample_flow_set(model, path, "teacher", num_samples=args.num_samples, steps=steps, solver="ab2",
+                            guidance=args.guidance, seed=args.sample_seed, batch_size=min(500, args.num_samples),
+                            device=device)
     rec = {"format": FORMAT, "images": s.images, "labels": s.labels, "nfe": s.nfe, "nfe_model": s.nfe_model,
-           "meta": meta}
+           "meta": meta, "sampling": dict(s.meta)}  # sampling: batch size etc., for coupled (paired) comparisons
     save_checkpoint(file, rec)
     return rec, time.perf_counter() - t0
 
@@ -280,13 +303,16 @@ def _evaluate_set(images: torch.Tensor, labels, ev: dict, n_boot: int, seed: int
 def run_row(name: str, args: argparse.Namespace, data: dict, ev: dict, log) -> dict:
     """Train (or resume), per-bin loss, sample and evaluate one row; writes ``OUT/rows/<name>/row.json``."""
     from kacnum.losses import binned_loss
-    from kacnum.train import Trainer
+    from kacnum.train import Trainer, wrap_prediction
 
     row_dir = Path(args.out) / "rows" / name
     cfg = train_config(args, name)
     steps_list = [args.sample_steps] + ([args.fm_steps] if ROWS[name].fm and args.fm_steps != args.sample_steps
                                         else [])
-    settings = {"train": cfg.to_dict(), "sample_steps": steps_list, "num_samples": args.num_samples,
+    train = cfg.to_dict()
+    if train.get("vp_prediction") == "eps":  # the field's default: rows of earlier runs keep their settings
+        del train["vp_prediction"]
+    settings = {"train": train, "sample_steps": steps_list, "num_samples": args.num_samples,
                 "guidance": args.guidance, "sample_seed": args.sample_seed, "eval_images": args.eval_images,
                 "n_boot": args.n_boot, "kid_subset": args.kid_subset, "extractor": ev["extractor"].protocol}
     settings = json.loads(json.dumps(settings, default=str))
@@ -314,13 +340,19 @@ def run_row(name: str, args: argparse.Namespace, data: dict, ev: dict, log) -> d
         f"per-bin held-out loss on {args.eval_images} test images")
     t0 = time.perf_counter()
     test_x, test_y = data["test"]
+    # the raw network against its own target (u_t; eps or v for the VP rows)
+    prediction = cfg.vp_prediction if cfg.path == "vp" else None
     binned = binned_loss(model, path, test_x[:args.eval_images], None if test_y is None else test_y[:args.eval_images],
-                         seed=args.seed, data_sigma=cfg.data_sigma, device=trainer.device)
+                         seed=args.seed, data_sigma=cfg.data_sigma, device=trainer.device,
+                         prediction=prediction or "eps")
     binned_s = time.perf_counter() - t0
+    sampler = ROWS[name].sampler
+    sample_model = wrap_prediction(model, cfg, path)  # a VP v-network as an eps-model (VToEps)
     sets = []
     for i, steps in enumerate(steps_list):
-        log(f"[{NAME}] row {name}: {args.num_samples} samples, {steps} guided AB-2 steps")
-        rec, sample_s = _sample_set(model, path, args, steps, row_dir / f"nfe{steps:03d}.samples.pt", trainer.device)
+        log(f"[{NAME}] row {name}: {args.num_samples} samples, {steps} guided {sampler.upper()} steps")
+        rec, sample_s = _sample_set(sample_model, path, args, steps, row_dir / f"nfe{steps:03d}.samples.pt",
+                                    trainer.device, sampler=sampler, prediction=prediction)
         t0 = time.perf_counter()
         res = _evaluate_set(rec["images"], rec["labels"], ev, args.n_boot, args.sample_seed + i)
         res.update({"nfe": int(rec["nfe"]), "nfe_model": int(rec["nfe_model"]), "sample_seconds": sample_s,
@@ -330,7 +362,8 @@ def run_row(name: str, args: argparse.Namespace, data: dict, ev: dict, log) -> d
             f"{res['fid_interval'][1]:.3g}], KID x1e3 {1e3 * res['kid']['value']:.3g}, accuracy "
             f"{_fmt(res['accuracy'], '.3f')}")
     out = {"format": FORMAT, "name": name, "label": ROWS[name].label, "settings": settings,
-           "path": repr(path), "final_loss": summary["final_loss"], "train_seconds": train_s,
+           "path": repr(path), "sampler": sampler, "loss_target": binned["target"],
+           "final_loss": summary["final_loss"], "train_seconds": train_s,
            "seconds_per_step": (train_s / cfg.total_steps) if train_s else None, "binned_seconds": binned_s,
            "binned": binned, "sets": sets, "row_seconds_this_call": time.perf_counter() - t_row,
            "wall_seconds": (train_s or 0.0) + binned_s + sum(s["sample_seconds"] + s["eval_seconds"] for s in sets)}
@@ -376,7 +409,10 @@ def _fmt(v, spec: str = ".4g") -> str:
 
 
 def _options(train: dict) -> str:
-    if train["path"] != "kac":
+    if train["path"] == "vp":  # the held-out loss is against the row's own target
+        pred = train.get("vp_prediction", "eps")
+        opts = [f"vp, {pred}-prediction (DDIM; loss vs {pred})"]
+    elif train["path"] != "kac":
         opts = [train["path"]]
     else:
         opts = [f"a={train['a']:g} c={train['c']:g} g={train['g_schedule']}"]
@@ -393,11 +429,13 @@ def markdown(res: dict) -> str:
     lines = [f"# Kac teacher training study ({res['dataset']})", "",
              f"Same budget per row: {b['steps']} steps, batch {b['batch_size']}, lr {b['lr']:g} "
              f"({b['warmup_steps']} warm-up steps), EMA {b['ema_decay']:g}, seed {b['seed']}, model {b['model']}. "
-             f"Samples: {b['num_samples']} per set, guidance {b['guidance']:g}, AB-2. FID on the project's classifier "
-             f"features (test accuracy {_fmt(ev.get('test_accuracy'), '.4f')}), reference {res['dataset']}/train; "
+             f"Samples: {b['num_samples']} per set, guidance {b['guidance']:g}, AB-2 (VP rows: DDIM). FID on the "
+             f"project's classifier features (test accuracy {_fmt(ev.get('test_accuracy'), '.4f')}), reference "
+             f"{res['dataset']}/train; "
              f"[95 % bootstrap interval]; KID × 10³ ± std over reference subsets. Held-out loss: mean squared "
              f"error against the conditional target on {b['eval_images']} test images (the row's own path and "
-             f"data smoothing; losses of different paths are not on one scale: compare the relative loss).", "",
+             f"data smoothing; VP rows: against their own ε or v target; losses of different paths or targets are "
+             f"not on one scale: compare the relative loss).", "",
              "| row | path / options | NFE | FID [95 %] | KID × 10³ | class acc. | held-out loss (uniform t) | "
              "loss t<0.05 (rel.) | train s | sample s | row s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

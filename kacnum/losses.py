@@ -45,6 +45,10 @@ Teacher-training options (issue 12; every default leaves the plain loss unchange
   (:func:`target_std`), so that the network sees unit-scale inputs and predicts a unit-scale output
   at every t. Samplers, guidance and distillation see a plain velocity model ``model(x, t, y)``.
 
+VP v-prediction (Salimans & Ho 2022): ``EpsilonLoss(path, prediction="v")`` regresses ``v = α ε - σ x0``
+(:func:`vp_v_target`) and :class:`VToEps` turns the trained v-network into the ε-model the VP samplers take
+(``ε = σ x_t + α v``).
+
 Held-out evaluation: :func:`binned_loss` (mean squared error against the conditional target per bin of t
 on held-out images, fixed seed, and the fraction of Kac coordinates on atoms).
 """
@@ -71,6 +75,9 @@ __all__ = [
     "target_std",
     "kac_velocity_second_moment",
     "Preconditioned",
+    "VP_PREDICTIONS",
+    "vp_v_target",
+    "VToEps",
     "path_spec",
     "path_from_spec",
     "DEFAULT_T_BINS",
@@ -81,6 +88,8 @@ TIME_SAMPLINGS = ("uniform", "logit_normal", "power")
 LOSS_WEIGHTINGS = ("none", "atom")
 #: ``none``; ``in``: c_in only; ``inout``: c_in and c_out
 PRECONDITIONINGS = ("none", "in", "inout")
+#: what a VP network predicts: ``eps`` (the noise) or ``v = α ε - σ x0`` (Salimans & Ho 2022)
+VP_PREDICTIONS = ("eps", "v")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,25 +337,48 @@ class FlowMatchingLoss(_PathLoss):
 
 
 class EpsilonLoss(_PathLoss):
-    """ε-prediction ``E (1/d) ‖ε_θ(x_t, t, y') - ε‖²`` for the VP diffusion baseline (SPEC §9).
+    """ε-prediction ``E (1/d) ‖ε_θ(x_t, t, y') - ε‖²`` for the VP diffusion baseline (SPEC §9), or
+    v-prediction ``E (1/d) ‖v_θ(x_t, t, y') - v‖²`` with ``v = α ε - σ x0`` (``prediction="v"``).
 
-    The model predicts the Gaussian noise ``PathSample.noise``; sample it with
-    ``solvers.ddim_sample(model, x, path.alpha_bar, time_grid)`` or integrate
+    ``prediction="eps"`` (default): the model predicts the Gaussian noise ``PathSample.noise``; sample it
+    with ``solvers.ddim_sample(model, x, path.alpha_bar, time_grid)`` or integrate
     ``path.velocity_field(model)``. ``path`` must be a :class:`~kacnum.paths.VPPath` or a
-    :class:`~kacnum.paths.GaussianPath` (Gaussian noise). Other arguments as :class:`FlowMatchingLoss`
-    (``weighting="atom"`` is refused: no atoms).
+    :class:`~kacnum.paths.GaussianPath` (Gaussian noise).
+
+    ``prediction="v"`` (:class:`~kacnum.paths.VPPath` only; Salimans & Ho 2022): with
+    ``x_t = α x0 + σ ε`` (``α = sqrt(ᾱ(t))``, ``σ = sqrt(1 - ᾱ(t))``) the target is
+    ``v = α ε - σ x0`` (:func:`vp_v_target`, from the sample's ``noise``, (smoothed) ``x0`` and ``t``);
+    then ``ε = σ x_t + α v`` and ``x0 = α x_t - σ v``. Unlike the data prediction of an ε-model,
+    ``x̂0 = (x_t - σ ε̂)/α``, neither divides by ``α``, so the network's error is not amplified at low SNR.
+    Wrap the trained v-network in :class:`VToEps` to get an ε-model for the samplers.
+
+    Other arguments as :class:`FlowMatchingLoss` (``weighting="atom"`` is refused: no atoms). The
+    per-sample error is the mean over coordinates, as for ε.
     """
 
     target_name = "noise"
 
     def __init__(self, path: ProbabilityPath, p_uncond: float = 0.1, null_label: Optional[int] = None,
                  reduction: str = "mean", data_sigma: float = 0.0, time_sampling: str = "uniform",
-                 weighting: str = "none"):
+                 weighting: str = "none", prediction: str = "eps"):
         if not isinstance(path, (VPPath, GaussianPath)):
             raise ValueError(f"path must be a VPPath or GaussianPath (Gaussian noise), got {type(path).__name__}")
+        if prediction not in VP_PREDICTIONS:
+            raise ValueError(f"prediction must be one of {VP_PREDICTIONS}, got {prediction!r}")
+        if prediction == "v" and not isinstance(path, VPPath):
+            raise ValueError(f"prediction 'v' (v = alpha eps - sigma x0) needs a VPPath, got {type(path).__name__}")
         super().__init__(path, p_uncond, null_label, reduction, data_sigma, time_sampling, weighting)
+        self.prediction = prediction
+        if prediction == "v":
+            self.target_name = "v"
+
+    def __repr__(self) -> str:
+        base = super().__repr__()
+        return base if self.prediction == "eps" else base[:-1] + f", prediction={self.prediction!r})"
 
     def _target(self, sample: PathSample) -> torch.Tensor:
+        if self.prediction == "v":
+            return vp_v_target(self.path, sample.x0, sample.noise, sample.t)
         return sample.noise
 
 
@@ -555,6 +587,104 @@ class Preconditioned(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
+# v-prediction of the VP baseline
+
+
+def _vp_scales(path: VPPath, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``α(t), σ(t)`` of ``path`` computed in float64, cast to ``like``'s dtype and device, shaped
+    ``(B, 1, ..., 1)`` for ``like: (B, ...)``; ``t`` a float, a 0-dim tensor or ``(B,)``."""
+    tt = torch.as_tensor(t, dtype=torch.float64, device=like.device) if not torch.is_tensor(t) \
+        else t.detach().to(device=like.device, dtype=torch.float64)
+    if tt.dim() == 0:
+        tt = tt.expand(like.shape[0])
+    if tt.shape != (like.shape[0],):
+        raise ValueError(f"t must be a number or a ({like.shape[0]},) tensor, got shape {tuple(tt.shape)}")
+    shape = (like.shape[0],) + (1,) * (like.dim() - 1)
+    a = path.alpha(tt).to(like.dtype).reshape(shape)
+    s = path.sigma(tt).to(like.dtype).reshape(shape)
+    return a, s
+
+
+def vp_v_target(path: VPPath, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+    """The v-prediction target ``v = α(t) ε - σ(t) x0`` of ``x_t = α x0 + σ ε`` (``x0, noise: (B, ...)``,
+    ``t``: ``(B,)`` or a number in ``(0, T]``)."""
+    if not isinstance(path, VPPath):
+        raise ValueError(f"the v target needs a VPPath, got {type(path).__name__}")
+    if not torch.is_tensor(noise) or noise.shape != x0.shape:
+        raise ValueError("noise must be a tensor of x0's shape")
+    a, s = _vp_scales(path, t, x0)
+    return a * noise - s * x0
+
+
+class VToEps(nn.Module):
+    """A VP v-prediction network as an ε-model: ``model(x, t, y) = σ(t) x + α(t) net(x, t, y)``.
+
+    With ``x_t = α x0 + σ ε`` and ``v = α ε - σ x0`` (``α² + σ² = 1``): ``σ x_t + α v = ε`` and
+    ``α x_t - σ v = x0`` (:meth:`x0`). Exact algebra without division, so it is stable at both ends
+    (``t → 0``: ``α → 1, σ → 0``; ``t = T``: ``α ≈ 0.0066``); ``α, σ`` are computed in float64 from ``t``
+    and cast to ``x``'s dtype. Guidance in ε-space (``ε_∅ + s (ε_y - ε_∅)``) equals guidance in v-space,
+    the map being affine in ``v`` with the same ``x``.
+
+    Everything that samples a VP ε-model takes the wrapper unchanged: DDIM
+    (:func:`kacnum.pipeline.sample_ddim_set`, :func:`kacnum.solvers.ddim_sample`),
+    ``path.velocity_field``, ``kacnum.train.sample_images(eps_model=True)``, the progressive
+    distillation teacher. Attributes the samplers read (``config``, ``num_classes``, ``null_label``, ``T``,
+    ``check_inputs``, ``nfe_per_call``, ...) are the network's. The wrapper has no parameters of its own
+    (``state_dict()`` is the network's under ``net.``): save ``wrapper.net``, wrap at use.
+
+    Args:
+        net: ``net(x, t, y) -> v``, x's shape. path: the :class:`~kacnum.paths.VPPath` it was trained on.
+    """
+
+    prediction = "v"
+
+    def __init__(self, net: nn.Module, path: VPPath):
+        super().__init__()
+        if not isinstance(path, VPPath):
+            raise ValueError(f"VToEps needs a VPPath, got {type(path).__name__}")
+        if isinstance(net, VToEps):
+            raise ValueError("net is already a VToEps wrapper (wrapping twice would convert twice)")
+        self.net = net
+        self.path = path
+
+    def extra_repr(self) -> str:
+        return f"path={self.path!r}"
+
+    # -- the network's attributes -------------------------------------------------------------
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)  # parameters, buffers, submodules (``net``)
+        except AttributeError:
+            net = self.__dict__.get("_modules", {}).get("net")
+            if net is None or name.startswith("__"):
+                raise
+            return getattr(net, name)
+
+    @property
+    def check_inputs(self) -> bool:
+        return bool(getattr(self.net, "check_inputs", False))
+
+    @check_inputs.setter
+    def check_inputs(self, value: bool) -> None:
+        if hasattr(self.net, "check_inputs"):
+            self.net.check_inputs = value
+
+    # -- conversions ---------------------------------------------------------------------------
+    def v_to_eps(self, x: torch.Tensor, t, v: torch.Tensor) -> torch.Tensor:
+        """``ε = σ(t) x + α(t) v``."""
+        a, s = _vp_scales(self.path, t, x)
+        return s * x + a * v
+
+    def x0(self, x: torch.Tensor, t, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The data prediction ``x̂0 = α(t) x - σ(t) v``."""
+        a, s = _vp_scales(self.path, t, x)
+        return a * x - s * self.net(x, t, y)
+
+    def forward(self, x: torch.Tensor, t, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.v_to_eps(x, t, self.net(x, t, y))
+
+
+# ------------------------------------------------------------------------------------------------
 # held-out loss per bin of t
 
 #: a fine bin at the data end, then ten equal bins (fractions of ``T``)
@@ -573,9 +703,10 @@ def _outer_bins(bins: Sequence[tuple]) -> list[int]:
 @torch.no_grad()
 def binned_loss(model: Callable, path: ProbabilityPath, images: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 *, bins: Sequence[tuple] = DEFAULT_T_BINS, max_images: Optional[int] = None, seed: int = 0,
-                batch_size: int = 250, data_sigma: float = 0.0, device=None) -> dict:
+                batch_size: int = 250, data_sigma: float = 0.0, device=None, prediction: str = "eps") -> dict:
     """Held-out loss per bin of t: the mean squared error ``(1/d) ‖model(x_t, t, y) - target‖²`` against the
-    conditional target (``u_t``; the noise for a VP path) on ``images`` (use the test split).
+    conditional target (``u_t``; for a VP path the noise, or ``v = α ε - σ x0`` with ``prediction="v"``:
+    the raw v-network's own target, :class:`EpsilonLoss`) on ``images`` (use the test split).
 
     Bin ``k = (lo, hi)`` (fractions of ``T``): every image gets ``t = t_eps + (T - t_eps)(lo + (hi - lo) U)``,
     ``U ~ U[0, 1)``, then the path noise (and the data smoothing ``data_sigma``), all from a generator
@@ -586,7 +717,8 @@ def binned_loss(model: Callable, path: ProbabilityPath, images: torch.Tensor, la
     Returns ``{"bins": [{"lo", "hi", "t_mid", "mse", "se" (standard error over images), "target_ms"
     (mean square of the target), "relative" (mse / target_ms), "atom_fraction" (share of coordinates
     on a Kac atom; None for other paths), "n"}], "mean": width-weighted mean mse over the bins not nested
-    in another (the deciles by default: the uniform-t loss), "seed", "n_images"}``.
+    in another (the deciles by default: the uniform-t loss), "seed", "n_images", "data_sigma", "target"
+    (``"u_t"``, ``"noise"`` or ``"v"``)}``.
     """
     if not torch.is_tensor(images) or images.dim() < 2:
         raise ValueError("images must be a (N, ...) tensor")
@@ -602,8 +734,13 @@ def binned_loss(model: Callable, path: ProbabilityPath, images: torch.Tensor, la
         p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
+    if prediction not in VP_PREDICTIONS:
+        raise ValueError(f"prediction must be one of {VP_PREDICTIONS}, got {prediction!r}")
+    if prediction == "v" and not isinstance(path, VPPath):
+        raise ValueError(f"prediction 'v' needs a VPPath, got {type(path).__name__}")
     loss_cls = EpsilonLoss if isinstance(path, VPPath) else FlowMatchingLoss
-    loss_fn = loss_cls(path, p_uncond=0.0, data_sigma=data_sigma)
+    loss_fn = EpsilonLoss(path, p_uncond=0.0, data_sigma=data_sigma, prediction=prediction) \
+        if loss_cls is EpsilonLoss else FlowMatchingLoss(path, p_uncond=0.0, data_sigma=data_sigma)
     was = model.training if isinstance(model, nn.Module) else None
     if was is not None:
         model.eval()
@@ -620,7 +757,7 @@ def binned_loss(model: Callable, path: ProbabilityPath, images: torch.Tensor, la
                 t = (path.t_eps + (path.T - path.t_eps) * (lo + (hi - lo) * u)).clamp_(max=path.T)
                 out = loss_fn(model, x0, y, generator=gen, t=t)
                 errs.append(out["per_sample"].double().cpu())
-                tgt = out["sample"].noise if loss_cls is EpsilonLoss else out["sample"].u_t
+                tgt = loss_fn._target(out["sample"])
                 tms.append(tgt.double().pow(2).reshape(e - s, -1).mean(1).cpu())
                 if out["sample"].atom_mask is not None:
                     atoms.append(out["sample"].atom_mask.double().reshape(e - s, -1).mean(1).cpu())
@@ -637,4 +774,5 @@ def binned_loss(model: Callable, path: ProbabilityPath, images: torch.Tensor, la
     outer = _outer_bins(list(bins))
     widths = [bins[i][1] - bins[i][0] for i in outer]
     mean = sum(w * rows[i]["mse"] for w, i in zip(widths, outer)) / sum(widths)
-    return {"bins": rows, "mean": mean, "seed": int(seed), "n_images": n, "data_sigma": float(data_sigma)}
+    return {"bins": rows, "mean": mean, "seed": int(seed), "n_images": n, "data_sigma": float(data_sigma),
+            "target": loss_fn.target_name}

@@ -61,11 +61,13 @@ from kacnum.metrics import (
     KIDReference,
     calc_fid,
     classifier_accuracy,
+    double_ratio_interval,
     extract_features,
     fid_bootstrap,
     kid,
     load_classifier,
     n_for_precision,
+    paired_ratio_interval,
     ratio_interval,
     ratio_interval_curve,
     reference_features,
@@ -74,11 +76,12 @@ from kacnum.metrics import (
     save_sample_set,
     train_classifier,
 )
+from kacnum.losses import VP_PREDICTIONS
 from kacnum.paths import ProbabilityPath, VPPath
 from kacnum.progressive import ProgressiveConfig, ProgressiveDistiller
 from kacnum.solvers import ddim_sample, make_time_grid, parse_time_grid
 from kacnum.train import (TrainConfig, Trainer, derive_seed, load_teacher, resolve_device, sample_images,
-                          save_image_grid, with_path)
+                          save_image_grid, with_path, wrap_prediction)
 
 __all__ = [
     "METHODS",
@@ -204,14 +207,16 @@ class SampleSet:
     def load(cls, path: Union[str, Path], method: str = "kac_teacher") -> "SampleSet":
         """Read a file from :meth:`save`, or the ``samples.pt`` of ``experiments/cifar_distill.py``'s
         own sample stage (keys images, labels, nfe, nfe_model, steps, guidance_scale, seed; read as
-        ``method``)."""
+        ``method``) or of ``experiments/teacher_study.py`` (its ``meta`` and ``sampling`` dicts become the
+        set's meta)."""
         obj = load_checkpoint(path)
         if not isinstance(obj, dict) or "images" not in obj:
             raise ValueError(f"{path} is not a sample file (no 'images')")
         if obj.get("format") == SAMPLES_FORMAT:
             return cls(obj["method"], int(obj["nfe"]), int(obj["nfe_model"]), obj["images"], obj["labels"],
                        obj["guidance"], dict(obj["meta"]))
-        meta = {k: obj[k] for k in ("steps", "method", "seed") if k in obj}
+        meta = {k: v for src in (obj.get("sampling"), obj.get("meta")) if isinstance(src, dict) for k, v in src.items()}
+        meta.update({k: obj[k] for k in ("steps", "method", "seed") if k in obj})
         return cls(method, int(obj.get("nfe", obj.get("steps"))), int(obj.get("nfe_model", obj.get("nfe"))),
                    obj["images"].float(), obj.get("labels"), obj.get("guidance_scale"), meta)
 
@@ -328,6 +333,22 @@ def _no_value_checks_on_cuda(model) -> None:
     p = next(model.parameters(), None)
     if p is not None and p.is_cuda and hasattr(model, "check_inputs"):
         model.check_inputs = False
+
+
+def coupled_sets(a: SampleSet, b: SampleSet) -> bool:
+    """Whether row ``i`` of ``a`` and of ``b`` came from the same latent and label, so that their FID ratio
+    can take the paired interval (:func:`kacnum.metrics.paired_ratio_interval`): the same image shape and
+    count, labels, latent seed and sampling batch size (latents are drawn per batch from
+    ``derive_seed(seed, batch)``) and the same path (the latent law: a Kac and a Gaussian set are not coupled)."""
+    if a.images.shape != b.images.shape:
+        return False
+    if (a.labels is None) != (b.labels is None) or (a.labels is not None and not torch.equal(a.labels, b.labels)):
+        return False
+    if not all(a.meta.get(k) is not None and a.meta.get(k) == b.meta.get(k) for k in ("seed", "path")):
+        return False
+    n = a.images.shape[0]  # the latents' batches: batch sizes >= n are one batch
+    ba, bb = a.meta.get("batch_size"), b.meta.get("batch_size")
+    return ba is not None and bb is not None and min(int(ba), n) == min(int(bb), n)
 
 
 def sample_flow_set(model: nn.Module, path: ProbabilityPath, method: str, *, num_samples: int, steps: int,
@@ -553,16 +574,21 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
                     sample_batch: int = 500, sample_seed: int = 1234, fm_solvers: Sequence[str] = ("euler", "ab2"),
                     pd_config: Optional[ProgressiveConfig] = None, kinds: Sequence[str] = ("fm", "vp"),
                     resume: bool = True, device=None, progress: bool = True, time_grid: str = "uniform",
-                    distill_fm: Optional[Mapping[str, Any]] = None) -> dict:
+                    distill_fm: Optional[Mapping[str, Any]] = None, vp_prediction: Optional[str] = None) -> dict:
     """Baselines with the teacher's UNet preset, data, step budget and guidance (SPEC §9).
 
     * ``fm``: ``kacnum.train.with_path(train_config, "gaussian")`` (the teacher's recipe: data smoothing,
       time density, preconditioning; no atom weighting) trained with
       :class:`kacnum.train.Trainer` in ``out_dir/fm``, sampled with each solver of ``fm_solvers`` at every
       NFE of ``nfe_list`` (methods ``fm_euler``, ``fm_ab2``).
-    * ``vp``: ``path="vp"`` (ε-prediction) in ``out_dir/vp``, sampled with DDIM at every NFE (``vp_ddim``);
-      then, if ``pd_config`` is given, progressive distillation (:class:`kacnum.progressive.ProgressiveDistiller`,
-      guided base, ``out_dir/pd``) sampled at each round's step count (``vp_pd``).
+    * ``vp``: ``path="vp"`` in ``out_dir/vp``, predicting ``vp_prediction``: ``"eps"`` (ε) or ``"v"``
+      (``v = α ε - σ x0``, sampled through :class:`kacnum.losses.VToEps` and recorded as ``prediction``
+      in the sets' meta; None: ``train_config.vp_prediction``, ``"eps"`` for a Kac teacher), sampled with
+      DDIM at every NFE (``vp_ddim``); then, if ``pd_config`` is given, progressive distillation
+      (:class:`kacnum.progressive.ProgressiveDistiller`, guided base, ``out_dir/pd``; a v base is given as it
+      is, with ``base_parameterization="v"``) sampled at each round's step count (``vp_pd``).
+      Changing ``vp_prediction`` over an existing ``out_dir/vp`` fails on resumption (the configs differ):
+      use another ``out_dir``.
     * ``distill_fm`` (a dict of :func:`distill_stage` keyword arguments: schedule, steps_per_stage,
       batch_size, lr, source, seed, distill_overrides, oneshot), with ``fm`` in ``kinds``: DistillFM, the
       same staged endpoint distillation applied to the trained FM model, whose ``schedule[0]``-step guided
@@ -584,7 +610,8 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
     result: dict = {"samples": []}
     samples_dir = out_dir / "samples"
     for kind in kinds:
-        cfg = with_path(train_config, "gaussian" if kind == "fm" else "vp")  # the recipe; no atom weighting
+        # the recipe; no atom weighting; the VP network predicts vp_prediction
+        cfg = with_path(train_config, "gaussian") if kind == "fm" else with_path(train_config, "vp", vp_prediction)
         trainer = Trainer(cfg, out_dir / kind, device=device, data=data, extra_config={"baseline": kind})
         try:
             summary = trainer.fit(resume=resume, progress=progress)
@@ -608,21 +635,27 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
                                           bf16=train_config.bf16))
                 result["samples"] += [result["fm_teacher"]] + result["distill_fm"]["samples"]
             continue
+        eps_model = wrap_prediction(model, cfg, path)  # a v-network as an ε-model (VToEps)
         for nfe in nfe_list:
             meta = _ddim_meta(nfe, sample_seed, sample_batch, path, time_grid=time_grid)
+            if cfg.vp_prediction != "eps":  # (ε sets keep the meta of earlier runs: reused)
+                meta["prediction"] = cfg.vp_prediction
             file = samples_dir / sample_file_name("vp_ddim", nfe)
             old = _reuse(file, meta, resume)
             if old is not None and old.num == num_samples:
                 result["samples"].append(old.record(file))
                 continue
             t0 = time.perf_counter()
-            s = sample_ddim_set(model, path, num_samples=num_samples, steps=int(nfe), guidance=guidance,
+            s = sample_ddim_set(eps_model, path, num_samples=num_samples, steps=int(nfe), guidance=guidance,
                                 seed=sample_seed, batch_size=sample_batch, device=trainer.device, time_grid=time_grid)
+            s.meta.update(meta)
             result["samples"].append(_store(s, samples_dir, k, time.perf_counter() - t0))
         if pd_config is None:
             continue
         images, labels = trainer.batches.images, trainer.batches.labels
         pcfg = dataclasses.replace(pd_config, guidance_scale=float(guidance))
+        if cfg.vp_prediction == "v":  # the raw v-network is the base: students start with the right output head
+            pcfg = dataclasses.replace(pcfg, base_parameterization="v")
         pd = ProgressiveDistiller(model, path, images.to(trainer.device, torch.float32),
                                   labels.to(trainer.device) if k > 0 else None, pcfg, out_dir=out_dir / "pd")
         result["pd"] = pd.run(resume=resume, progress=progress)
@@ -824,8 +857,13 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
     Error bars (:mod:`kacnum.metrics`): every row has ``fid_interval`` (95 %, :func:`~kacnum.metrics.fid_bootstrap`
     with ``n_boot`` resamples, seed ``boot_seed + row index``), ``fid_std``, ``fid_bootstrap`` and, when
     ``kid_reference`` (a :class:`~kacnum.metrics.KIDReference` or reference features) is given, ``kid``
-    (value, std over subsets, interval); ``solver``, ``steps`` and ``time_grid`` of the sampler. Ratios carry
-    their ``interval`` (independent bootstraps). ``comparisons`` / ``targets`` compare every student with
+    (value, std over subsets, interval); ``solver``, ``steps`` and ``time_grid`` of the sampler. Ratios and
+    comparisons carry their ``interval`` and ``paired``: two *coupled* sets (:func:`coupled_sets`: same latent
+    seed, batches, labels and path, e.g. a student and its teacher) take the paired interval
+    (:func:`kacnum.metrics.paired_ratio_interval`, pairs resampled: the shared sampling noise cancels), other
+    pairs the independent bootstraps. ``degradation``: per step count ``K`` with both DistillKac and DistillFM
+    students, (distillkac_K / Kac teacher) / (distillfm_K / FM teacher) with its interval
+    (:func:`kacnum.metrics.double_ratio_interval`). ``comparisons`` / ``targets`` compare every student with
     the other methods at equal network evaluations first (``nfe_model``: a guided teacher or baseline
     step costs 2, a student step 1), then at equal solver steps (``nfe``); ``decided`` says whether the
     ratio's interval excludes 1. ``interval_vs_n``: the half-width of each student/teacher ratio's
@@ -891,16 +929,27 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
     t_fid = None if ti is None else rows[ti]["fid"]
     ratios, goals, by_evals, by_steps, comparisons = {}, {}, {}, {}, []
     others = ("kac_teacher", "kac_teacher_fewstep", "vp_ddim", "fm_euler", "fm_ab2", "vp_pd")
+    paired_cache = {}
+
+    def ratio_of(j, k, seed=boot_seed):
+        """FID ratio rows j / k with its interval: paired (pairs resampled) when the two sets are coupled
+        (same latents and labels, see :func:`coupled_sets`), else from the two independent bootstraps."""
+        if coupled_sets(sets[j], sets[k]):
+            if (j, k, seed) not in paired_cache:
+                paired_cache[j, k, seed] = paired_ratio_interval(feats[j], feats[k], reference, n_boot=n_boot,
+                                                                 seed=seed)
+            return paired_cache[j, k, seed]
+        return ratio_interval(boots[j], boots[k])
 
     def compare(j, k, kind):
-        q = ratio_interval(boots[j], boots[k])
+        q = ratio_of(j, k)
         lo, hi = q["interval"]
         comparisons.append({"kind": kind, "student": rows[j]["method"], "student_nfe": rows[j]["nfe"],
                             "other": rows[k]["method"], "other_nfe": rows[k]["nfe"],
                             "nfe_model": [rows[j]["nfe_model"], rows[k]["nfe_model"]],
                             "student_fid": rows[j]["fid"], "other_fid": rows[k]["fid"],
                             "fid_ratio": q["value"], "fid_ratio_interval": [lo, hi],
-                            "student_better": rows[j]["fid"] < rows[k]["fid"],
+                            "student_better": rows[j]["fid"] < rows[k]["fid"], "paired": q["paired"],
                             "decided": bool(hi < 1.0 or lo > 1.0)})
         return rows[j]["fid"] < rows[k]["fid"]
 
@@ -914,8 +963,9 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
                 by_evals[f"distillkac beats {other} at {m} network evaluations"] = compare(j, k, "network evaluations")
         if t_fid:
             p_s, p_t = paper.get(("distillkac", n)), paper.get(tuple(teacher))
-            q = ratio_interval(boots[j], boots[ti])
+            q = ratio_of(j, ti)
             ratios[f"distillkac_{n}/teacher"] = {"ours": row["fid"] / t_fid, "interval": q["interval"],
+                                                 "paired": q["paired"],
                                                  "relative_half_width": q["relative_half_width"],
                                                  "nfe_model": m, "teacher_nfe_model": rows[ti]["nfe_model"],
                                                  "paper_cifar10": p_s / p_t if p_s and p_t else None,
@@ -938,9 +988,9 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
         tj = ti if STUDENT_TEACHERS[mth] == "kac_teacher" else fi
         if tj is None or not rows[tj]["fid"]:
             continue
-        q = ratio_interval(boots[j], boots[tj])
+        q = ratio_of(j, tj)
         ratios[f"{mth}_{row['nfe']}/{'teacher' if tj == ti else rows[tj]['method']}"] = {
-            "ours": row["fid"] / rows[tj]["fid"], "interval": q["interval"],
+            "ours": row["fid"] / rows[tj]["fid"], "interval": q["interval"], "paired": q["paired"],
             "relative_half_width": q["relative_half_width"], "nfe_model": row["nfe_model"],
             "teacher_nfe_model": rows[tj]["nfe_model"], "paper_cifar10": None, "student": mth, "nfe": row["nfe"],
             "teacher_method": rows[tj]["method"]}
@@ -951,6 +1001,21 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
             if k is not None:
                 controls[f"{a} beats {b} at NFE {row['nfe']}"] = compare(j, k, "control")
     targets = {**by_evals, **goals, **by_steps, **controls}
+    # the thesis in one number per step count: how much a Kac teacher loses in distillation against how much
+    # the FM teacher loses, (distillkac_K / kac teacher) / (distillfm_K / fm teacher), both ratios paired
+    degradation = {}
+    for j, row in enumerate(rows):
+        k = index_of("distillfm", nfe=row["nfe"]) if row["method"] == "distillkac" else None
+        if k is None or ti is None or fi is None or not (coupled_sets(sets[j], sets[ti])
+                                                         and coupled_sets(sets[k], sets[fi])):
+            continue
+        qa, qb = ratio_of(j, ti, boot_seed), ratio_of(k, fi, boot_seed + 1)
+        d = double_ratio_interval(qa, qb)
+        degradation[str(row["nfe"])] = {"kac_ratio": qa["value"], "kac_interval": qa["interval"],
+                                        "fm_ratio": qb["value"], "fm_interval": qb["interval"],
+                                        "kac_over_fm": d["value"], "interval": d["interval"],
+                                        "kac_degrades_less": d["value"] < 1.0,
+                                        "decided": bool(d["interval"][1] < 1.0 or d["interval"][0] > 1.0)}
 
     # interval of each student/teacher ratio against n: choose n for +-precision_target
     interval_vs_n = {}
@@ -962,7 +1027,8 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
             ns = sorted({v for v in (n_all, n_all // 2, n_all // 4, n_all // 8) if v >= 10})
             if not ns:
                 continue
-            curve = ratio_interval_curve(feats[j], feats[ti], reference, ns, n_boot=n_boot, seed=boot_seed)
+            curve = ratio_interval_curve(feats[j], feats[ti], reference, ns, n_boot=n_boot, seed=boot_seed,
+                                         paired=coupled_sets(sets[j], sets[ti]))
             interval_vs_n[f"distillkac_{row['nfe']}/teacher"] = {
                 "curve": curve, "n_for_target": n_for_precision(curve, precision_target)}
 
@@ -992,6 +1058,7 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
     result = {"dataset": ds, "teacher": list(teacher), "teacher_fid": t_fid, "protocol": proto,
               "rows": rows, "ratios": ratios, "targets": targets, "grids": grids, "extra": extra or {},
               "floor": floor_row, "comparisons": comparisons, "interval_vs_n": interval_vs_n,
+              "degradation": degradation,
               "bootstrap": {"n_boot": n_boot, "seed": boot_seed, "level": 0.95, "method": "centered",
                             "precision_target": precision_target},
               "kid_protocol": None if kid_reference is None else {
@@ -1047,6 +1114,17 @@ def _nfe_view(res: dict) -> list[str]:
             lines.append(f"- {at}: {who} {c['student_nfe']}-step {_fmt(c['student_fid'], '.4g')} "
                          f"vs {c['other']} {c['other_nfe']}-step ({c['nfe_model'][1]} evals) {_fmt(c['other_fid'], '.4g')}: "
                          f"ratio {c['fid_ratio']:.3f} [{lo:.3f}, {hi:.3f}], {verdict}")
+    deg = res.get("degradation") or {}
+    if deg:
+        lines += ["", "Which teacher loses less in distillation: (DistillKac / Kac teacher) over (DistillFM / FM teacher), "
+                      "each ratio over a teacher sampled from the same latents (paired intervals):", ""]
+        for n, d in sorted(deg.items(), key=lambda kv: -int(kv[0])):
+            lo, hi = d["interval"]
+            lines.append(f"- {n} steps: Kac {d['kac_ratio']:.3f} [{d['kac_interval'][0]:.3f}, {d['kac_interval'][1]:.3f}], "
+                         f"FM {d['fm_ratio']:.3f} [{d['fm_interval'][0]:.3f}, {d['fm_interval'][1]:.3f}]; Kac / FM "
+                         f"{d['kac_over_fm']:.3f} [{lo:.3f}, {hi:.3f}]"
+                         + (", not decided" if not d["decided"] else
+                            (": the Kac teacher loses less" if d["kac_degrades_less"] else ": the FM teacher loses less")))
     return lines
 
 
@@ -1149,6 +1227,8 @@ class PipelineConfig:
             :func:`baselines_stage`'s ``distill_fm``; needs ``"fm"`` in ``baseline_kinds``).
         pd: progressive distillation config (None: no PD baseline); its guidance is set to ``guidance``.
         baselines: train and sample the baselines; baseline_kinds: which (``"fm"``, ``"vp"``; PD needs vp).
+        vp_prediction: what the VP baseline's network predicts: ``"eps"`` (default) or ``"v"``
+            (:func:`baselines_stage`; the teacher's ``train.vp_prediction`` is the teacher's own).
         fm_solvers: solvers of the FM baseline.
         teacher_fewstep: also sample the undistilled teacher at every NFE of ``nfe_list`` below
             ``sample_steps``.
@@ -1191,6 +1271,11 @@ class PipelineConfig:
     baseline_time_grid: Optional[str] = None
     eval_bootstrap: int = 200
     kid_reference_images: Optional[int] = 10_000
+    vp_prediction: str = "eps"
+
+    def __post_init__(self):
+        if self.vp_prediction not in VP_PREDICTIONS:
+            raise ValueError(f"vp_prediction must be one of {VP_PREDICTIONS}, got {self.vp_prediction!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -1305,7 +1390,8 @@ def run_pipeline(config: PipelineConfig, out_dir: Union[str, Path], *, stages: S
                                   guidance=cfg.guidance, num_samples=cfg.num_samples, sample_batch=cfg.sample_batch,
                                   sample_seed=cfg.sample_seed, fm_solvers=cfg.fm_solvers, pd_config=cfg.pd,
                                   kinds=cfg.baseline_kinds, resume=resume, device=device, progress=progress,
-                                  time_grid=base_grid, distill_fm=_distill_settings(cfg) if cfg.distill_fm else None)
+                                  time_grid=base_grid, distill_fm=_distill_settings(cfg) if cfg.distill_fm else None,
+                                  vp_prediction=cfg.vp_prediction)
         else:
             ds = cfg.train.dataset
             ext = feature_extractor_for(ds, out / "eval", inception_path=cfg.inception_path, kind=cfg.feature,

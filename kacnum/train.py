@@ -62,7 +62,8 @@ from kacnum.checkpoint import load_checkpoint, previous_path, save_checkpoint, s
 from kacnum.data import DATASETS, load_dataset, make_loader
 from kacnum.distill import EMA
 from kacnum.guidance import GuidedField
-from kacnum.losses import LOSS_WEIGHTINGS, PRECONDITIONINGS, EpsilonLoss, FlowMatchingLoss, Preconditioned, TimeSampler
+from kacnum.losses import (LOSS_WEIGHTINGS, PRECONDITIONINGS, VP_PREDICTIONS, EpsilonLoss, FlowMatchingLoss,
+                           Preconditioned, TimeSampler, VToEps)
 from kacnum.models import PRESETS, make_model
 from kacnum.paths import FlightPath, GaussianPath, KacPath, ProbabilityPath, ProcessPath, VPPath
 from kacnum.progress import Progress
@@ -78,6 +79,7 @@ __all__ = [
     "make_path",
     "make_loss",
     "with_path",
+    "wrap_prediction",
     "lr_factor",
     "derive_seed",
     "synthetic_dataset",
@@ -110,10 +112,14 @@ class TrainConfig:
         data_dir: passed to :func:`kacnum.data.load_dataset` (None: ``$KACNUM_DATA`` or the default).
     Path (SPEC §4, §9):
         path: ``"kac"`` (flow matching on ``KacPath(a, c, T, f_schedule, g_schedule)``),
-            ``"gaussian"`` (rectified flow), ``"vp"`` (ε-prediction) or ``"flight"`` (flow matching on
-            ``FlightPath(a, c, T, f_schedule, g_schedule)``: the block-isotropic Kac flow, planar random flights
-            on pairs of horizontally adjacent pixels; ``a`` is the flight's event rate).
+            ``"gaussian"`` (rectified flow), ``"vp"`` (ε- or v-prediction: ``vp_prediction``) or ``"flight"``
+            (flow matching on ``FlightPath(a, c, T, f_schedule, g_schedule)``: the block-isotropic Kac flow,
+            planar random flights on pairs of horizontally adjacent pixels; ``a`` is the flight's event rate).
         a, c: Kac switching rate and speed (9, 3 as the Kac-flow code; 25, 2 reported for CIFAR-10).
+        vp_prediction: what the ``"vp"`` network predicts: ``"eps"`` (the noise, default) or ``"v"``
+            (``v = α ε - σ x0``, Salimans & Ho 2022; :class:`kacnum.losses.EpsilonLoss`). A v-network is
+            saved as it is and wrapped in :class:`kacnum.losses.VToEps` (an ε-model) where it is sampled
+            (:func:`wrap_prediction`, :func:`load_teacher`, :meth:`Trainer.sample`). Path ``"vp"`` only.
     Optimisation:
         optimizer: ``"adam"`` or ``"adamw"``; ``lr``, ``betas``, ``eps``, ``weight_decay``.
         warmup_steps: linear warm-up length; lr_schedule: ``"constant"`` or ``"cosine"`` (to 0 at
@@ -181,6 +187,7 @@ class TrainConfig:
     loss_weighting: str = "none"
     precond: str = "none"
     precond_sigma_data: float = 0.0
+    vp_prediction: str = "eps"
 
     def __post_init__(self):
         if self.model not in PRESETS:
@@ -225,6 +232,11 @@ class TrainConfig:
         if self.precond != "none" and self.path not in ("kac", "gaussian", "vp"):
             raise ValueError(f"precond {self.precond!r} needs path 'kac', 'gaussian' or 'vp' (the marginal scales "
                              f"of kacnum.losses.marginal_std), got path {self.path!r}")
+        if self.vp_prediction not in VP_PREDICTIONS:
+            raise ValueError(f"vp_prediction must be one of {VP_PREDICTIONS}, got {self.vp_prediction!r}")
+        if self.vp_prediction != "eps" and self.path != "vp":
+            raise ValueError(f"vp_prediction {self.vp_prediction!r} needs path 'vp' (it is what the VP diffusion "
+                             f"network predicts), got path {self.path!r}; leave vp_prediction 'eps' for other paths")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -265,19 +277,38 @@ def make_path(config: TrainConfig) -> ProbabilityPath:
     return VPPath(T=config.T)
 
 
-def with_path(config: TrainConfig, path: str) -> TrainConfig:
+def with_path(config: TrainConfig, path: str, vp_prediction: Optional[str] = None) -> TrainConfig:
     """``config`` on another path (the baselines of the Kac teacher): the same recipe (data smoothing,
     time density, preconditioning), and ``loss_weighting`` reset to ``"none"`` off the Kac path (the
-    ``atom`` weighting has no meaning without atoms)."""
+    ``atom`` weighting has no meaning without atoms). ``vp_prediction`` (``"eps"``, ``"v"``) sets the VP
+    network's prediction for ``path="vp"`` (None: ``config``'s); off the VP path it is reset to ``"eps"``."""
     weighting = config.loss_weighting if path == "kac" else "none"
-    return dataclasses.replace(config, path=path, loss_weighting=weighting)
+    if path != "vp":
+        if vp_prediction not in (None, "eps"):
+            raise ValueError(f"vp_prediction {vp_prediction!r} needs path 'vp', got path {path!r}")
+        pred = "eps"
+    else:
+        pred = config.vp_prediction if vp_prediction is None else vp_prediction
+    return dataclasses.replace(config, path=path, loss_weighting=weighting, vp_prediction=pred)
 
 
 def make_loss(config: TrainConfig, path: ProbabilityPath, null_label: Optional[int]):
-    """``FlowMatchingLoss`` (kac, gaussian) or ``EpsilonLoss`` (vp) with ``p_uncond`` and ``null_label``."""
-    cls = EpsilonLoss if config.path == "vp" else FlowMatchingLoss
-    return cls(path, p_uncond=config.p_uncond, null_label=null_label, data_sigma=config.data_sigma,
-               time_sampling=config.time_sampling, weighting=config.loss_weighting)
+    """``FlowMatchingLoss`` (kac, gaussian, flight) or ``EpsilonLoss`` (vp; target ε or v as
+    ``config.vp_prediction``) with ``p_uncond`` and ``null_label``."""
+    kw = dict(p_uncond=config.p_uncond, null_label=null_label, data_sigma=config.data_sigma,
+              time_sampling=config.time_sampling, weighting=config.loss_weighting)
+    if config.path == "vp":
+        return EpsilonLoss(path, prediction=config.vp_prediction, **kw)
+    return FlowMatchingLoss(path, **kw)
+
+
+def wrap_prediction(model: nn.Module, config: TrainConfig, path: ProbabilityPath) -> nn.Module:
+    """The model the samplers take: ``VToEps(model, path)`` (an ε-model) for a VP v-prediction network
+    (``config.path == "vp"`` and ``config.vp_prediction == "v"``), else ``model`` itself. The network
+    itself (``model``) is what checkpoints store."""
+    if config.path == "vp" and config.vp_prediction == "v":
+        return model if isinstance(model, VToEps) else VToEps(model, path)
+    return model
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "constant") -> float:
@@ -829,13 +860,14 @@ class Trainer:
     def sample(self, n: Optional[int] = None, steps: Optional[int] = None,
                guidance_scale: Optional[float] = None, seed: Optional[int] = None,
                use_ema: bool = True) -> dict:
-        """Guided samples of the EMA (or raw) model: see :func:`sample_images`."""
+        """Guided samples of the EMA (or raw) model: see :func:`sample_images` (a VP v-network through
+        :class:`kacnum.losses.VToEps`)."""
         cfg = self.config
         model = self.ema.model if use_ema else self.model
         was = model.training
         model.eval()
         try:
-            return sample_images(model, self.path, n or cfg.num_samples,
+            return sample_images(wrap_prediction(model, cfg, self.path), self.path, n or cfg.num_samples,
                                  guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale,
                                  steps=steps or cfg.sample_steps, method=cfg.sample_method,
                                  seed=derive_seed(cfg.seed, 0x5A) if seed is None else seed,
@@ -976,7 +1008,9 @@ def load_teacher(checkpoint: Union[str, os.PathLike], device: Union[str, torch.d
     """Rebuild ``(model, path, config)`` from a training ``checkpoint.pt``.
 
     ``model`` is the EMA network (``use_ema``) or the raw one, in eval mode with gradients off, on
-    ``device`` (None: CUDA if present).
+    ``device`` (None: CUDA if present). A VP v-prediction network (``config.vp_prediction == "v"``) comes
+    wrapped in :class:`kacnum.losses.VToEps`, an ε-model like the ``"eps"`` one (the raw network is
+    ``model.net``).
     """
     dev = resolve_device(device)
     ck = load_checkpoint(checkpoint, map_location="cpu")
@@ -989,4 +1023,4 @@ def load_teacher(checkpoint: Union[str, os.PathLike], device: Union[str, torch.d
         model = Preconditioned(model, path, 1.0, cfg.precond)
     model.load_state_dict(ck["ema"]["model"] if use_ema else ck["model"])
     model = model.to(dev).eval().requires_grad_(False)
-    return model, path, cfg
+    return wrap_prediction(model, cfg, path).eval(), path, cfg

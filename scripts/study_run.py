@@ -3,7 +3,9 @@
 The teacher study trains every teacher recipe at one budget (same UNet, data, steps, batch, lr, EMA, seed) and
 samples it with the pipeline's sampler; ``distill_sweep.py --run RUN`` distils a run's Kac teacher and its FM
 baseline with the same settings and scores them with the run's evaluation cache. This script lays the study's
-files out as such a run (hard links where possible, copies otherwise; nothing is retrained):
+files out as such a run (hard links where possible, copies otherwise; nothing is retrained; the two sample
+sets are rewritten as pipeline sample sets named ``kac_teacher`` and ``fm_teacher``, with the seed, path and
+batch size that make them coupled to the students sampled from the same seeds):
 
     RUN/config.json                                   teacher TrainConfig + PipelineConfig of --preset
     RUN/teacher/checkpoint.pt                         <study>/rows/<kac_row>/checkpoint.pt
@@ -23,8 +25,8 @@ import sys
 from pathlib import Path
 
 from kacnum import cli
-from kacnum.checkpoint import load_json, save_json
-from kacnum.pipeline import pipeline_config
+from kacnum.checkpoint import load_checkpoint, load_json, save_json
+from kacnum.pipeline import SampleSet, pipeline_config
 from kacnum.train import TrainConfig
 
 
@@ -38,6 +40,21 @@ def _place(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def _place_samples(src: Path, dst: Path, method: str) -> None:
+    """A row's sample set written as a pipeline sample set of ``method`` (``kac_teacher``, ``fm_teacher``), its
+    meta completed so the pipeline can tell coupled sets (seed, path, batch size: the study samples in
+    batches of min(500, n), which older study files did not record)."""
+    if not src.is_file():
+        raise cli.UsageError(f"{src} is missing: run experiments/teacher_study.py for that row first")
+    rec = load_checkpoint(src)
+    n = int(rec["images"].shape[0])
+    meta = {**dict(rec.get("meta") or {}), **dict(rec.get("sampling") or {})}
+    meta.setdefault("batch_size", min(500, n))
+    meta["from_study"] = str(src)
+    SampleSet(method, int(rec["nfe"]), int(rec["nfe_model"]), rec["images"], rec.get("labels"),
+              meta.get("guidance"), meta).save(dst)
 
 
 def main(argv=None) -> int:
@@ -64,9 +81,11 @@ def main(argv=None) -> int:
                                       "pipeline": pipe})
     _place(rows / a.kac_row / "checkpoint.pt", a.out / "teacher" / "checkpoint.pt")
     n = f"nfe{a.samples_nfe:03d}"
-    _place(rows / a.kac_row / f"{n}.samples.pt", a.out / "sample" / "kac_teacher_nfe100.samples.pt")
+    _place_samples(rows / a.kac_row / f"{n}.samples.pt", a.out / "sample" / "kac_teacher_nfe100.samples.pt",
+                   "kac_teacher")
     _place(rows / a.fm_row / "checkpoint.pt", a.out / "baselines" / "fm" / "checkpoint.pt")
-    _place(rows / a.fm_row / f"{n}.samples.pt", a.out / "baselines" / "samples" / "fm_teacher_nfe100.samples.pt")
+    _place_samples(rows / a.fm_row / f"{n}.samples.pt",
+                   a.out / "baselines" / "samples" / "fm_teacher_nfe100.samples.pt", "fm_teacher")
     for f in (a.study / "eval").iterdir():
         if f.is_file():
             _place(f, a.out / "eval" / f.name)

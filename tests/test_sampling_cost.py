@@ -12,6 +12,7 @@ from kacnum.metrics import save_classifier, train_classifier
 from kacnum.train import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import equal_evals  # noqa: E402
 import sampling_cost  # noqa: E402
 
 
@@ -59,6 +60,13 @@ def test_sampling_cost_on_a_tiny_run(tiny_run, tmp_path):
     for c in res["configs"]:
         lo, hi = c["fid_interval"]
         assert lo <= c["fid"] <= hi and math.isfinite(c["rms"])
+    # the reference configuration's paired FID ratio is exactly 1 (same latents, same images); others carry one
+    q = by[("rk4", "uniform", 16)]["fid_ratio"]
+    assert q["value"] == pytest.approx(1.0, abs=1e-12) and q["interval"] == pytest.approx([1.0, 1.0], abs=1e-12)
+    for c in res["configs"]:
+        assert c["fid_ratio"]["value"] == pytest.approx(c["fid"] / res["reference"]["fid"], rel=1e-9)
+        assert c["fid_ratio_hi"] == c["fid_ratio"]["interval"][1]
+    assert res["fewest_steps"]["fid_ratio_hi"]["rk4/uniform"]["steps"] <= 16
     f_ref = res["reference"]["fid"]
     assert res["fewest_steps"]["fid"]["rk4/uniform"]["steps"] <= 16  # 16 RK4 steps are the reference
     for key, ok in (("fid", lambda v: abs(v / f_ref - 1) <= 0.03), ("rms", lambda v: v <= 0.01)):
@@ -76,6 +84,8 @@ def test_sampling_cost_refuses_bad_input(tiny_run, tmp_path):
         sampling_cost.main(["--run", str(tiny_run), "--reference", "rk5:10"])
     with pytest.raises(ValueError, match="run"):
         sampling_cost.main(["--run", str(tmp_path / "nothing")])
+    with pytest.raises(ValueError, match="--teacher"):
+        sampling_cost.main(["--run", str(tiny_run), "--teacher", str(tmp_path / "none.pt")])
 
 
 def test_fewest_steps():
@@ -86,3 +96,34 @@ def test_fewest_steps():
     got = sampling_cost.fewest_steps(cfgs, "fid", 10.0, 0.001, relative=True)
     assert got["ab2/uniform"]["steps"] == 32
     assert sampling_cost.fewest_steps(cfgs, "fid", 1.0, 0.03, relative=True) == {"ab2/uniform": None}
+
+
+def test_equal_evals_on_a_tiny_run(tiny_run, tmp_path):
+    ck = str(tiny_run / "teacher" / "checkpoint.pt")
+    out = tmp_path / "ee"
+    argv = ["--run", str(tiny_run), "--out", str(out), "--num-samples", "16", "--batch-size", "8", "--n-boot", "30",
+            "--threads", "1", "--quiet", "--set", f"a={ck}:ab2:2", "--set", f"b={ck}:euler:8:power:2"]
+    res = equal_evals.main(argv)
+    a, b = res["rows"]
+    assert (a["nfe_model"], b["nfe_model"]) == (4, 16) and b["grid"] == "power:2"
+    for r in res["rows"]:
+        assert r["fid_interval"][0] < r["fid"] < r["fid_interval"][1] and r["n"] == 16
+        assert (out / f"{r['label']}.samples.pt").is_file() and (out / f"{r['label']}.npz").is_file()
+    (p,) = res["pairs"]
+    assert p["paired"]  # same path, seed, batches and labels: coupled
+    assert p["ratio"] == pytest.approx(a["fid"] / b["fid"], rel=1e-9)
+    assert res["floor"]["n"] == 16 and (out / "equal_evals.md").is_file()
+    again = equal_evals.main(argv)  # the sample files are reused
+    assert [r["sample_seconds"] for r in again["rows"]] == [0.0, 0.0]
+    assert again["rows"][0]["fid"] == a["fid"]
+
+
+def test_equal_evals_refuses_bad_sets(tiny_run, tmp_path):
+    ck = str(tiny_run / "teacher" / "checkpoint.pt")
+    for bad in ("a", f"a={ck}", f"a={ck}:rk5:4", f"a={ck}:ab2:0", f"a={ck}:ab2:4:power:-1", f"a b={ck}:ab2:4"):
+        with pytest.raises(SystemExit):
+            equal_evals.main(["--run", str(tiny_run), "--set", bad])
+    with pytest.raises(ValueError, match="labels must differ"):
+        equal_evals.main(["--run", str(tiny_run), "--set", f"a={ck}:ab2:4", "--set", f"a={ck}:ab2:8"])
+    with pytest.raises(ValueError, match="--set"):
+        equal_evals.main(["--run", str(tiny_run), "--set", f"a={tmp_path / 'none.pt'}:ab2:4"])
