@@ -1276,6 +1276,10 @@ class PipelineConfig:
     def __post_init__(self):
         if self.vp_prediction not in VP_PREDICTIONS:
             raise ValueError(f"vp_prediction must be one of {VP_PREDICTIONS}, got {self.vp_prediction!r}")
+        if getattr(self.train, "path", None) == "vp":
+            raise ValueError("train.path must be a flow path (kac, flight or gaussian) for the pipeline's teacher, "
+                             "which is sampled and distilled as a velocity field; got 'vp' (the VP diffusion model "
+                             "is a baseline: the baselines stage trains it with DDIM and progressive distillation)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

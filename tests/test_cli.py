@@ -68,6 +68,7 @@ BAD = [
     ("toy2d", ["--quick", "--train-steps", "abc"], "error: --train-steps must be an integer, got 'abc'"),
     # cifar_distill: the flags the issue lists, by their own names
     ("cifar_distill", ["--steps", "0"], "error: --steps must be an integer >= 1, got 0"),
+    ("cifar_distill", ["--preset", "smoke", "--path", "vp"], "error: train.path must be a flow path"),
     ("cifar_distill", ["--guidance", "-5"], "error: --guidance must be a number in [0, 50], got '-5'"),
     ("cifar_distill", ["--guidance", "nan"], "error: --guidance must be a number in [0, 50], got 'nan'"),
     ("cifar_distill", ["--guidance-sweep", "1.0,nan"], "error: --guidance-sweep must hold numbers in [0, 50], got 'nan'"),
