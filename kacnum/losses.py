@@ -484,7 +484,21 @@ def path_from_spec(spec: dict) -> ProbabilityPath:
     raise ValueError(f"not a path spec (kind kac, gaussian or vp): {spec!r}")
 
 
-class Preconditioned(nn.Module):
+class _ForwardsCheckInputs:
+    """Mixin for wrappers of ``self.net``: ``check_inputs`` reads and writes the network's flag (``False``
+    and a no-op when the network has none). List it before :class:`torch.nn.Module` in the bases."""
+
+    @property
+    def check_inputs(self) -> bool:
+        return bool(getattr(self.net, "check_inputs", False))
+
+    @check_inputs.setter
+    def check_inputs(self, value: bool) -> None:
+        if hasattr(self.net, "check_inputs"):
+            self.net.check_inputs = value
+
+
+class Preconditioned(_ForwardsCheckInputs, nn.Module):
     """EDM-style preconditioning of a velocity network by the path's marginal scales:
 
         model(x, t, y) = c_out(t) · net(c_in(t) · x, t, y),
@@ -541,15 +555,6 @@ class Preconditioned(nn.Module):
     @property
     def T(self) -> float:
         return getattr(self.net, "T", self.path.T)
-
-    @property
-    def check_inputs(self) -> bool:
-        return bool(getattr(self.net, "check_inputs", False))
-
-    @check_inputs.setter
-    def check_inputs(self, value: bool) -> None:
-        if hasattr(self.net, "check_inputs"):
-            self.net.check_inputs = value
 
     # -- scales ------------------------------------------------------------------------------------
     def c_in(self, t) -> torch.Tensor:
@@ -616,7 +621,7 @@ def vp_v_target(path: VPPath, x0: torch.Tensor, noise: torch.Tensor, t) -> torch
     return a * noise - s * x0
 
 
-class VToEps(nn.Module):
+class VToEps(_ForwardsCheckInputs, nn.Module):
     """A VP v-prediction network as an ε-model: ``model(x, t, y) = σ(t) x + α(t) net(x, t, y)``.
 
     With ``x_t = α x0 + σ ε`` and ``v = α ε - σ x0`` (``α² + σ² = 1``): ``σ x_t + α v = ε`` and
@@ -659,15 +664,6 @@ class VToEps(nn.Module):
             if net is None or name.startswith("__"):
                 raise
             return getattr(net, name)
-
-    @property
-    def check_inputs(self) -> bool:
-        return bool(getattr(self.net, "check_inputs", False))
-
-    @check_inputs.setter
-    def check_inputs(self, value: bool) -> None:
-        if hasattr(self.net, "check_inputs"):
-            self.net.check_inputs = value
 
     # -- conversions ---------------------------------------------------------------------------
     def v_to_eps(self, x: torch.Tensor, t, v: torch.Tensor) -> torch.Tensor:

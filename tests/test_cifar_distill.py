@@ -1,7 +1,6 @@
 """experiments/cifar_distill.py: the smoke preset end to end (every stage), resume, clean errors, options."""
 import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -12,15 +11,6 @@ from PIL import Image
 from kacnum.pipeline import PAPER_CIFAR10, SampleSet
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def cd():
-    spec = importlib.util.spec_from_file_location("cifar_distill", ROOT / "experiments" / "cifar_distill.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["cifar_distill"] = mod  # dataclasses look the module up
-    spec.loader.exec_module(mod)
-    return mod
 
 
 COMMON = ["--preset", "smoke", "--device", "cpu", "--quiet", "--threads", "1"]

@@ -1,10 +1,7 @@
 """The controls of the DistillKac study through experiments/cifar_distill.py (smoke preset, tiny budget):
 DistillFM (the FM baseline distilled the same way, with its own 100-step teacher row), one-shot students at the
 staged run's optimiser steps, trajectory targets with a mixed source, and the eval rows, ratios and comparisons."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,19 +9,9 @@ import torch
 from kacnum.distill import DistillConfig
 from kacnum.pipeline import SampleSet, oneshot_budget
 
-ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--preset", "smoke", "--device", "cpu", "--quiet", "--threads", "1"]
 TINY = ["--steps", "10", "--checkpoint-every", "0", "--num-samples", "20", "--distill-steps", "2",
         "--classifier-epochs", "1"]
-
-
-@pytest.fixture(scope="module")
-def cd():
-    spec = importlib.util.spec_from_file_location("cifar_distill", ROOT / "experiments" / "cifar_distill.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["cifar_distill"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_oneshot_budget_is_the_staged_steps_up_to_that_student():

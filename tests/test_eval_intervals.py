@@ -6,30 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from kacnum.metrics import FeatureExtractor, fid_bootstrap, feature_statistics, load_sample_set, frechet_distance
+from kacnum.metrics import fid_bootstrap, feature_statistics, load_sample_set, frechet_distance
 from kacnum.models import make_model
 from kacnum.paths import GaussianPath, KacPath
 from kacnum.pipeline import SampleSet, _grid_path, eval_stage, reference_for, sample_flow_set, baselines_stage
 from kacnum.solvers import make_time_grid
 from kacnum.train import TrainConfig
 
-
-class _Identity(FeatureExtractor):
-    name = "identity"
-    feature_dim = 4
-
-    @property
-    def protocol(self):
-        return {"name": self.name, "layer": "pixels", "feature_dim": 4, "resize": "none"}
-
-    def _features(self, x):
-        return x.reshape(x.shape[0], -1)
+from helpers import IdentityExtractor
 
 
 def _toy(tmp_path, floor_images=True):
     g = torch.Generator().manual_seed(0)
     ref_imgs = (0.3 * torch.randn(4000, 1, 2, 2, generator=g)).clamp(-1, 1)
-    ext = _Identity()
+    ext = IdentityExtractor()
     ref = reference_for("toy", ext, None, data=ref_imgs)
 
     def set_(method, nfe, nfe_model, shift):
@@ -118,8 +108,8 @@ def test_eval_writes_npz_beside_sample_files(tmp_path):
     imgs = torch.rand(30, 1, 2, 2) * 2 - 1
     s = SampleSet("kac_teacher", 100, 200, imgs, torch.arange(30) % 3, 1.2, {"solver": "ab2", "steps": 100, "seed": 5})
     f = s.save(tmp_path / "kac_teacher_nfe100.samples.pt")
-    ref = reference_for("toy", _Identity(), None, data=imgs)
-    eval_stage([f], ref, _Identity(), tmp_path / "eval", n_boot=20, interval_curve=False)
+    ref = reference_for("toy", IdentityExtractor(), None, data=imgs)
+    eval_stage([f], ref, IdentityExtractor(), tmp_path / "eval", n_boot=20, interval_curve=False)
     back = load_sample_set(tmp_path / "kac_teacher_nfe100.npz")
     assert back.meta["method"] == "kac_teacher" and back.meta["nfe_model"] == 200 and back.meta["seed"] == 5
     assert back.meta["time_grid"] == "uniform" and back.meta["guidance"] == 1.2

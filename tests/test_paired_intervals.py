@@ -17,6 +17,8 @@ from kacnum.metrics import (
 )
 from kacnum.pipeline import SampleSet, coupled_sets, eval_stage, reference_for
 
+from helpers import IdentityExtractor
+
 D = 6
 
 
@@ -145,20 +147,7 @@ def test_eval_stage_pairs_coupled_sets(tmp_path):
     g = torch.Generator().manual_seed(0)
     ref_imgs = (0.3 * torch.randn(4000, 1, 2, 2, generator=g)).clamp(-1, 1)
 
-    from kacnum.metrics import FeatureExtractor
-
-    class Ident(FeatureExtractor):
-        name = "identity"
-        feature_dim = 4
-
-        @property
-        def protocol(self):
-            return {"name": self.name, "layer": "pixels", "feature_dim": 4, "resize": "none"}
-
-        def _features(self, x):
-            return x.reshape(x.shape[0], -1)
-
-    ext = Ident()
+    ext = IdentityExtractor()
     ref = reference_for("toy", ext, None, data=ref_imgs)
     zk = 0.3 * torch.randn(400, 1, 2, 2, generator=g)
     zf = 0.3 * torch.randn(400, 1, 2, 2, generator=g)

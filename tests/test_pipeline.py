@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from kacnum.data import digits
-from kacnum.metrics import FeatureExtractor, FeatureStats, calc_fid, feature_statistics
+from kacnum.metrics import FeatureStats, calc_fid, feature_statistics
 from kacnum.models import make_model
 from kacnum.paths import KacPath
 from kacnum.pipeline import (
@@ -27,6 +27,8 @@ from kacnum.pipeline import (
 )
 from kacnum.progressive import ProgressiveConfig
 from kacnum.train import TrainConfig, load_teacher, synthetic_dataset
+
+from helpers import IdentityExtractor
 
 N = 20  # images per sample set in the end-to-end test
 
@@ -109,25 +111,11 @@ def _fid_scipy(a: FeatureStats, b: FeatureStats) -> float:
     return float(((a.mu - b.mu) ** 2).sum() + np.trace(a.sigma) + np.trace(b.sigma) - 2 * np.trace(covmean))
 
 
-class _Identity(FeatureExtractor):
-    """Features = the flattened pixels (an extractor whose FID we can compute independently)."""
-
-    name = "identity"
-    feature_dim = 4
-
-    @property
-    def protocol(self):
-        return {"name": self.name, "layer": "pixels", "feature_dim": 4, "resize": "none"}
-
-    def _features(self, x):
-        return x.reshape(x.shape[0], -1)
-
-
 def test_eval_stage_fid_ratios_and_goals(tmp_path):
     """FIDs against scipy's sqrtm formula; ratios and goal flags follow from them."""
     g = torch.Generator().manual_seed(0)
     ref_imgs = (0.3 * torch.randn(400, 1, 2, 2, generator=g)).clamp(-1, 1)
-    ext = _Identity()
+    ext = IdentityExtractor()
     ref = reference_for("toy", ext, None, data=ref_imgs)
 
     def set_(method, nfe, shift):

@@ -4,7 +4,6 @@ baseline, ``--vp-prediction`` and the teacher study's ``vp``/``vp_v`` rows."""
 import argparse
 import copy
 import dataclasses
-import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -242,15 +241,6 @@ def test_baselines_stage_vp_v(tmp_path):
 
 # ------------------------------------------------------------------------------------------------
 # command line and the teacher study
-
-
-@pytest.fixture(scope="module")
-def cd():
-    spec = importlib.util.spec_from_file_location("cifar_distill", ROOT / "experiments" / "cifar_distill.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["cifar_distill"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_cifar_distill_vp_prediction_flag(cd, capsys, tmp_path):
