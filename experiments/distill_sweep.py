@@ -181,6 +181,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--n-boot", type=cli.positive_int, default=200, help="bootstrap resamples per FID interval")
     p.add_argument("--threads", type=cli.positive_int, default=None,
                    help="torch threads (default: physical cores, 1 on a busy machine)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each setting from its distillation checkpoints and reuse its sample files (a "
+                        "finished setting is only re-scored)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     names = list(args.settings or ())
@@ -274,7 +277,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                                 schedule=pipe["schedule"], guidance=pipe["guidance"], steps_per_stage=steps,
                                 batch_size=batch, lr=lr, source=source, seed=teacher_cfg["seed"], device=device,
                                 num_samples=args.num_samples, sample_batch=500, sample_seed=pipe["sample_seed"],
-                                distill_overrides=over, progress=not args.quiet,
+                                distill_overrides=over, progress=not args.quiet, resume=args.resume,
                                 method="distillkac" if who == "kac" else "distillfm", oneshot=tuple(args.oneshot))
             hist[who] = [h["final_loss"] for h in res["history"]]
         t_distill = time.perf_counter() - t0

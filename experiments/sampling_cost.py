@@ -233,7 +233,7 @@ def plot(res: dict, file: Path) -> Path:
             axes[0][0].loglog(x, [max(p[1], 1e-12) for p in pts], color=colors[s], ls=styles.get(g, "-"),
                               marker="o", ms=3, label=f"{s}, {g}")
             if has_fid:
-                axes[0][1].semilogx(x, [p[2] for p in pts], color=colors[s], ls=styles.get(g, "-"), marker="o", ms=3)
+                axes[0][1].loglog(x, [p[2] for p in pts], color=colors[s], ls=styles.get(g, "-"), marker="o", ms=3)
     r = res["reference"]
     axes[0][0].set(xlabel="network evaluations per image", ylabel="RMS per pixel to the reference",
                    title=f"coupled error vs {r['solver']} x {r['steps']} ({res['num_samples']} images)")

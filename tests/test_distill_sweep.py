@@ -95,3 +95,13 @@ def test_curve_with_controls_on_a_finished_run(sw, tmp_path, capsys):
     md = (sweep_dir / "sweep.md").read_text()
     assert "| b16_cos_traj_mix | distillfm | 1 | 2: " in md and "Ratio curve" in md
     assert {c["other"] for c in s3["controls"]} == {"distillfm", "distillkac_oneshot", "distillfm_oneshot"}
+    # DistillFM students and their FM teacher come from the same latents and labels: paired ratio intervals
+    assert all(st["paired"] for st in s3["students"] if st["method"] == "distillfm")
+    assert "paired" in md
+    # --resume re-scores finished settings without distilling again: same students, same FIDs
+    sample = sweep_dir / "s3_b16_cos_traj_mix" / "distill_kac" / "samples" / "distillkac_nfe001.samples.pt"
+    mtime = sample.stat().st_mtime_ns
+    assert sw.main(argv + ["--resume"]) == 0
+    again = json.loads((sweep_dir / "sweep.json").read_text())["settings"]["s3_b16_cos_traj_mix"]
+    assert sample.stat().st_mtime_ns == mtime  # reused, not drawn again
+    assert again["fid"] == s3["fid"]
