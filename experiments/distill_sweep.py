@@ -252,6 +252,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     teacher_sets = _teacher_sets(args, run, models, pipe, device)
     sweep = {"run": str(run), "device": device, "dataset": dataset, "teachers": list(args.teachers),
              "oneshot": list(args.oneshot), "settings": {}, "skipped": [], "curve": {}}
+    old_settings = {}
+    if args.resume and (args.out / "sweep.json").is_file():  # keep the distillation time of the run that did it
+        old_settings = load_json(args.out / "sweep.json").get("settings", {})
     rate = None  # seconds per (optimiser step x batch row)
     n_stages = len(pipe["schedule"]) - 1
     for name in args.settings:
@@ -288,6 +291,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         ev = eval_stage(files, ref, ext, args.out / name / "eval", dataset=dataset, n_boot=args.n_boot,
                         interval_curve=False)
         sweep["settings"][name] = _summary(name, steps, batch, lr, source, over, t_distill, ev, hist)
+        before = old_settings.get(name, {}).get("distill_seconds") or 0.0
+        if before > t_distill:  # resumed: this call only finished (or re-scored) what an earlier call distilled
+            sweep["settings"][name]["distill_seconds"] = before
+            sweep["settings"][name]["distill_seconds_this_call"] = t_distill
         sweep["curve"] = _curves(sweep["settings"])
         save_json(args.out / "sweep.json", sweep)
         _write_md(args.out / "sweep.md", sweep)
