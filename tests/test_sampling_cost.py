@@ -65,8 +65,20 @@ def test_sampling_cost_on_a_tiny_run(tiny_run, tmp_path):
     assert q["value"] == pytest.approx(1.0, abs=1e-12) and q["interval"] == pytest.approx([1.0, 1.0], abs=1e-12)
     for c in res["configs"]:
         assert c["fid_ratio"]["value"] == pytest.approx(c["fid"] / res["reference"]["fid"], rel=1e-9)
-        assert c["fid_ratio_hi"] == c["fid_ratio"]["interval"][1]
-    assert res["fewest_steps"]["fid_ratio_hi"]["rk4/uniform"]["steps"] <= 16
+        lo, hi = c["fid_ratio"]["interval"]
+        assert c["fid_ratio_dev"] == pytest.approx(max(hi - 1, 1 - lo))
+    assert res["fewest_steps"]["fid_ratio_within"]["rk4/uniform"]["steps"] <= 16
+    for name, v in res["fewest_steps"]["fid_ratio_within"].items():
+        solver, grid = name.split("/")
+        good = [k for k in (2, 16) if by[(solver, grid, k)]["fid_ratio_dev"] <= 0.03]
+        assert (v is None) == (not good) and (v is None or v["steps"] == min(good)), (name, v)
+    # --from-json: the same summary again without sampling, and a wider tolerance admits more
+    again = sampling_cost.main(["--run", str(tiny_run), "--from-json", str(out / "sampling_cost.json"), "--quiet",
+                                "--fid-tol", "0.03"])
+    assert again["fewest_steps"] == json.loads(json.dumps(res["fewest_steps"]))
+    wide = sampling_cost.main(["--run", str(tiny_run), "--from-json", str(out / "sampling_cost.json"), "--quiet",
+                               "--fid-tol", "100", "--out", str(tmp_path / "wide")])
+    assert all(v is not None and v["steps"] == 2 for v in wide["fewest_steps"]["fid_ratio_within"].values())
     f_ref = res["reference"]["fid"]
     assert res["fewest_steps"]["fid"]["rk4/uniform"]["steps"] <= 16  # 16 RK4 steps are the reference
     for key, ok in (("fid", lambda v: abs(v / f_ref - 1) <= 0.03), ("rms", lambda v: v <= 0.01)):
