@@ -109,6 +109,24 @@ def test_dataset_override_picks_a_matching_model(cd):
     assert (syn.model, syn.dataset) == ("cifar10_kacflow", "synthetic")
 
 
+def test_presets_train_the_kac_teacher_with_atom_weighting(cd):
+    for preset in ("smoke", "cpu", "gpu"):
+        assert cd.build_train_config(cd.parse_args(["--preset", preset])).loss_weighting == "atom"
+    assert cd.build_train_config(cd.parse_args(["--loss-weighting", "none"])).loss_weighting == "none"
+    for path in ("gaussian", "flight"):  # atom weighting is defined by the Kac atom mass: not applied elsewhere
+        assert cd.build_train_config(cd.parse_args(["--path", path])).loss_weighting == "none"
+
+
+def test_sample_method_option(cd):
+    args = cd.parse_args(["--sample-method", "heun", "--sample-steps", "16", "--time-grid", "power:2"])
+    p = cd.build_pipeline_config(args, cd.build_train_config(args))
+    assert (p.sample_method, p.sample_steps, p.time_grid) == ("heun", 16, "power:2")
+    args = cd.parse_args([])
+    assert cd.build_pipeline_config(args, cd.build_train_config(args)).sample_method == "ab2"
+    with pytest.raises(SystemExit):
+        cd.parse_args(["--sample-method", "dopri"])
+
+
 def test_pipeline_config_from_options(cd):
     """Presets come from kacnum.pipeline.PIPELINE_PRESETS; options override them."""
     args = cd.parse_args(["--preset", "gpu"])
