@@ -16,8 +16,8 @@ the options. Stages (``--stage``; ``all`` runs them in this order):
 * ``distill``: staged endpoint distillation ``--schedule`` (100 -> 20 -> 4 -> 2 -> 1),
   ``--distill-steps`` optimiser steps per stage, ``--source forward|rollout`` -> ``OUT/distill/``
   (``distill.ckpt``, ``student_KKK.pt``, ``samples/distillkac_nfeKKK.samples.pt``).
-* ``baselines``: Gaussian flow matching (Euler and AB-2), VP ε-prediction (``--vp-prediction v``:
-  v-prediction) sampled with DDIM, and progressive distillation of the VP model, with the teacher's
+* ``baselines``: Gaussian flow matching (Euler and AB-2), VP v-prediction (``--vp-prediction eps``:
+  ε-prediction) sampled with DDIM, and progressive distillation of the VP model, with the teacher's
   UNet preset, data, optimiser-step budget (``--steps``) and guidance -> ``OUT/baselines/``. PD rounds
   train ``--distill-steps`` steps each.
 * ``eval``: FID of every sample set with ``feature_extractor_for(dataset)``: the standard FID
@@ -228,9 +228,9 @@ def validate(args: argparse.Namespace) -> None:
     if getattr(args, "distill_fm", False) and (args.no_baselines or "fm" not in (args.baseline_kinds or ("fm",))):
         raise cli.UsageError("--distill-fm distils the FM baseline: it needs the baselines stage with fm "
                              "(no --no-baselines; --baseline-kinds with fm)")
-    if getattr(args, "vp_prediction", None) == "v" and (args.no_baselines
+    if getattr(args, "vp_prediction", None) is not None and (args.no_baselines
                                                         or "vp" not in (args.baseline_kinds or ("vp",))):
-        raise cli.UsageError("--vp-prediction v sets the VP baseline's prediction: it needs the baselines stage "
+        raise cli.UsageError("--vp-prediction sets the VP baseline's prediction: it needs the baselines stage "
                              "with vp (no --no-baselines; --baseline-kinds with vp)")
     if args.nfe_list is not None and len(set(args.nfe_list)) != len(args.nfe_list):
         raise cli.UsageError(f"--nfe-list must not repeat a number, got {','.join(map(str, args.nfe_list))}")
@@ -594,10 +594,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--baseline-kinds", type=cli.choice_list(("fm", "vp")), default=None, metavar="fm,vp",
                    help="which baselines the baselines stage trains and samples (default fm,vp; PD needs vp)")
     g.add_argument("--vp-prediction", choices=VP_PREDICTIONS, default=None,
-                   help="what the VP baseline's network predicts: eps (the noise, default) or v (v = alpha eps - "
-                        "sigma x0, Salimans & Ho 2022: a data prediction without the 1/alpha error amplification at "
-                        "low SNR); sampled with DDIM either way, PD starts from it; use a fresh --out (or a new "
-                        "baselines folder) when changing it")
+                   help="what the VP baseline's network predicts: v (default; v = alpha eps - sigma x0, Salimans "
+                        "& Ho 2022: a data prediction without the 1/alpha error amplification at low SNR) or eps "
+                        "(the noise; runs made before v became the default resume only with eps); sampled with "
+                        "DDIM either way, PD starts from it")
     g.add_argument("--rollout-pool", type=cli.positive_int, default=None,
                    help="roll-outs per pool with --source rollout (default 4096: ~3 min per stage at smoke size)")
     g.add_argument("--pd-schedule", type=cli.int_list(minimum=1), default=None, metavar="N0,N1,...",

@@ -248,13 +248,15 @@ def test_cifar_distill_vp_prediction_flag(cd, capsys, tmp_path):
     train = cd.build_train_config(args)
     assert train.vp_prediction == "eps"  # the Kac teacher's own
     assert cd.build_pipeline_config(args, train).vp_prediction == "v"
-    args = cd.parse_args(["--preset", "smoke"])
+    args = cd.parse_args(["--preset", "smoke"])  # the default: v (it fixed the baseline, README)
+    assert cd.build_pipeline_config(args, cd.build_train_config(args)).vp_prediction == "v"
+    args = cd.parse_args(["--preset", "smoke", "--vp-prediction", "eps"])
     assert cd.build_pipeline_config(args, cd.build_train_config(args)).vp_prediction == "eps"
     with pytest.raises(SystemExit):
         cd.parse_args(["--vp-prediction", "x0"])
     assert "--vp-prediction: invalid choice: 'x0'" in capsys.readouterr().err
     for extra in (["--no-baselines"], ["--baseline-kinds", "fm"]):
-        with pytest.raises(cli.UsageError, match="--vp-prediction v"):
+        with pytest.raises(cli.UsageError, match="--vp-prediction sets"):
             cd.validate(cd.parse_args(["--vp-prediction", "v", "--out", str(tmp_path / "o")] + extra))
 
 
