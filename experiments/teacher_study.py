@@ -503,6 +503,8 @@ def plot(res: dict, file: Path) -> Path:
     ax.axhline(fl["fid"], color="k", ls="--", lw=1, label=f"floor (real test images) {fl['fid']:.3g}")
     ax.set_xticks(range(len(fids)))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    if max(fids) > 10 * min(fids):  # one broken row (e.g. the eps VP at a short budget) must not hide the rest
+        ax.set_yscale("log")
     ax.set_title("FID [95 % bootstrap interval]", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
