@@ -302,27 +302,21 @@ def print_table(res: dict) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
-    if args.from_json is not None:
+    if args.from_json is not None:  # no sampling: the saved configurations under the given tolerances
         res = load_json(args.from_json)
         res["fid_tol"], res["rms_tol"] = args.fid_tol, args.rms_tol
         res["fewest_steps"] = summarise(res["configs"], res["reference"]["fid"], args.fid_tol, args.rms_tol)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        res["png"] = str(plot(res, out / "sampling_cost.png"))
-        save_json(out / "sampling_cost.json", res)
-        if not args.quiet:
-            print_table(res)
-        return res
-    threads = cli.resolve_threads(args.threads)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        from threadpoolctl import threadpool_limits
+    else:
+        threads = cli.resolve_threads(args.threads)
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(limits=threads):
-            res = run(args)
-    finally:
-        torch.set_num_threads(old)
+            with threadpool_limits(limits=threads):
+                res = run(args)
+        finally:
+            torch.set_num_threads(old)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res["png"] = str(plot(res, out / "sampling_cost.png"))

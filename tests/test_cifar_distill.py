@@ -1,6 +1,7 @@
 """experiments/cifar_distill.py: the smoke preset end to end (every stage), resume, clean errors, options."""
 import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -224,7 +225,7 @@ def test_gpu_pipeline_script_dry_run(tmp_path):
     import tarfile
 
     env = dict(os.environ, KACNUM_GPU_CHECK_DRYRUN="1", OUT=str(tmp_path / "out"), GPU_PIPELINE_BUDGET="300",
-               WORK=str(tmp_path / "work"))
+               WORK=str(tmp_path / "work"), PYTHON=sys.executable)  # this interpreter, venv activated or not
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_pipeline.sh")], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
