@@ -730,13 +730,13 @@ def binned_loss(model: Callable, path: ProbabilityPath, images: torch.Tensor, la
         p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
-    if prediction not in VP_PREDICTIONS:
-        raise ValueError(f"prediction must be one of {VP_PREDICTIONS}, got {prediction!r}")
-    if prediction == "v" and not isinstance(path, VPPath):
-        raise ValueError(f"prediction 'v' needs a VPPath, got {type(path).__name__}")
-    loss_cls = EpsilonLoss if isinstance(path, VPPath) else FlowMatchingLoss
-    loss_fn = EpsilonLoss(path, p_uncond=0.0, data_sigma=data_sigma, prediction=prediction) \
-        if loss_cls is EpsilonLoss else FlowMatchingLoss(path, p_uncond=0.0, data_sigma=data_sigma)
+    if isinstance(path, VPPath):  # validates prediction
+        loss_fn = EpsilonLoss(path, p_uncond=0.0, data_sigma=data_sigma, prediction=prediction)
+    elif prediction != "eps":
+        raise ValueError(f"prediction {prediction!r} is what a VP network predicts: it needs a VPPath, "
+                         f"got {type(path).__name__}")
+    else:
+        loss_fn = FlowMatchingLoss(path, p_uncond=0.0, data_sigma=data_sigma)
     was = model.training if isinstance(model, nn.Module) else None
     if was is not None:
         model.eval()

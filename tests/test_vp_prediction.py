@@ -171,6 +171,8 @@ def test_train_config_vp_prediction_validation_and_round_trip():
         EpsilonLoss(GaussianPath(), prediction="v")
     with pytest.raises(ValueError, match="prediction must be one of"):
         binned_loss(lambda x, t, y: x, VPPath(), torch.zeros(2, 1, 2, 2), prediction="x")
+    with pytest.raises(ValueError, match="needs a VPPath"):
+        binned_loss(lambda x, t, y: x, GaussianPath(), torch.zeros(2, 1, 2, 2), prediction="v")
 
 
 # ------------------------------------------------------------------------------------------------
