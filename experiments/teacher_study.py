@@ -31,8 +31,8 @@ kac_precond       + EDM-style preconditioning c_in = 1/std(x_t), c_out = std(u_t
 kac_a25c2         Kac flow with a = 25, c = 2 (reported best for CIFAR-10)
 kac_gt2           Kac flow with g(t) = t²
 flight            the block-isotropic Kac flow: pairs of pixels as planar random flights (``--path flight``)
-vp                VP diffusion, ε-prediction (the pipeline's VP baseline), DDIM at 100 and 20 steps
-vp_v              VP diffusion, v-prediction (``v = α ε - σ x0``, Salimans & Ho 2022), DDIM at 100 and 20
+vp                VP diffusion, ε-prediction (the pipeline's VP baseline with --vp-prediction eps), DDIM at 100 and 20 steps
+vp_v              VP diffusion, v-prediction (``v = α ε - σ x0``, Salimans & Ho 2022; the pipeline's default), DDIM at 100 and 20
 ================= =============================================================================
 
 The VP rows are not in the default list (``--rows vp,vp_v``). Their held-out loss is against the row's own
