@@ -55,11 +55,13 @@ smoke     digits_tiny       scikit-learn digits 8x8    teacher and each baseline
                                                        ``--stage all`` in about 1.5 minutes (80 s
                                                        measured with ``--threads 1``)
 cpu       mnist_small       MNIST 28x28 (mnist.pkl.gz) teacher and each baseline (FM, VP) 3000 steps (batch
-                                                       64), 300 distillation steps per stage and per PD
-                                                       round, 1000 samples per set, baselines at NFE 20, 4,
-                                                       2, 1: the whole ``--stage all`` in 86 minutes
-                                                       on 2 cores (measured, README); ``--steps 15000
-                                                       --distill-steps 1000`` for a longer run (~5 h)
+                                                       64); DistillKac and DistillFM 1000 steps per stage
+                                                       (lr 5e-4 cosine, trajectory targets, roll-out
+                                                       inputs: the distillation sweep's best), PD 300
+                                                       steps per round; 1000 samples per set, baselines at
+                                                       NFE 20, 4, 2, 1: the whole ``--stage all`` in about
+                                                       2 hours on 2 cores (README); ``--steps 15000`` for a
+                                                       longer teacher
 gpu       cifar10_kacflow   CIFAR-10 32x32             the paper's configuration: 400k steps, batch 128,
                                                        bf16 autocast, 10k distillation steps per stage,
                                                        50k samples per set (GPU days; baselines triple it)
@@ -225,7 +227,7 @@ def validate(args: argparse.Namespace) -> None:
         if schedule[0] % k:
             raise cli.UsageError(f"--oneshot {k}: a one-shot student's step count must divide the teacher's "
                                  f"{schedule[0]} steps (--schedule)")
-    if getattr(args, "distill_fm", False) and (args.no_baselines or "fm" not in (args.baseline_kinds or ("fm",))):
+    if getattr(args, "distill_fm", None) and (args.no_baselines or "fm" not in (args.baseline_kinds or ("fm",))):
         raise cli.UsageError("--distill-fm distils the FM baseline: it needs the baselines stage with fm "
                              "(no --no-baselines; --baseline-kinds with fm)")
     if getattr(args, "vp_prediction", None) is not None and (args.no_baselines
@@ -276,7 +278,9 @@ def build_pipeline_config(args: argparse.Namespace, train: TrainConfig) -> Pipel
     steps per round (the two distillations get the same budget)."""
     over: dict = {"guidance": train.guidance_scale, "sample_steps": args.sample_steps,
                   "sample_method": args.sample_method,
-                  "sample_batch": args.sample_batch, "sample_seed": args.sample_seed, "source": args.source}
+                  "sample_batch": args.sample_batch, "sample_seed": args.sample_seed}
+    if args.source is not None:
+        over["source"] = args.source
     for name, attr in (("num_samples", "num_samples"), ("distill_steps", "distill_steps"),
                        ("distill_batch", "distill_batch"), ("nfe_list", "nfe_list"), ("schedule", "schedule"),
                        ("guidance_sweep", "guidance_sweep"), ("inception_path", "inception"),
@@ -296,8 +300,10 @@ def build_pipeline_config(args: argparse.Namespace, train: TrainConfig) -> Pipel
         over["distill_lr"] = args.distill_lr
     if getattr(args, "oneshot", None):
         over["oneshot"] = tuple(args.oneshot)
-    if getattr(args, "distill_fm", False):
-        over["distill_fm"] = True
+    if getattr(args, "distill_fm", None) is not None:
+        over["distill_fm"] = args.distill_fm
+    elif args.no_baselines or "fm" not in (getattr(args, "baseline_kinds", None) or ("fm",)):
+        over["distill_fm"] = False  # the preset's DistillFM needs the FM baseline
     if getattr(args, "baseline_kinds", None):
         over["baseline_kinds"] = tuple(args.baseline_kinds)
     if getattr(args, "vp_prediction", None) is not None:
@@ -568,9 +574,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "steps per progressive-distillation round of the PD baseline")
     g.add_argument("--distill-batch", type=cli.positive_int, default=None,
                    help="rows per distillation step (DistillKac and PD)")
-    g.add_argument("--source", choices=("forward", "rollout", "mix"), default="forward",
+    g.add_argument("--source", choices=("forward", "rollout", "mix"), default=None,
                    help="distillation inputs: forward-process draws, teacher roll-outs (SPEC §7), or a mix "
-                        "(--rollout-fraction of each batch from roll-outs)")
+                        "(--rollout-fraction of each batch from roll-outs); default: the preset's (cpu: rollout, "
+                        "else forward)")
     g.add_argument("--rollout-refresh", type=cli.positive_int, default=None, metavar="STEPS",
                    help="optimiser steps between roll-out pool refreshes (default 500; a trajectory pool costs "
                         "200 network evaluations per latent: set it >= the steps of a stage to pay it once)")
@@ -588,9 +595,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--oneshot", type=cli.int_list(minimum=1), default=None, metavar="K1,...",
                    help="also distil the teacher directly 100 -> K with the optimiser steps the staged run spent "
                         "up to its K-step student (the one-shot control; e.g. 1); with --distill-fm also for FM")
-    g.add_argument("--distill-fm", action="store_true",
+    g.add_argument("--distill-fm", action=argparse.BooleanOptionalAction, default=None,
                    help="baselines stage: also distil the FM model the same way (DistillFM, the control of the "
-                        "thesis): its 100-step AB-2 samples (fm_teacher) and its students (distillfm)")
+                        "thesis): its 100-step AB-2 samples (fm_teacher) and its students (distillfm); default: "
+                        "the preset's (cpu: on, else off)")
     g.add_argument("--baseline-kinds", type=cli.choice_list(("fm", "vp")), default=None, metavar="fm,vp",
                    help="which baselines the baselines stage trains and samples (default fm,vp; PD needs vp)")
     g.add_argument("--vp-prediction", choices=VP_PREDICTIONS, default=None,

@@ -144,7 +144,8 @@ def test_pipeline_config_from_options(cd):
     assert (p.distill_steps, p.source, p.guidance, p.train.guidance_scale) == (7, "rollout", 1.5, 1.5)
     assert p.guidance_sweep == (1.0, 1.2, 1.5) and p.num_samples == 33 and p.inception_path == "/x/i.pt"
     assert p.schedule == (100, 10, 1) and p.nfe_list == (10, 1)
-    assert p.distill_overrides == {"ema_decay": 0.99, "rollout_pool": 64}  # the preset's, plus the pool
+    assert p.distill_overrides == {"ema_decay": 0.99, "lr_schedule": "cosine", "target": "trajectory",
+                                   "rollout_pool": 64, "rollout_refresh": 800}  # the preset's, pool replaced
     assert p.pd.steps_per_round == (7, 7) and p.pd.schedule == (4, 2, 1)  # PD gets the same budget
     assert p.train.model == "mnist_small" and not cd._uses_inception(p)
     args = cd.parse_args(["--preset", "smoke", "--distill-steps", "3,4,5,6"])

@@ -97,5 +97,20 @@ def test_distill_flags_reach_the_pipeline_config(cd):
                                      "target": "trajectory", "lr_schedule": "cosine", "p_uncond": 0.1}
     assert (cfg.source, cfg.distill_lr, cfg.oneshot, cfg.distill_fm, cfg.baseline_kinds) == \
         ("rollout", 5e-4, (1,), True, ("fm",))
-    plain = cd.build_pipeline_config(cd.parse_args(["--preset", "cpu"]), cd.build_train_config(cd.parse_args([])))
-    assert plain.distill_overrides == {"ema_decay": 0.99} and plain.oneshot == () and not plain.distill_fm
+    plain = cd.build_pipeline_config(cd.parse_args(["--preset", "smoke"]), cd.build_train_config(cd.parse_args([])))
+    assert plain.distill_overrides == {"ema_decay": 0.9, "rollout_pool": 256} and plain.oneshot == ()
+    assert plain.source == "forward" and not plain.distill_fm
+
+
+def test_cpu_preset_distils_with_the_swept_settings_and_distillfm(cd):
+    """The cpu preset's distillation is the sweep's best setting; DistillFM is on unless FM is not trained."""
+    cpu = cd.build_pipeline_config(cd.parse_args(["--preset", "cpu"]), cd.build_train_config(cd.parse_args([])))
+    assert (cpu.distill_steps, cpu.distill_lr, cpu.source, cpu.distill_fm) == (1000, 5e-4, "rollout", True)
+    assert cpu.distill_overrides == {"ema_decay": 0.99, "lr_schedule": "cosine", "target": "trajectory",
+                                     "rollout_pool": 512, "rollout_refresh": 800}
+    assert cpu.pd.steps_per_round == (300,) * 4  # the PD baseline keeps its own budget unless --distill-steps is given
+    for argv in (["--no-distill-fm"], ["--no-baselines"], ["--baseline-kinds", "vp"]):
+        args = cd.parse_args(["--preset", "cpu"] + argv)
+        assert not cd.build_pipeline_config(args, cd.build_train_config(args)).distill_fm, argv
+    args = cd.parse_args(["--preset", "cpu", "--source", "forward"])
+    assert cd.build_pipeline_config(args, cd.build_train_config(args)).source == "forward"
