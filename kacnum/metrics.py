@@ -1783,7 +1783,11 @@ def extract_features(images_or_loader: Any, extractor: FeatureExtractor, *, max_
     """``(N, D)`` float32 features of images (a tensor, an iterable of batches or a callable, as in
     :func:`compute_reference_stats`)."""
     out = []
-    bar = Progress(0, "features", unit="batch", enabled=progress)
+    total = 0  # unknown for an iterable or a callable
+    if torch.is_tensor(images_or_loader) or isinstance(images_or_loader, np.ndarray):
+        n = len(images_or_loader) if max_images is None else min(len(images_or_loader), int(max_images))
+        total = -(-n // extractor.batch_size)
+    bar = Progress(total, "features", unit="batch", enabled=progress)
     for batch in bar.iterate(_iter_image_batches(images_or_loader, extractor.batch_size, max_images)):
         out.append(extractor(batch).numpy().astype(np.float32))
     bar.close()

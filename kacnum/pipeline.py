@@ -128,6 +128,23 @@ METHODS = {
     "vp_ddim": "VP diffusion (ε-prediction), DDIM",
     "vp_pd": "progressive distillation of the VP model (DDIM student)",
 }
+
+
+def method_label(method: str, meta: Optional[Mapping] = None) -> str:
+    """The results.md label of a sample set: :data:`METHODS`' text, with the VP network's prediction read from
+    the set's ``meta`` (``prediction`` of a DDIM set, ``pd_config.base_parameterization`` of a PD set; sets
+    without it are ε-prediction sets of earlier runs)."""
+    meta = meta or {}
+    if method == "vp_ddim":
+        return f"VP diffusion ({_prediction_name(meta.get('prediction', 'eps'))}), DDIM"
+    if method == "vp_pd":
+        base = (meta.get("pd_config") or {}).get("base_parameterization", "eps")
+        return f"progressive distillation of the VP model ({_prediction_name(base)} teacher, DDIM student)"
+    return METHODS.get(method, method)
+
+
+def _prediction_name(prediction: str) -> str:
+    return {"eps": "ε-prediction", "v": "v-prediction"}.get(prediction, f"{prediction}-prediction")
 #: DistillKac's own CIFAR-10 numbers (SPEC §10), by (method, NFE)
 PAPER_CIFAR10 = {
     ("kac_teacher", 100): 3.58,
@@ -898,7 +915,7 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
                 and int(s.labels.max()) < extractor.model.config.num_classes:
             acc = classifier_accuracy(extractor, x, s.labels)
         rows.append({
-            "method": s.method, "label": METHODS.get(s.method, s.method), "nfe": s.nfe, "nfe_model": s.nfe_model,
+            "method": s.method, "label": method_label(s.method, s.meta), "nfe": s.nfe, "nfe_model": s.nfe_model,
             "guidance": s.guidance, "fid": r.value, "fid_interval": [b.lo, b.hi], "fid_std": b.std,
             "fid_bootstrap": b.to_dict(),
             "kid": None if kid_reference is None else kid(f, kid_reference, n_boot=n_boot, seed=boot_seed + i).to_dict(),
@@ -1079,7 +1096,10 @@ def _nfe_view(res: dict) -> list[str]:
         key = (r["method"], r["guidance"]) if r["method"] == "kac_teacher_sweep" else (r["method"], None)
         if key not in methods:
             methods.append(key)
-    head = [METHODS.get(m, m) + (f" (s={g:g})" if g is not None else "") for m, g in methods]
+    labels = {}
+    for r in rows:
+        labels.setdefault(r["method"], r.get("label") or METHODS.get(r["method"], r["method"]))
+    head = [labels[m] + (f" (s={g:g})" if g is not None else "") for m, g in methods]
     lines = ["", "## NFE (network evaluations)", "",
              "Network evaluations per image: a guided teacher or baseline step costs 2, a distilled student step 1. "
              "FID [95 % interval].", "",

@@ -91,13 +91,14 @@ class Progress:
         done = self.n - self.initial
         rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
         pct = f" ({100.0 * self.n / self.total:.0f}%)" if self.total > 0 else ""
-        parts = [f"[{self.desc}] {self.unit} {self.n}/{self.total}{pct}"]
+        count = f"{self.n}/{self.total}" if self.total > 0 else f"{self.n}"  # total <= 0: not known
+        parts = [f"[{self.desc}] {self.unit} {count}{pct}"]
         parts.append(f"{rate:.3g} {self.unit}/s" if math.isfinite(rate) else f"? {self.unit}/s")
         parts += [f"{k} {_fmt(v)}" for k, v in self.postfix.items()]
         parts.append(f"elapsed {format_seconds(elapsed)}")
         if final:
             parts.append("done")
-        else:
+        elif self.total > 0:
             eta = (self.total - self.n) / rate if math.isfinite(rate) and rate > 0 else float("nan")
             parts.append(f"ETA {format_seconds(eta)}")
         return "  ".join(parts)

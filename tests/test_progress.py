@@ -108,3 +108,42 @@ def test_trainer_reports_to_a_log_file(tmp_path, capsys):
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[train]")]
     assert [int(LINE.match(ln)["n"]) for ln in lines] == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 20]
     assert "loss " in lines[-1] and "img/s " in lines[-1] and lines[-1].endswith("done")
+
+
+def test_unknown_total_shows_the_count_only(clock):
+    """total 0 (an iterable of unknown length) must not print 'batch 2/0' nor an ETA."""
+    out = io.StringIO()
+    bar = Progress(0, "features", unit="batch", stream=out)
+    for _ in range(3):
+        clock.t += 1.0
+        bar.update()
+    assert bar.line() == "[features] batch 3  1 batch/s  elapsed 3s"
+    bar.close()
+    assert out.getvalue().splitlines()[-1] == "[features] batch 3  1 batch/s  elapsed 3s  done"
+
+
+def test_feature_extraction_knows_its_batch_count(monkeypatch):
+    import numpy as np
+    import torch
+
+    from kacnum import metrics
+    totals = []
+
+    class Spy(Progress):
+        def __init__(self, total, *a, **k):
+            totals.append(total)
+            super().__init__(total, *a, **k)
+
+    monkeypatch.setattr(metrics, "Progress", Spy)
+
+    class Ext:
+        batch_size = 4
+
+        def __call__(self, x):
+            return x.flatten(1)[:, :3]
+
+    x = torch.zeros(10, 1, 2, 2)
+    assert metrics.extract_features(x, Ext()).shape == (10, 3)
+    assert metrics.extract_features(np.zeros((10, 1, 2, 2), np.float32), Ext(), max_images=5).shape == (5, 3)
+    assert metrics.extract_features(iter([x[:4], x[4:]]), Ext()).shape == (10, 3)
+    assert totals == [3, 2, 0]

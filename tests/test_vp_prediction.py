@@ -287,3 +287,14 @@ def test_with_path_keeps_other_fields():
     cfg = _tiny(path="kac", vp_prediction="eps", data_sigma=0.1, precond="in")
     vp = with_path(cfg, "vp", "v")
     assert dataclasses.replace(vp, path="kac", vp_prediction="eps") == cfg
+
+
+def test_results_label_names_the_vp_prediction():
+    """results.md must not call a v-prediction VP model an ε-prediction one (the label reads the set's meta)."""
+    from kacnum.pipeline import METHODS, method_label
+    assert method_label("vp_ddim", {"prediction": "v"}) == "VP diffusion (v-prediction), DDIM"
+    assert method_label("vp_ddim", {}) == "VP diffusion (ε-prediction), DDIM"  # sets of earlier runs
+    assert "v-prediction teacher" in method_label("vp_pd", {"pd_config": {"base_parameterization": "v"}})
+    assert "ε-prediction teacher" in method_label("vp_pd", {"pd_config": {"base_parameterization": "eps"}})
+    assert method_label("distillkac", {"prediction": "v"}) == METHODS["distillkac"]
+    assert method_label("my_method") == "my_method"
