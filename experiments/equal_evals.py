@@ -113,7 +113,7 @@ def _sample(spec: dict, args, device, log):
     if vp:
         s = sample_ddim_set(model, path, spec["label"], **common)
     else:
-        s = sample_flow_set(model, path, spec["label"], solver=spec["solver"], **common)
+        s = sample_flow_set(model, path, spec["label"], solver=spec["solver"], progress=True, **common)
     s.meta["equal_evals"] = meta_key
     s.save(file)
     return s, time.perf_counter() - t0, tcfg

@@ -644,7 +644,8 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
                     result["samples"].append(sample_stage(
                         model, path, samples_dir, num_samples=num_samples, guidance=guidance, steps=int(nfe),
                         method=solver, batch_size=sample_batch, seed=sample_seed, device=trainer.device,
-                        name=f"fm_{solver}", resume=resume, bf16=train_config.bf16, time_grid=time_grid))
+                        name=f"fm_{solver}", resume=resume, bf16=train_config.bf16, time_grid=time_grid,
+                        progress=progress))
             if distill_fm is not None:
                 result.update(_distill_fm(model, path, trainer, dict(distill_fm), out_dir, samples_dir, guidance=guidance,
                                           num_samples=num_samples, sample_batch=sample_batch, sample_seed=sample_seed,
@@ -710,7 +711,7 @@ def _distill_fm(model: nn.Module, path: ProbabilityPath, trainer, settings: dict
     schedule = tuple(settings.get("schedule", (100, 20, 4, 2, 1)))
     teacher = sample_stage(model, path, samples_dir, num_samples=num_samples, guidance=guidance, steps=int(schedule[0]),
                            method="ab2", batch_size=sample_batch, seed=sample_seed, device=trainer.device,
-                           name="fm_teacher", resume=resume, bf16=bf16, time_grid=time_grid)
+                           name="fm_teacher", resume=resume, bf16=bf16, time_grid=time_grid, progress=progress)
     images, labels = trainer.batches.images, trainer.batches.labels
     res = distill_stage(model, path, images, labels if k > 0 else None, out_dir / "distill_fm", guidance=guidance,
                         resume=resume, device=trainer.device, num_samples=num_samples, sample_batch=sample_batch,
