@@ -72,6 +72,7 @@ class Progress:
         self.every_seconds = float(every_seconds)
         self.postfix: dict = {}
         self._t0 = self._t_last = time.perf_counter()
+        self._first = None  # (time, n) at the first update: the rate excludes set-up before the first step
         self._n_last = self.initial
         self._lines = 0
         self._closed = False
@@ -90,6 +91,9 @@ class Progress:
         elapsed = now - self._t0
         done = self.n - self.initial
         rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
+        if self._first is not None and self.n > self._first[1] and now > self._first[0]:
+            # steady rate since the first step: a slow set-up (a roll-out pool, a cache) must not inflate the ETA
+            rate = (self.n - self._first[1]) / (now - self._first[0])
         pct = f" ({100.0 * self.n / self.total:.0f}%)" if self.total > 0 else ""
         count = f"{self.n}/{self.total}" if self.total > 0 else f"{self.n}"  # total <= 0: not known
         parts = [f"[{self.desc}] {self.unit} {count}{pct}"]
@@ -110,6 +114,8 @@ class Progress:
 
     def update(self, n: int = 1) -> None:
         self.n += int(n)
+        if self._first is None:
+            self._first = (time.perf_counter(), self.n)
         if self.mode == "bar":
             self._bar.update(n)
         elif self.mode == "log" and self.n < self.total:

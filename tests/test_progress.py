@@ -147,3 +147,18 @@ def test_feature_extraction_knows_its_batch_count(monkeypatch):
     assert metrics.extract_features(np.zeros((10, 1, 2, 2), np.float32), Ext(), max_images=5).shape == (5, 3)
     assert metrics.extract_features(iter([x[:4], x[4:]]), Ext()).shape == (10, 3)
     assert totals == [3, 2, 0]
+
+
+def test_rate_and_eta_exclude_a_slow_setup_before_the_first_step(clock):
+    """A stage that spends 120 s building a pool and then runs 2 steps/s must not report 0.008 step/s, ETA 37 h."""
+    out = io.StringIO()
+    bar = Progress(1000, "distill", stream=out, every_seconds=1e9)
+    clock.t += 120.0  # set-up, then the first step
+    bar.update()
+    for _ in range(99):
+        clock.t += 0.5
+        bar.update()
+    m = LINE.match(bar.line())
+    assert float(m["rate"]) == pytest.approx(2.0)
+    assert m["eta"] == "7m30s" and m["el"] == "2m50s"  # 900 steps at 2/s; elapsed counts the set-up
+    bar.close()
