@@ -59,9 +59,9 @@ cpu       mnist_small       MNIST 28x28 (mnist.pkl.gz) teacher and each baseline
                                                        (lr 5e-4 cosine, trajectory targets, roll-out
                                                        inputs: the distillation sweep's best), PD 300
                                                        steps per round; 1000 samples per set, baselines at
-                                                       NFE 20, 4, 2, 1: the whole ``--stage all`` in about
-                                                       2 hours on 2 cores (README); ``--steps 15000`` for a
-                                                       longer teacher
+                                                       NFE 20, 4, 2, 1: the whole ``--stage all`` in 103
+                                                       minutes on 2 cores (measured, README); ``--steps
+                                                       15000`` for a longer teacher
 gpu       cifar10_kacflow   CIFAR-10 32x32             the paper's configuration: 400k steps, batch 128,
                                                        bf16 autocast, 10k distillation steps per stage,
                                                        50k samples per set (GPU days; baselines triple it)
