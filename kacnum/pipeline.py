@@ -125,8 +125,8 @@ METHODS = {
     "distillfm_oneshot": "DistillFM one-shot student (Euler; K0 → K directly, the staged optimiser steps)",
     "fm_euler": "Gaussian flow matching (rectified flow), Euler",
     "fm_ab2": "Gaussian flow matching (rectified flow), AB-2",
-    "vp_ddim": "VP diffusion (ε-prediction), DDIM",
-    "vp_pd": "progressive distillation of the VP model (DDIM student)",
+    "vp_ddim": "VP diffusion ({prediction}), DDIM",
+    "vp_pd": "progressive distillation of the VP model ({prediction} teacher, DDIM student)",
 }
 
 
@@ -135,16 +135,10 @@ def method_label(method: str, meta: Optional[Mapping] = None) -> str:
     the set's ``meta`` (``prediction`` of a DDIM set, ``pd_config.base_parameterization`` of a PD set; sets
     without it are ε-prediction sets of earlier runs)."""
     meta = meta or {}
-    if method == "vp_ddim":
-        return f"VP diffusion ({_prediction_name(meta.get('prediction', 'eps'))}), DDIM"
-    if method == "vp_pd":
-        base = (meta.get("pd_config") or {}).get("base_parameterization", "eps")
-        return f"progressive distillation of the VP model ({_prediction_name(base)} teacher, DDIM student)"
-    return METHODS.get(method, method)
-
-
-def _prediction_name(prediction: str) -> str:
-    return {"eps": "ε-prediction", "v": "v-prediction"}.get(prediction, f"{prediction}-prediction")
+    prediction = meta.get("prediction", "eps") if method == "vp_ddim" else \
+        (meta.get("pd_config") or {}).get("base_parameterization", "eps")
+    name = {"eps": "ε-prediction", "v": "v-prediction"}.get(prediction, f"{prediction}-prediction")
+    return METHODS.get(method, method).replace("{prediction}", name)
 #: DistillKac's own CIFAR-10 numbers (SPEC §10), by (method, NFE)
 PAPER_CIFAR10 = {
     ("kac_teacher", 100): 3.58,
@@ -1099,7 +1093,7 @@ def _nfe_view(res: dict) -> list[str]:
             methods.append(key)
     labels = {}
     for r in rows:
-        labels.setdefault(r["method"], r.get("label") or METHODS.get(r["method"], r["method"]))
+        labels.setdefault(r["method"], r.get("label") or method_label(r["method"]))
     head = [labels[m] + (f" (s={g:g})" if g is not None else "") for m, g in methods]
     lines = ["", "## NFE (network evaluations)", "",
              "Network evaluations per image: a guided teacher or baseline step costs 2, a distilled student step 1. "
