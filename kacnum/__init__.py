@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 _SUBMODULES = {
-    "kac", "telegrapher", "transport", "paths", "losses", "solvers", "guidance", "distill", "progressive",
+    "kac", "telegrapher", "transport", "paths", "losses", "solvers", "guidance", "distill", "progressive", "reflow",
     "stability", "claims", "models", "train", "data", "metrics", "pipeline", "checkpoint", "toy_data",
     "flight", "processes",
 }

@@ -556,14 +556,19 @@ class Sampler:
         else:
             self.nfe = self.steps
 
-    def __call__(self, n: int, y=None, generator: Optional[torch.Generator] = None,
-                 latent: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _inputs(self, n: int, y, generator: Optional[torch.Generator], latent: Optional[torch.Tensor]):
+        """``(latent, labels)``: the latents drawn with ``generator`` unless given, the labels as in the class doc."""
         d = self.d
         if latent is None:
             latent = d.path.sample_latent((n,) + d.sample_shape, generator=generator, dtype=d.dtype,
                                           device=d.device)
+        return latent, d._labels_for(latent.shape[0], y, generator)
+
+    def __call__(self, n: int, y=None, generator: Optional[torch.Generator] = None,
+                 latent: Optional[torch.Tensor] = None) -> torch.Tensor:
+        d = self.d
+        latent, y = self._inputs(n, y, generator, latent)
         n = latent.shape[0]
-        y = d._labels_for(n, y, generator)
         grid = d.grid(self.stage)
         with torch.no_grad():
             if self.stage == 0:
@@ -908,6 +913,15 @@ class Distiller(_StudentCheckpoints):
 
     # -- training ------------------------------------------------------------------------------
 
+    def _bar_label(self, stage: int) -> str:
+        return f"distill {self.config.stages[stage - 1]}->{self.config.stages[stage]}"
+
+    def training_loss(self, student: nn.Module, batch: DistillBatch) -> dict:
+        """The loss of one batch (a dict with a differentiable scalar ``loss``): the endpoint loss
+        (:func:`endpoint_loss`); :class:`kacnum.reflow.Reflow` replaces it."""
+        return endpoint_loss(student, batch.x, batch.t, batch.t_next, batch.target, batch.y,
+                             self.config.parameterization)
+
     def run(self, resume: bool = False, progress: bool = True,
             callback: Optional[Callable[[dict], None]] = None) -> list[dict]:
         """Train every remaining stage in order; returns :attr:`history` (one dict per stage).
@@ -937,17 +951,15 @@ class Distiller(_StudentCheckpoints):
             ck = None
             pool = None
             teacher_nfe = None
-            bar = Progress(n_steps, f"distill {cfg.stages[stage - 1]}->{cfg.stages[stage]}", initial=step0,
-                           enabled=progress)
+            bar = Progress(n_steps, self._bar_label(stage), initial=step0, enabled=progress)
             for step in bar.iterate(range(step0, n_steps)):
                 if cfg.uses_pool and (pool is None or step % cfg.rollout_refresh == 0):
                     pool = self.build_pool(stage, step // cfg.rollout_refresh)
                 batch = self.make_batch(stage, pool)
                 teacher_nfe = batch.teacher_nfe
-                out = endpoint_loss(student, batch.x, batch.t, batch.t_next, batch.target, batch.y,
-                                    cfg.parameterization)
+                out = self.training_loss(student, batch)
                 tr.step(out["loss"])
-                loss = float(out["endpoint_mse"])
+                loss = float(out["loss"].detach())
                 losses.append(loss)
                 if step % cfg.log_every == 0 or step + 1 == n_steps:
                     bar.set_postfix(loss=loss)
