@@ -300,6 +300,8 @@ def build_pipeline_config(args: argparse.Namespace, train: TrainConfig) -> Pipel
         over["distill_lr"] = args.distill_lr
     if getattr(args, "oneshot", None):
         over["oneshot"] = tuple(args.oneshot)
+    if getattr(args, "reflow", False):
+        over["reflow"] = True
     if getattr(args, "distill_fm", None) is not None:
         over["distill_fm"] = args.distill_fm
     elif args.no_baselines or "fm" not in (getattr(args, "baseline_kinds", None) or ("fm",)):
@@ -595,6 +597,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--oneshot", type=cli.int_list(minimum=1), default=None, metavar="K1,...",
                    help="also distil the teacher directly 100 -> K with the optimiser steps the staged run spent "
                         "up to its K-step student (the one-shot control; e.g. 1); with --distill-fm also for FM")
+    g.add_argument("--reflow", action="store_true",
+                   help="also reflow the teacher on its own 100-step couplings with the staged run's optimiser "
+                        "steps, sampled with Euler at each student step count (reflow_kac; with --distill-fm also "
+                        "reflow_fm, 2-rectified flow of the FM teacher: the strongest few-step peer)")
     g.add_argument("--distill-fm", action=argparse.BooleanOptionalAction, default=None,
                    help="baselines stage: also distil the FM model the same way (DistillFM, the control of the "
                         "thesis): its 100-step AB-2 samples (fm_teacher) and its students (distillfm); default: "

@@ -146,6 +146,13 @@ def _settings_arg(text: str) -> tuple:
     return vals
 
 
+def _dirs_arg(text: str) -> tuple:
+    vals = tuple(Path(v.strip()) for v in text.split(",") if v.strip())
+    if not vals:
+        raise argparse.ArgumentTypeError("must be comma-separated sweep folders (each with a sweep.json)")
+    return vals
+
+
 def _variants_arg(text: str) -> tuple:
     vals = tuple(v.strip() for v in text.split(",") if v.strip())
     for v in vals:
@@ -159,7 +166,12 @@ def _variants_arg(text: str) -> tuple:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = cli.ArgumentParser(prog="experiments/distill_sweep.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, required=True, help="a cifar_distill.py OUT folder (teacher, sample, eval)")
+    p.add_argument("--run", type=Path, default=None,
+                   help="a cifar_distill.py OUT folder (teacher, sample, eval); required unless --merge")
+    p.add_argument("--merge", type=_dirs_arg, default=None, metavar="DIR1,DIR2,...",
+                   help="distil nothing: merge the sweep.json of these sweep folders (all of the same --run) into "
+                        "OUT/sweep.json and sweep.md, with the ratio curve over all their settings, and plot it "
+                        "(OUT/curve.png)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--settings", type=_settings_arg, default=None,
                    help=f"comma-separated, from {','.join(sorted(SETTINGS))} or built names such as "
@@ -172,6 +184,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="kac (the run's teacher), fm (DistillFM: the run's baselines/fm model), or kac,fm")
     p.add_argument("--oneshot", type=cli.int_list(minimum=1), default=(), metavar="K1,...",
                    help="also distil each teacher directly 100 -> K at the staged budget (e.g. 1)")
+    p.add_argument("--reflow", type=cli.choice_list(TEACHERS), default=(), metavar="T1,...",
+                   help="also reflow these teachers (of --teachers) on their own 100-step couplings with the staged "
+                        "optimiser steps, sampled with Euler at each student step count: fm = 2-rectified flow")
     p.add_argument("--rollout-pool", type=cli.positive_int, default=None,
                    help="roll-outs per pool for roll-out/mixed settings (default 4096)")
     p.add_argument("--rollout-refresh", type=cli.positive_int, default=None, help="steps between pool refreshes")
@@ -186,6 +201,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "finished setting is only re-scored)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.run is None and args.merge is None:
+        p.error("--run is required (or --merge DIR1,DIR2,...)")
     names = list(args.settings or ())
     if args.curve:
         names += [f"s{n}" + ("" if v == "constant" else f"_{v}") for v in args.variants for n in args.curve]
@@ -220,6 +237,15 @@ def _teacher_sets(args, run: Path, models: dict, pipe: dict, device: str) -> dic
 
 def _main(argv: Optional[Sequence[str]]) -> int:
     args = parse_args(argv)
+    if args.merge is not None:
+        cli.check_out_dir(args.out, "--out")
+        merged = merge_sweeps(args.merge)
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_json(args.out / "sweep.json", merged)
+        _write_md(args.out / "sweep.md", merged)
+        plot_curve(merged, args.out / "curve.png")
+        print((args.out / "sweep.md").read_text())
+        return 0
     cli.check_device(args.device, "--device")
     run = args.run
     conf_file = run / "config.json"
@@ -234,6 +260,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     torch.set_num_threads(cli.resolve_threads(args.threads))
     conf = load_json(conf_file)
     pipe, teacher_cfg = conf["pipeline"], conf["teacher"]
+    if set(args.reflow) - set(args.teachers):
+        raise cli.UsageError(f"--reflow {','.join(args.reflow)}: each must be one of --teachers "
+                             f"{','.join(args.teachers)}")
     for k in args.oneshot:
         if int(pipe["schedule"][0]) % k:
             raise cli.UsageError(f"--oneshot {k} must divide the teacher's {pipe['schedule'][0]} steps")
@@ -251,7 +280,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     t_start = time.perf_counter()
     teacher_sets = _teacher_sets(args, run, models, pipe, device)
     sweep = {"run": str(run), "device": device, "dataset": dataset, "teachers": list(args.teachers),
-             "oneshot": list(args.oneshot), "settings": {}, "skipped": [], "curve": {}}
+             "oneshot": list(args.oneshot), "reflow": list(args.reflow), "settings": {}, "skipped": [], "curve": {}}
     old_settings = {}
     if args.resume and (args.out / "sweep.json").is_file():  # keep the distillation time of the run that did it
         old_settings = load_json(args.out / "sweep.json").get("settings", {})
@@ -267,7 +296,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         staged = steps * n_stages
         extra = sum(oneshot_budget(DistillConfig(stages=tuple(pipe["schedule"]), steps_per_stage=steps), int(k))
                     for k in args.oneshot)
-        n_rows = (staged + extra) * batch * len(args.teachers)
+        n_rows = (staged + extra) * batch * len(args.teachers) + staged * batch * len(args.reflow)
         left = args.budget - (time.perf_counter() - t_start)
         if rate is not None and rate * n_rows + 20 > left:
             sweep["skipped"].append({"name": name, "estimated_seconds": rate * n_rows, "seconds_left": left})
@@ -281,7 +310,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                                 batch_size=batch, lr=lr, source=source, seed=teacher_cfg["seed"], device=device,
                                 num_samples=args.num_samples, sample_batch=500, sample_seed=pipe["sample_seed"],
                                 distill_overrides=over, progress=not args.quiet, resume=args.resume,
-                                method="distillkac" if who == "kac" else "distillfm", oneshot=tuple(args.oneshot))
+                                method="distillkac" if who == "kac" else "distillfm", oneshot=tuple(args.oneshot),
+                                reflow=who in args.reflow)
             hist[who] = [h["final_loss"] for h in res["history"]]
         t_distill = time.perf_counter() - t0
         rate = t_distill / n_rows
@@ -329,6 +359,91 @@ def _summary(name, steps, batch, lr, source, over, seconds, ev, hist) -> dict:
             "fid": fid, "ratio": {n: f / teacher_fid for n, f in fid.items()} if teacher_fid else {},
             "students": students, "final_loss": hist, "degradation": ev.get("degradation") or {},
             "controls": [c for c in ev.get("comparisons", []) if c["kind"] == "control"]}
+
+
+def merge_sweeps(folders: Sequence[Path]) -> dict:
+    """One sweep record from the ``sweep.json`` of several sweep folders over the same run (a setting in a later
+    folder replaces one of the same name), settings ordered by steps per stage, the curve recomputed over all."""
+    sweeps = []
+    for f in folders:
+        j = Path(f) / "sweep.json"
+        if not j.is_file():
+            raise cli.UsageError(f"--merge: {j} does not exist (run the sweep into {f} first)")
+        sweeps.append(load_json(j))
+    runs = sorted({s["run"] for s in sweeps})
+    if len(runs) > 1:
+        raise cli.UsageError(f"--merge: the sweeps distil different runs ({', '.join(runs)}); their ratios divide by "
+                             f"different teachers")
+    settings: dict = {}
+    for s in sweeps:
+        settings.update(s["settings"])
+    settings = dict(sorted(settings.items(), key=lambda kv: (kv[1]["steps_per_stage"], kv[0])))
+    union = lambda key: sorted({v for s in sweeps for v in s.get(key, [])})  # noqa: E731
+    return {"run": runs[0], "device": ", ".join(sorted({s["device"] for s in sweeps})), "dataset": sweeps[0]["dataset"],
+            "teachers": union("teachers"), "oneshot": union("oneshot"), "reflow": union("reflow"),
+            "settings": settings, "skipped": [k for s in sweeps for k in s.get("skipped", [])],
+            "curve": _curves(settings), "merged_from": [str(f) for f in folders]}
+
+
+#: line style per student method of the curve plot
+_STYLE = {"distillkac": ("C0", "o", "-"), "distillfm": ("C1", "s", "-"), "distillkac_oneshot": ("C0", "^", ":"),
+          "distillfm_oneshot": ("C1", "^", ":"), "reflow_kac": ("C0", "D", "--"), "reflow_fm": ("C1", "D", "--")}
+
+
+def plot_curve(sweep: dict, file: Path) -> Path:
+    """Student/teacher FID ratio (95 % intervals) against optimiser steps per stage, one panel per student step
+    count, one line per variant and student method; the paper's CIFAR-10 ratio and the goal where there is one.
+    One-shot and reflow students sit at the staged run's steps per stage (they had the same total)."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kacnum.checkpoint import atomic_write
+    from kacnum.pipeline import PAPER_RATIOS_CIFAR10, TARGETS
+
+    curve = sweep.get("curve") or {}
+    counts = sorted({int(n) for ms in curve.values() for by_n in ms.values() for n in by_n}, reverse=True)
+    fig, axes = plt.subplots(1, max(1, len(counts)), figsize=(3.4 * max(1, len(counts)), 3.2), squeeze=False)
+    for ax, n in zip(axes[0], counts):
+        for v, ms in curve.items():
+            for m, by_n in ms.items():
+                c = by_n.get(str(n))
+                if not c:
+                    continue
+                pts = sorted(c["points"])
+                xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+                lo = [p[1] - (p[2][0] if p[2] else p[1]) for p in pts]
+                hi = [(p[2][1] if p[2] else p[1]) - p[1] for p in pts]
+                color, marker, ls = _STYLE.get(m, ("C2", "x", "-"))
+                label = m if len(curve) == 1 else f"{m} ({v})"
+                ax.errorbar(xs, ys, yerr=[lo, hi], color=color, marker=marker, ls=ls, capsize=2, ms=4, label=label)
+        if n in PAPER_RATIOS_CIFAR10:
+            ax.axhline(PAPER_RATIOS_CIFAR10[n], color="k", ls=":", lw=1, label="paper (CIFAR-10)")
+        if n in TARGETS:
+            ax.axhline(TARGETS[n], color="r", ls="--", lw=1, label="goal")
+        ax.set_xscale("log")
+        ticks = sorted({p[0] for ms in curve.values() for by_n in ms.values() for p in by_n.get(str(n), {}).get("points", [])})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_title(f"{n}-step student")
+        ax.set_xlabel("optimiser steps per stage")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("student FID / teacher FID")
+    handles = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=8,
+               bbox_to_anchor=(0.5, -0.2))
+    fig.suptitle(f"Distillation ratio against budget ({sweep['dataset']}; teacher of {sweep['run']})", fontsize=10,
+                 y=1.04)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(Path(file), lambda f: f.write(buf.getvalue()))
+    return Path(file)
 
 
 def _curves(settings: dict) -> dict:
@@ -379,6 +494,17 @@ def _write_md(file: Path, sweep: dict) -> None:
             lines.append(f"| {name} | {n} | {_cell(d['kac_ratio'], d['kac_interval'])} | "
                          f"{_cell(d['fm_ratio'], d['fm_interval'])} | {_cell(d['kac_over_fm'], d['interval'])} | "
                          f"{'yes' if d['decided'] else 'no'} |")
+    ctl = [(name, c) for name, s in sweep["settings"].items() for c in s.get("controls", [])]
+    if ctl:
+        lines += ["", "Controls at equal network evaluations (FID of the first over the second; paired when both sets "
+                      "share latents and labels; decided: the interval excludes 1):", "",
+                  "| setting | student | other | network evals | FID | other FID | ratio | decided |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, c in ctl:
+            lines.append(f"| {name} | {c['student']} {c['student_nfe']}-step | {c['other']} {c['other_nfe']}-step | "
+                         f"{c['nfe_model'][0]} | {_cell(c['student_fid'])} | {_cell(c['other_fid'])} | "
+                         f"{_cell(c['fid_ratio'], c['fid_ratio_interval'])}{' paired' if c.get('paired') else ''} | "
+                         f"{'yes' if c['decided'] else 'no'} |")
     curve = sweep.get("curve") or {}
     if curve:
         lines += ["", "Ratio curve (student/teacher FID ratio against optimiser steps per stage; plateau: the smallest "

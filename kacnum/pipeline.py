@@ -79,6 +79,7 @@ from kacnum.metrics import (
 from kacnum.losses import VP_PREDICTIONS
 from kacnum.paths import ProbabilityPath, VPPath
 from kacnum.progressive import ProgressiveConfig, ProgressiveDistiller
+from kacnum.reflow import Reflow, reflow_config
 from kacnum.solvers import ddim_sample, make_time_grid, parse_time_grid
 from kacnum.train import (TrainConfig, Trainer, derive_seed, load_teacher, resolve_device, sample_images,
                           save_image_grid, with_path, wrap_prediction)
@@ -123,6 +124,8 @@ METHODS = {
     "fm_teacher": "guided Gaussian FM teacher, AB-2 (DistillFM's teacher)",
     "distillfm": "DistillFM student (Euler): the same staged distillation of the Gaussian FM teacher",
     "distillfm_oneshot": "DistillFM one-shot student (Euler; K0 → K directly, the staged optimiser steps)",
+    "reflow_kac": "reflow of the Kac teacher on its own couplings (Euler; the staged optimiser steps)",
+    "reflow_fm": "2-rectified flow: reflow of the FM teacher on its own couplings (Euler; the staged optimiser steps)",
     "fm_euler": "Gaussian flow matching (rectified flow), Euler",
     "fm_ab2": "Gaussian flow matching (rectified flow), AB-2",
     "vp_ddim": "VP diffusion ({prediction}), DDIM",
@@ -155,7 +158,7 @@ LITERATURE_CIFAR10 = {
 }
 #: student method -> the method of its teacher's row (the denominator of its FID ratio)
 STUDENT_TEACHERS = {"distillkac": "kac_teacher", "distillkac_oneshot": "kac_teacher", "distillfm": "fm_teacher",
-                    "distillfm_oneshot": "fm_teacher"}
+                    "distillfm_oneshot": "fm_teacher", "reflow_kac": "kac_teacher", "reflow_fm": "fm_teacher"}
 #: the paper's ratios student/teacher (CIFAR-10)
 PAPER_RATIOS_CIFAR10 = {1: 5.66 / 3.58, 4: 4.14 / 3.58}
 #: the issue's goals on the ratios student/teacher FID
@@ -484,7 +487,7 @@ def distill_stage(teacher_model: nn.Module, path: ProbabilityPath, images: torch
                   num_samples: int = 1000, sample_batch: int = 500, sample_seed: int = 1234,
                   distill_overrides: Optional[Mapping[str, Any]] = None, progress: bool = True,
                   callback: Optional[Callable[[dict], None]] = None, method: str = "distillkac",
-                  oneshot: Sequence[int] = ()) -> dict:
+                  oneshot: Sequence[int] = (), reflow: bool = False) -> dict:
     """Staged endpoint distillation (SPEC §7) of the guided teacher, then samples of every student.
 
     Builds ``DistillConfig(stages=schedule, steps_per_stage, batch_size, lr, source,
@@ -503,13 +506,19 @@ def distill_stage(teacher_model: nn.Module, path: ProbabilityPath, images: torch
     total when ``K`` is not in the schedule), in ``out_dir/oneshot_<K>``; samples
     ``<method>_oneshot_nfe<K>.samples.pt`` in ``out_dir/samples``.
 
+    Reflow control (``reflow=True``): the same teacher reflowed on its own ``schedule[0]``-step couplings
+    (:class:`kacnum.reflow.Reflow`, :func:`kacnum.reflow.reflow_config`: the staged run's settings, with all
+    of its optimiser steps) in ``out_dir/reflow``, sampled with Euler at each student step count of the
+    schedule; samples ``reflow_kac_nfe<K>`` (``method="distillkac"``) or ``reflow_fm_nfe<K>`` in
+    ``out_dir/samples``.
+
     Args:
         teacher_model: the EMA teacher ``model(x, t, y)`` (class-conditional with a null label).
         path: its :class:`~kacnum.paths.KacPath` (any path with ``T``, ``sample``, ``sample_latent``).
         images: ``(N, C, H, W)`` training images; labels: ``(N,)`` long or None.
 
     Returns ``{"history": [...per stage...], "samples": [records], "students": [files], "config": {...},
-    "oneshot": [{"steps", "budget", "history", "config"}]}``.
+    "oneshot": [{"steps", "budget", "history", "config"}], "reflow": {"budget", "history", "config"} or None}``.
     """
     out_dir = Path(out_dir)
     dev = resolve_device(device) if device is not None else next(teacher_model.parameters()).device
@@ -520,7 +529,7 @@ def distill_stage(teacher_model: nn.Module, path: ProbabilityPath, images: torch
     lab = None if labels is None or _num_classes(teacher_model) == 0 else labels.to(dev)
     d = Distiller(teacher_model.to(dev), path, images.to(dev, torch.float32), lab, cfg, out_dir=out_dir,
                   null_label=getattr(teacher_model, "null_label", None) if lab is not None else None)
-    runs = [(d, method, "")]
+    runs = [(d, method, "", [(st, cfg.stages[st]) for st in range(1, d.num_stages + 1)])]
     shots = []
     for kk in oneshot:
         budget = oneshot_budget(cfg, int(kk))
@@ -528,21 +537,32 @@ def distill_stage(teacher_model: nn.Module, path: ProbabilityPath, images: torch
         d1 = Distiller(teacher_model.to(dev), path, images.to(dev, torch.float32), lab, c1,
                        out_dir=out_dir / f"oneshot_{int(kk):03d}",
                        null_label=getattr(teacher_model, "null_label", None) if lab is not None else None)
-        runs.append((d1, f"{method}_oneshot", f"oneshot_{int(kk):03d}_"))
+        runs.append((d1, f"{method}_oneshot", f"oneshot_{int(kk):03d}_", [(1, int(kk))]))
         shots.append({"steps": int(kk), "budget": budget, "config": c1.to_dict()})
+    rf = None
+    if reflow:
+        budget = int(sum(cfg.steps_per_stage))
+        cr = reflow_config(cfg, budget)
+        dr = Reflow(teacher_model.to(dev), path, images.to(dev, torch.float32), lab, cr, out_dir=out_dir / "reflow",
+                    null_label=getattr(teacher_model, "null_label", None) if lab is not None else None)
+        runs.append((dr, "reflow_kac" if method == "distillkac" else "reflow_fm", "reflow_",
+                     [(1, int(kk)) for kk in cfg.stages[1:]]))
+        rf = {"budget": budget, "config": cr.to_dict()}
     history = d.run(resume=resume, progress=progress, callback=callback)
-    for (d1, _, _), shot in zip(runs[1:], shots):
+    for (d1, _, _, _), shot in zip(runs[1:], shots):
         shot["history"] = [dict(h) for h in d1.run(resume=resume, progress=progress, callback=callback)]
+    if rf is not None:
+        rf["history"] = [dict(h) for h in runs[-1][0].run(resume=resume, progress=progress, callback=callback)]
     k = _num_classes(teacher_model) if lab is not None else 0
     records, students = [], []
-    for dd, name, prefix in runs:
+    for dd, name, prefix, jobs in runs:
         c = dd.config
-        for stage in range(1, dd.num_stages + 1):
-            steps = c.stages[stage]
-            sfile = out_dir / f"{prefix}student_{steps:03d}.pt"
-            save_checkpoint(sfile, {"format": "kacnum.pipeline.student/1", "stage": stage, "steps": steps,
+        for stage in sorted({st for st, _ in jobs}):
+            sfile = out_dir / f"{prefix}student_{c.stages[stage]:03d}.pt"
+            save_checkpoint(sfile, {"format": "kacnum.pipeline.student/1", "stage": stage, "steps": c.stages[stage],
                                     "state_dict": dd.student(stage).state_dict(), "distill_config": c.to_dict()})
             students.append(str(sfile))
+        for stage, steps in jobs:
             meta = {"solver": "euler", "steps": steps, "seed": sample_seed, "batch_size": sample_batch,
                     "distill_config": c.to_dict(), "path": repr(path)}
             file = out_dir / "samples" / sample_file_name(name, steps)
@@ -551,7 +571,7 @@ def distill_stage(teacher_model: nn.Module, path: ProbabilityPath, images: torch
                 records.append(old.record(file, file.with_name(file.name[: -len(SAMPLES_SUFFIX)] + ".png")))
                 continue
             t0 = time.perf_counter()
-            sampler = dd.sampler(stage)
+            sampler = dd.sampler(stage, steps=steps) if isinstance(dd, Reflow) else dd.sampler(stage)
             lbl = _balanced_labels(num_samples, k)
             outs = []
             for i, s in enumerate(range(0, num_samples, sample_batch)):
@@ -562,7 +582,8 @@ def distill_stage(teacher_model: nn.Module, path: ProbabilityPath, images: torch
                               float(guidance) if k > 0 else None, meta)
             records.append(_store(s_set, out_dir / "samples", k, time.perf_counter() - t0))
     hist = [{kk: v for kk, v in h.items()} for h in history]
-    return {"history": hist, "samples": records, "students": students, "config": cfg.to_dict(), "oneshot": shots}
+    return {"history": hist, "samples": records, "students": students, "config": cfg.to_dict(), "oneshot": shots,
+            "reflow": rf}
 
 
 def oneshot_budget(config: DistillConfig, steps: int) -> int:
@@ -1007,7 +1028,8 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
             "teacher_nfe_model": rows[tj]["nfe_model"], "paper_cifar10": None, "student": mth, "nfe": row["nfe"],
             "teacher_method": rows[tj]["method"]}
     controls = {}
-    for a, b in (("distillkac", "distillfm"), ("distillkac", "distillkac_oneshot"), ("distillfm", "distillfm_oneshot")):
+    for a, b in (("distillkac", "distillfm"), ("distillkac", "distillkac_oneshot"), ("distillfm", "distillfm_oneshot"),
+                 ("distillkac", "reflow_fm"), ("distillfm", "reflow_fm"), ("distillkac", "reflow_kac")):
         for j, row in enumerate(rows):
             k = index_of(b, nfe=row["nfe"], nfe_model=row["nfe_model"]) if row["method"] == a else None
             if k is not None:
@@ -1238,6 +1260,9 @@ class PipelineConfig:
             ``rollout_fraction``, ``lr_schedule``, ``p_uncond``).
         oneshot: student step counts also distilled in one shot from the teacher at the staged budget
             (:func:`distill_stage`'s ``oneshot``; e.g. ``(1,)``); also for DistillFM.
+        reflow: also reflow the teacher on its own couplings with the staged run's optimiser steps
+            (:func:`distill_stage`'s ``reflow``: ``reflow_kac``; with DistillFM also ``reflow_fm``, 2-rectified
+            flow of the FM teacher).
         distill_fm: in the baselines stage, also distil the FM model with the same settings (DistillFM,
             :func:`baselines_stage`'s ``distill_fm``; needs ``"fm"`` in ``baseline_kinds``).
         pd: progressive distillation config (None: no PD baseline); its guidance is set to ``guidance``.
@@ -1272,6 +1297,7 @@ class PipelineConfig:
     source: str = "forward"
     distill_overrides: dict = field(default_factory=dict)
     oneshot: tuple = ()
+    reflow: bool = False
     distill_fm: bool = False
     pd: Optional[ProgressiveConfig] = ProgressiveConfig()
     baselines: bool = True
@@ -1405,7 +1431,7 @@ def run_pipeline(config: PipelineConfig, out_dir: Union[str, Path], *, stages: S
                                 lr=cfg.distill_lr, source=cfg.source, resume=resume, seed=cfg.train.seed,
                                 device=device, num_samples=cfg.num_samples, sample_batch=cfg.sample_batch,
                                 sample_seed=cfg.sample_seed, distill_overrides=cfg.distill_overrides,
-                                progress=progress, oneshot=tuple(cfg.oneshot))
+                                progress=progress, oneshot=tuple(cfg.oneshot), reflow=bool(cfg.reflow))
         elif stage == "baselines":
             if not cfg.baselines:
                 continue
@@ -1447,7 +1473,8 @@ def _distill_settings(cfg: "PipelineConfig") -> dict:
     """The Kac distillation's settings as :func:`distill_stage` keyword arguments (for DistillFM)."""
     return {"schedule": tuple(cfg.schedule), "steps_per_stage": cfg.distill_steps, "batch_size": cfg.distill_batch,
             "lr": cfg.distill_lr, "source": cfg.source, "seed": cfg.train.seed,
-            "distill_overrides": dict(cfg.distill_overrides), "oneshot": tuple(cfg.oneshot)}
+            "distill_overrides": dict(cfg.distill_overrides), "oneshot": tuple(cfg.oneshot),
+            "reflow": bool(cfg.reflow)}
 
 
 def _heldout(dataset: str, cfg: "PipelineConfig", data) -> dict:

@@ -1,6 +1,7 @@
 """The controls of the DistillKac study through experiments/cifar_distill.py (smoke preset, tiny budget):
 DistillFM (the FM baseline distilled the same way, with its own 100-step teacher row), one-shot students at the
-staged run's optimiser steps, trajectory targets with a mixed source, and the eval rows, ratios and comparisons."""
+staged run's optimiser steps, reflow of both teachers (2-rectified flow of the FM teacher), trajectory targets
+with a mixed source, and the eval rows, ratios and comparisons."""
 import json
 
 import pytest
@@ -28,7 +29,7 @@ def test_controls_end_to_end(cd, tmp_path):
     assert run("--stage", "teacher") == 0
     assert run("--stage", "sample", "--nfe-list", "4,2,1") == 0
     distill = ["--oneshot", "1,4", "--target", "trajectory", "--source", "mix", "--rollout-fraction", "0.5",
-               "--rollout-pool", "24", "--lr-schedule", "cosine", "--distill-lr", "1e-3"]
+               "--rollout-pool", "24", "--lr-schedule", "cosine", "--distill-lr", "1e-3", "--reflow"]
     assert run("--stage", "distill", *distill) == 0
     cfg = json.loads((out / "distill" / "distill_config.json").read_text())
     assert (cfg["target"], cfg["source"], cfg["rollout_fraction"], cfg["lr_schedule"], cfg["lr"], cfg["p_uncond"]) \
@@ -39,6 +40,13 @@ def test_controls_end_to_end(cd, tmp_path):
     assert four["stages"] == [100, 4] and four["steps_per_stage"] == [4]  # stages 100->20->4: 2 x 2
     s = SampleSet.load(out / "distill" / "samples" / "distillkac_oneshot_nfe001.samples.pt")
     assert (s.method, s.nfe, s.nfe_model, s.num) == ("distillkac_oneshot", 1, 1, 20)
+    rf = json.loads((out / "distill" / "reflow" / "distill_config.json").read_text())
+    assert (rf["stages"], rf["steps_per_stage"], rf["source"], rf["target"], rf["lr"]) == \
+        ([100, 1], [8], "rollout", "trajectory", 1e-3)  # all 8 staged steps, couplings from the teacher's own solve
+    for n in (20, 4, 2, 1):  # one reflowed network, sampled at each student step count
+        s = SampleSet.load(out / "distill" / "samples" / f"reflow_kac_nfe{n:03d}.samples.pt")
+        assert (s.method, s.nfe, s.nfe_model, s.num, s.meta["steps"]) == ("reflow_kac", n, n, 20, n)
+    assert (out / "distill" / "reflow_student_001.pt").is_file()
 
     assert run("--stage", "baselines", "--baseline-kinds", "fm", "--nfe-list", "4,2,1", "--distill-fm", *distill) == 0
     base = out / "baselines"
@@ -50,7 +58,8 @@ def test_controls_end_to_end(cd, tmp_path):
     names = sorted(p.name for p in (base / "distill_fm" / "samples").glob("*.samples.pt"))
     assert names == ["distillfm_nfe001.samples.pt", "distillfm_nfe002.samples.pt", "distillfm_nfe004.samples.pt",
                      "distillfm_nfe020.samples.pt", "distillfm_oneshot_nfe001.samples.pt",
-                     "distillfm_oneshot_nfe004.samples.pt"]
+                     "distillfm_oneshot_nfe004.samples.pt", "reflow_fm_nfe001.samples.pt", "reflow_fm_nfe002.samples.pt",
+                     "reflow_fm_nfe004.samples.pt", "reflow_fm_nfe020.samples.pt"]
 
     assert run("--stage", "eval", "--nfe-list", "4,2,1") == 0
     res = json.loads((out / "results.json").read_text())
@@ -59,7 +68,7 @@ def test_controls_end_to_end(cd, tmp_path):
             ("distillkac", 20)} <= methods
     by = {(r["method"], r["nfe"]): r for r in res["rows"]}
     for key in ("distillfm_1/fm_teacher", "distillfm_20/fm_teacher", "distillkac_oneshot_1/teacher",
-                "distillfm_oneshot_4/fm_teacher"):
+                "distillfm_oneshot_4/fm_teacher", "reflow_fm_1/fm_teacher", "reflow_kac_4/teacher"):
         v = res["ratios"][key]
         student, n = key.split("/")[0].rsplit("_", 1)
         teacher = ("kac_teacher", 100) if key.endswith("/teacher") else ("fm_teacher", 100)
@@ -67,11 +76,13 @@ def test_controls_end_to_end(cd, tmp_path):
         assert v["interval"][0] <= v["ours"] * 1.5 and len(v["interval"]) == 2
     comps = {(c["student"], c["other"], c["student_nfe"]) for c in res["comparisons"] if c["kind"] == "control"}
     assert comps == {("distillkac", "distillfm", n) for n in (20, 4, 2, 1)} | \
-        {(a, f"{a}_oneshot", n) for a in ("distillkac", "distillfm") for n in (4, 1)}
+        {(a, f"{a}_oneshot", n) for a in ("distillkac", "distillfm") for n in (4, 1)} | \
+        {(a, b, n) for a, b in (("distillkac", "reflow_fm"), ("distillfm", "reflow_fm"), ("distillkac", "reflow_kac"))
+         for n in (20, 4, 2, 1)}
     assert "distillkac beats distillfm at NFE 2" in res["targets"]
     md = (out / "results.md").read_text()
     assert "Controls (Kac students against DistillFM" in md and "| 1 | " in md
-    assert "DistillFM ratio" in md and "distillfm_oneshot 1-step" in md
+    assert "DistillFM ratio" in md and "distillfm_oneshot 1-step" in md and "2-rectified flow" in md
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -91,15 +102,17 @@ def test_control_flags_are_checked_before_any_stage(cd, tmp_path, capsys, argv, 
 def test_distill_flags_reach_the_pipeline_config(cd):
     args = cd.parse_args(["--preset", "cpu", "--source", "rollout", "--target", "trajectory", "--rollout-pool", "512",
                           "--rollout-refresh", "1200", "--distill-lr", "5e-4", "--lr-schedule", "cosine",
-                          "--distill-p-uncond", "0.1", "--oneshot", "1", "--distill-fm", "--baseline-kinds", "fm"])
+                          "--distill-p-uncond", "0.1", "--oneshot", "1", "--distill-fm", "--baseline-kinds", "fm",
+                          "--reflow"])
     cfg = cd.build_pipeline_config(args, cd.build_train_config(args))
     assert cfg.distill_overrides == {"ema_decay": 0.99, "rollout_pool": 512, "rollout_refresh": 1200,
                                      "target": "trajectory", "lr_schedule": "cosine", "p_uncond": 0.1}
     assert (cfg.source, cfg.distill_lr, cfg.oneshot, cfg.distill_fm, cfg.baseline_kinds) == \
         ("rollout", 5e-4, (1,), True, ("fm",))
+    assert cfg.reflow is True
     plain = cd.build_pipeline_config(cd.parse_args(["--preset", "smoke"]), cd.build_train_config(cd.parse_args([])))
     assert plain.distill_overrides == {"ema_decay": 0.9, "rollout_pool": 256} and plain.oneshot == ()
-    assert plain.source == "forward" and not plain.distill_fm
+    assert plain.source == "forward" and not plain.distill_fm and plain.reflow is False
 
 
 def test_cpu_preset_distils_with_the_swept_settings_and_distillfm(cd):

@@ -1,5 +1,5 @@
-"""experiments/distill_sweep.py: the setting grammar, the plateau of a ratio curve, and a curve with the
-controls (DistillFM, one-shot) on a tiny finished run."""
+"""experiments/distill_sweep.py: the setting grammar, the plateau of a ratio curve, a curve with the
+controls (DistillFM, one-shot, reflow of the FM teacher) on a tiny finished run, and merging sweeps."""
 import importlib.util
 import json
 import sys
@@ -65,8 +65,8 @@ def test_curve_with_controls_on_a_finished_run(sw, tmp_path, capsys):
         assert cd.main(COMMON + TINY + ["--stage", stage, "--out", str(out), "--resume"]) == 0
     sweep_dir = tmp_path / "sweep"
     argv = ["--run", str(out), "--out", str(sweep_dir), "--curve", "2,3", "--variants", "b16_cos_traj_mix",
-            "--teachers", "kac,fm", "--oneshot", "1", "--device", "cpu", "--num-samples", "20", "--rollout-pool", "16",
-            "--n-boot", "20", "--quiet"]
+            "--teachers", "kac,fm", "--oneshot", "1", "--reflow", "fm", "--device", "cpu", "--num-samples", "20",
+            "--rollout-pool", "16", "--n-boot", "20", "--quiet"]
     assert sw.main(argv) == 2  # no FM model in the run yet
     assert "baselines/fm/checkpoint.pt" in capsys.readouterr().err
     assert cd.main(COMMON + TINY + ["--stage", "baselines", "--baseline-kinds", "fm", "--nfe-list", "1",
@@ -80,8 +80,11 @@ def test_curve_with_controls_on_a_finished_run(sw, tmp_path, capsys):
     cfg = json.loads((sweep_dir / "s3_b16_cos_traj_mix" / "distill_fm" / "oneshot_001" / "distill_config.json").read_text())
     assert cfg["stages"] == [100, 1] and cfg["steps_per_stage"] == [12] and cfg["target"] == "trajectory"
     got = {(st["method"], st["steps"]) for st in s3["students"]}
-    assert got == {(m, n) for m in ("distillkac", "distillfm") for n in (20, 4, 2, 1)} | \
+    assert got == {(m, n) for m in ("distillkac", "distillfm", "reflow_fm") for n in (20, 4, 2, 1)} | \
         {("distillkac_oneshot", 1), ("distillfm_oneshot", 1)}
+    rcfg = json.loads((sweep_dir / "s3_b16_cos_traj_mix" / "distill_fm" / "reflow" / "distill_config.json").read_text())
+    assert rcfg["stages"] == [100, 1] and rcfg["steps_per_stage"] == [12] and rcfg["source"] == "rollout"
+    assert not (sweep_dir / "s3_b16_cos_traj_mix" / "distill_kac" / "reflow").exists()  # --reflow fm only
     for st in s3["students"]:
         t = s3["teachers"]["fm_teacher" if "fm" in st["method"] else "kac_teacher"]
         assert st["ratio"] == pytest.approx(st["fid"] / t["fid"])
@@ -94,7 +97,8 @@ def test_curve_with_controls_on_a_finished_run(sw, tmp_path, capsys):
         assert c["plateau"] == sw.plateau([tuple(p) for p in c["points"]])
     md = (sweep_dir / "sweep.md").read_text()
     assert "| b16_cos_traj_mix | distillfm | 1 | 2: " in md and "Ratio curve" in md
-    assert {c["other"] for c in s3["controls"]} == {"distillfm", "distillkac_oneshot", "distillfm_oneshot"}
+    assert {c["other"] for c in s3["controls"]} == {"distillfm", "distillkac_oneshot", "distillfm_oneshot", "reflow_fm"}
+    assert "Controls at equal network evaluations" in md and "| distillkac 1-step | reflow_fm 1-step | 1 |" in md
     # DistillFM students and their FM teacher come from the same latents and labels: paired ratio intervals
     assert all(st["paired"] for st in s3["students"] if st["method"] == "distillfm")
     assert "paired" in md
@@ -105,3 +109,32 @@ def test_curve_with_controls_on_a_finished_run(sw, tmp_path, capsys):
     again = json.loads((sweep_dir / "sweep.json").read_text())["settings"]["s3_b16_cos_traj_mix"]
     assert sample.stat().st_mtime_ns == mtime  # reused, not drawn again
     assert again["fid"] == s3["fid"]
+    assert sw.main(["--run", str(out), "--out", str(tmp_path / "x"), "--teachers", "kac", "--reflow", "fm",
+                    "--settings", "tiny"]) == 2
+    assert "--reflow fm" in capsys.readouterr().err
+
+    # --merge: the settings of two sweep folders in one curve and one plot
+    other = tmp_path / "sweep_b"
+    other.mkdir()
+    extra = json.loads((sweep_dir / "sweep.json").read_text())
+    big = dict(extra["settings"]["s3_b16_cos_traj_mix"], steps_per_stage=9)
+    extra["settings"] = {"s9_b16_cos_traj_mix": big}
+    (other / "sweep.json").write_text(json.dumps(extra))
+    merged_dir = tmp_path / "merged"
+    assert sw.main(["--merge", f"{sweep_dir},{other}", "--out", str(merged_dir)]) == 0
+    merged = json.loads((merged_dir / "sweep.json").read_text())
+    assert list(merged["settings"]) == ["s2_b16_cos_traj_mix", "s3_b16_cos_traj_mix", "s9_b16_cos_traj_mix"]
+    pts = merged["curve"]["b16_cos_traj_mix"]["distillkac"]["1"]["points"]
+    assert [p[0] for p in pts] == [2, 3, 9] and pts[2][1] == pytest.approx(s3["ratio"]["1"])
+    png = (merged_dir / "curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 300_000
+    assert "s9_b16_cos_traj_mix" in (merged_dir / "sweep.md").read_text()
+    extra["run"] = "runs/elsewhere"
+    (other / "sweep.json").write_text(json.dumps(extra))
+    assert sw.main(["--merge", f"{sweep_dir},{other}", "--out", str(tmp_path / "m2")]) == 2
+    assert "different runs" in capsys.readouterr().err
+    assert sw.main(["--merge", f"{sweep_dir},{tmp_path / 'none'}", "--out", str(tmp_path / "m3")]) == 2
+    assert "sweep.json does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sw.parse_args(["--out", str(tmp_path / "m4")])
+    assert "--run is required" in capsys.readouterr().err
