@@ -95,7 +95,7 @@ BAD = [
     ("distill_sweep", ["--run", "nowhere", "--out", "x", "--num-samples", "0"],
      "error: --num-samples must be an integer >= 1, got 0"),
     ("distill_sweep", ["--run", "nowhere", "--out", "x"], "error: --run nowhere lacks"),
-    ("distill_sweep", ["--out", "x"], "error: the following arguments are required: --run"),
+    ("distill_sweep", ["--out", "x"], "error: --run is required (or --merge DIR1,DIR2,...)"),
     # claim scripts
     ("guidance_integrability", ["--quick", "--scales", "1,nan"], "error: --scales must hold finite numbers, got 'nan'"),
     ("kinetic_energy", ["--quick", "--seed", "-1"], "error: --seed must be an integer >= 0, got -1"),

@@ -109,6 +109,8 @@ def test_curve_with_controls_on_a_finished_run(sw, tmp_path, capsys):
     again = json.loads((sweep_dir / "sweep.json").read_text())["settings"]["s3_b16_cos_traj_mix"]
     assert sample.stat().st_mtime_ns == mtime  # reused, not drawn again
     assert again["fid"] == s3["fid"]
+    calls = again["distill_seconds_calls"]
+    assert len(calls) == 2 and calls[0] == s3["distill_seconds"] and again["distill_seconds"] == pytest.approx(sum(calls))
     assert sw.main(["--run", str(out), "--out", str(tmp_path / "x"), "--teachers", "kac", "--reflow", "fm",
                     "--settings", "tiny"]) == 2
     assert "--reflow fm" in capsys.readouterr().err
