@@ -527,16 +527,16 @@ def distill_stage(teacher_model: nn.Module, path: ProbabilityPath, images: torch
                         guidance_scale=float(guidance), seed=seed, **dict(distill_overrides or {}))
     _no_value_checks_on_cuda(teacher_model.to(dev))
     lab = None if labels is None or _num_classes(teacher_model) == 0 else labels.to(dev)
+    null = getattr(teacher_model, "null_label", None) if lab is not None else None
     d = Distiller(teacher_model.to(dev), path, images.to(dev, torch.float32), lab, cfg, out_dir=out_dir,
-                  null_label=getattr(teacher_model, "null_label", None) if lab is not None else None)
+                  null_label=null)
     runs = [(d, method, "", [(st, cfg.stages[st]) for st in range(1, d.num_stages + 1)])]
     shots = []
     for kk in oneshot:
         budget = oneshot_budget(cfg, int(kk))
         c1 = dataclasses.replace(cfg, stages=(cfg.stages[0], int(kk)), steps_per_stage=budget)
         d1 = Distiller(teacher_model.to(dev), path, images.to(dev, torch.float32), lab, c1,
-                       out_dir=out_dir / f"oneshot_{int(kk):03d}",
-                       null_label=getattr(teacher_model, "null_label", None) if lab is not None else None)
+                       out_dir=out_dir / f"oneshot_{int(kk):03d}", null_label=null)
         runs.append((d1, f"{method}_oneshot", f"oneshot_{int(kk):03d}_", [(1, int(kk))]))
         shots.append({"steps": int(kk), "budget": budget, "config": c1.to_dict()})
     rf = None
@@ -544,7 +544,7 @@ def distill_stage(teacher_model: nn.Module, path: ProbabilityPath, images: torch
         budget = int(sum(cfg.steps_per_stage))
         cr = reflow_config(cfg, budget)
         dr = Reflow(teacher_model.to(dev), path, images.to(dev, torch.float32), lab, cr, out_dir=out_dir / "reflow",
-                    null_label=getattr(teacher_model, "null_label", None) if lab is not None else None)
+                    null_label=null)
         runs.append((dr, "reflow_kac" if method == "distillkac" else "reflow_fm", "reflow_",
                      [(1, int(kk)) for kk in cfg.stages[1:]]))
         rf = {"budget": budget, "config": cr.to_dict()}

@@ -16,10 +16,9 @@ class _Stop(Exception):
     pass
 
 
-def _reflow(teacher, k0=8, labels=True, **kw):
+def _reflow(teacher, k0=8, labels=True, steps=100, **kw):
     x, y = _data()
-    base = DistillConfig(stages=(k0, 4, 1), batch_size=kw.pop("batch_size", 64), **kw)
-    cfg = reflow_config(base, kw.get("steps_per_stage", 100) if isinstance(kw.get("steps_per_stage"), int) else 100)
+    cfg = reflow_config(DistillConfig(stages=(k0, 4, 1), batch_size=kw.pop("batch_size", 64), **kw), steps)
     return Reflow(teacher, LinearPath(), x, y if labels else None, cfg, null_label=NULL)
 
 
@@ -109,7 +108,7 @@ def test_reflow_straightens_a_rotation_so_one_euler_step_lands_near_the_teacher(
     """Teacher: rotation ω = 1, 8 AB-2 steps. One Euler step of the teacher misses its own endpoint by a lot;
     one Euler step of the reflowed field lands close to it (the coupling is straightened; the affine-in-t
     stand-in cannot hold the exact straight field, a rational function of t, so the gain is finite: 8.7x)."""
-    r = _reflow(AffineField(_rotation(1.0)), labels=False, steps_per_stage=400, lr=2e-2, ema_decay=0.0,
+    r = _reflow(AffineField(_rotation(1.0)), labels=False, steps=400, lr=2e-2, ema_decay=0.0,
                 batch_size=128, rollout_pool=256)
     g = torch.Generator().manual_seed(7)
     z = torch.randn(256, 2, generator=g, dtype=torch.float64)
