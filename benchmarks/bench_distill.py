@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from kacnum.distill import DistillConfig, Distiller
-from kacnum.models import make_model
-from kacnum.paths import KacPath
+from kacnum.students.distill import DistillConfig, Distiller
+from kacnum.images.models import make_model
+from kacnum.flows.paths import KacPath
 
 
 def main() -> None:

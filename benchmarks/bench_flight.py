@@ -30,8 +30,8 @@ import time
 import numpy as np
 import torch
 
-from kacnum.flight import PlanarFlight
-from kacnum.kac import KacProcess
+from kacnum.processes.flight import PlanarFlight
+from kacnum.processes.kac import KacProcess
 
 KS_SETS = ((9.0, 3.0, 0.3), (9.0, 3.0, 1.0), (900.0, 10.0, 1.0))
 
@@ -89,7 +89,7 @@ def ks_check(n: int, seed: int = 0) -> list:
             am = m.reshape(-1, 2)[:, 0]
             r = np.sort(rho[~am].numpy())
             cont = -math.expm1(-lam * t)
-            # exact conditional CDF of the continuous part, the SPEC formula written out (float64)
+            # exact conditional CDF of the continuous part, the closed form of docs/mathematics.md §14 written out (float64)
             F = (1.0 - np.exp(-lam * t + (lam / c) * np.sqrt(np.clip(c * c * t * t - r * r, 0, None)))) / cont
             k = r.size
             i = np.arange(1, k + 1)

@@ -1,4 +1,4 @@
-"""Accuracy against wall time for the telegrapher solvers (kacnum.telegrapher).
+"""Accuracy against wall time for the telegrapher solvers (kacnum.processes.telegrapher).
 
 1D: the kinetic Strang solver against the exact solution (law of K_t convolved with a C³ bump), L1
 error and wall time per resolution, and the fitted order. 2D: the central scheme (5-point and
@@ -23,7 +23,7 @@ from typing import List
 
 import torch
 
-from kacnum.telegrapher import (
+from kacnum.processes.telegrapher import (
     bump,
     exact_solution_1d,
     fit_order,

@@ -43,7 +43,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from kacnum.kac import KacProcess
+from kacnum.processes.kac import KacProcess
 
 KS_SETS = ((9.0, 3.0, 0.3), (9.0, 3.0, 1.0), (25.0, 2.0, 1.0), (900.0, 10.0, 1.0))
 SHELL = 1.0 / 4096.0

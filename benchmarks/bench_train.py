@@ -1,6 +1,6 @@
 """Training throughput and the cost of the Kac target, on the current device.
 
-(a) Throughput of ``kacnum.train.Trainer.train_step`` (forward, backward, clip, Adam, EMA, the path
+(a) Throughput of ``kacnum.images.train.Trainer.train_step`` (forward, backward, clip, Adam, EMA, the path
     draw; data already in memory) for a model preset: images/s, ms/step, seconds per 1000 steps
     (extrapolated from the timed steps), peak memory (``torch.cuda.max_memory_allocated`` on CUDA,
     the process's ``ru_maxrss`` on the CPU).
@@ -9,7 +9,7 @@
     flow-matching target (``GaussianPath``) and its step, on the same model and batch. Steps of the
     two paths are timed in alternating rounds so that machine load hits both alike.
 
-Data are SYNTHETIC images of the model's shape (``kacnum.train.synthetic_dataset``): the timing does
+Data are SYNTHETIC images of the model's shape (``kacnum.images.train.synthetic_dataset``): the timing does
 not depend on pixel values.
 
     python benchmarks/bench_train.py                                  # CPU: mnist_small, batch 64, 2 threads
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from kacnum.checkpoint import save_json
-from kacnum.train import TrainConfig, Trainer, resolve_device
+from kacnum.core.checkpoint import save_json
+from kacnum.images.train import TrainConfig, Trainer, resolve_device
 
 
 def _sync(dev: torch.device) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy import special
 
-from kacnum.kac import KacProcess
+from kacnum.processes.kac import KacProcess
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class BenchConfig:
 
 
 def reference_velocity_f64(a: float, c: float, t: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    """The original approach: float64, first form of SPEC §3, ε-layer atoms ``|y| ≥ ct - eps``.
+    """The original approach: float64, first form of docs/mathematics.md §3, ε-layer atoms ``|y| ≥ ct - eps``.
 
     ``t: (B, 1)``, ``y: (B, N)`` float64; returns ``(B, N)``.
     """

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from kacnum.data import load_dataset
-from kacnum.guidance import GuidedField
-from kacnum.metrics import calc_fid, extract_features
-from kacnum.pipeline import feature_extractor_for, reference_for, sample_ddim_set, sample_flow_set
-from kacnum.solvers import ddim_sample
-from kacnum.train import TrainConfig, Trainer, derive_seed, load_teacher
+from kacnum.images.data import load_dataset
+from kacnum.flows.guidance import GuidedField
+from kacnum.images.metrics import calc_fid, extract_features
+from kacnum.images.pipeline import feature_extractor_for, reference_for, sample_ddim_set, sample_flow_set
+from kacnum.flows.solvers import ddim_sample
+from kacnum.images.train import TrainConfig, Trainer, derive_seed, load_teacher
 
 
 def train(kind: str, steps: int, out: Path) -> tuple:

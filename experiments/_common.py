@@ -7,15 +7,15 @@ Every claim script has ``main(argv=None) -> dict`` and the same options:
     --paper-figures    also write the PNG into ``paper_figures/`` (the figures of the README there)
     --seed N           seed of the one ``torch.Generator`` the script draws from
     --threads N        ``torch.set_num_threads`` (default: the physical cores, 1 when the load average
-                       says the machine is busy; ``kacnum.cli.resolve_threads``)
+                       says the machine is busy; ``kacnum.core.cli.resolve_threads``)
     --debug            full tracebacks instead of one-line errors
 
-Errors (``kacnum.cli``): a bad value, an output folder that is a file or cannot be written, is reported
+Errors (``kacnum.core.cli``): a bad value, an output folder that is a file or cannot be written, is reported
 as one line on stderr naming the flag, before any work starts, with exit status 2; a failed run exits
 with status 1. Every script ends with ``sys.exit(cli.run_main(main))``; ``main(argv)`` itself raises
 (``cli.UsageError`` and the library's ``ValueError``) so that tests and notebooks see the exception.
 
-JSON files are written atomically (``kacnum.checkpoint.save_json``: temporary file in the same folder,
+JSON files are written atomically (``kacnum.core.checkpoint.save_json``: temporary file in the same folder,
 then ``os.replace``); so are the PNGs. ``results.json`` has ``worst_ratios`` (name -> worst measured /
 bound ratio) at its top level.
 """
@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from kacnum import cli  # noqa: E402
-from kacnum.checkpoint import atomic_write, save_json  # noqa: E402
+from kacnum.core.checkpoint import atomic_write, save_json  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAPER_FIGURES = REPO_ROOT / "paper_figures"

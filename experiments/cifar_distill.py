@@ -1,12 +1,12 @@
 """Image-scale DistillKac pipeline: Kac flow teacher -> guided samples -> distillation -> baselines -> FID.
 
 The script is command-line wiring only: every stage after the teacher is a call of
-:func:`kacnum.pipeline.run_pipeline` with that one stage (the stage functions ``sample_stage``,
+:func:`kacnum.images.pipeline.run_pipeline` with that one stage (the stage functions ``sample_stage``,
 ``distill_stage``, ``baselines_stage``, ``feature_extractor_for``/``reference_for``/``eval_stage`` of
-:mod:`kacnum.pipeline`), on the :class:`~kacnum.pipeline.PipelineConfig` built from ``--preset`` and
+:mod:`kacnum.images.pipeline`), on the :class:`~kacnum.images.pipeline.PipelineConfig` built from ``--preset`` and
 the options. Stages (``--stage``; ``all`` runs them in this order):
 
-* ``teacher``: the class-conditional Kac flow teacher (``kacnum.train.Trainer``: flow matching on
+* ``teacher``: the class-conditional Kac flow teacher (``kacnum.images.train.Trainer``: flow matching on
   ``KacPath(a, c)``, label dropout 0.1, EMA) -> ``OUT/teacher/{config.json, train_log.jsonl,
   checkpoint.pt, samples_XXXXXX.png}``.
 * ``sample``: guided AB-2 sampling of the EMA teacher, ``--sample-steps`` (100) steps, guidance
@@ -35,10 +35,10 @@ classifier and reference statistics are cached. Without it every requested stage
 ``OUT/config.json`` holds the resolved configuration (teacher ``TrainConfig`` and ``PipelineConfig``);
 ``OUT/results.json["stages"]`` the summary and seconds of each stage run (``OUT/pipeline.json`` is
 ``run_pipeline``'s own record of its last call). ``--threads`` (default: the physical cores, 1 with a
-warning when the load average says the machine is busy; ``kacnum.cli.resolve_threads``) also limits
+warning when the load average says the machine is busy; ``kacnum.core.cli.resolve_threads``) also limits
 numpy's BLAS, whose spinning threads made the FID arithmetic 100x slower under load.
 
-Errors (``kacnum.cli``): every flag is checked before any stage runs or any file is written; a bad value,
+Errors (``kacnum.core.cli``): every flag is checked before any stage runs or any file is written; a bad value,
 missing data, teacher, sample sets or Inception weights give one line on stderr naming the flag or file
 and exit status 2; a failed run (a damaged checkpoint with no good previous copy, anything unexpected)
 exits with 1; ``--debug`` shows the traceback. A damaged ``checkpoint.pt`` / ``distill.ckpt`` is replaced
@@ -69,10 +69,10 @@ gpu       cifar10_kacflow   CIFAR-10 32x32             the paper's configuration
 
 The gpu teacher follows the Kac-flow reference code (``train_telegraphers.py`` of Duong et al.): Adam,
 lr 2e-4, no warm-up, gradient clip 1.0, EMA 0.9999, batch 128, 400k steps (its ``--epochs`` default
-counts optimiser steps), the DDPM++-style UNet of ``kacnum.models`` (38.3M parameters with the label
+counts optimiser steps), the DDPM++-style UNet of ``kacnum.images.models`` (38.3M parameters with the label
 table). DistillKac's teacher length and distillation budget were not retrievable; we assume the same
 400k steps and 10k steps per stage. Unlike the reference the teacher here is class-conditional (label
-dropout 0.1) so that it can be guided (SPEC §5).
+dropout 0.1) so that it can be guided (docs/mathematics.md §5).
 
 Every preset trains a Kac teacher with the atom-weighted loss (``--loss-weighting atom``, weight
 ``1 - e^{-a g(t)}``: it won the teacher study, FID ratio 0.674 [0.630, 0.740] to the plain loss at equal
@@ -83,7 +83,7 @@ Multi-GPU: ``torchrun --nproc_per_node=N experiments/cifar_distill.py --preset g
 stages run in one process (under torchrun: rank 0 alone, the other ranks stop after the teacher).
 
 ``--dataset synthetic`` trains on SYNTHETIC class-conditioned images of the model's shape
-(``kacnum.train.synthetic_dataset``), for pipeline and throughput checks where CIFAR-10 is absent
+(``kacnum.images.train.synthetic_dataset``), for pipeline and throughput checks where CIFAR-10 is absent
 (its FIDs use a classifier trained on the same synthetic images). Other datasets: ``digits``,
 ``mnist``, ``mnist5k``, ``cifar10``; the model follows the dataset's shape. A missing data file ends
 the run with exit status 2 and a message naming the path searched.
@@ -108,14 +108,14 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from kacnum import cli
-from kacnum._checks import per_stage_counts
-from kacnum.checkpoint import CheckpointError, atomic_write, load_json, save_json
-from kacnum.data import DATASETS, DataNotFoundError
-from kacnum.distill import validate_stages
-from kacnum.losses import LOSS_WEIGHTINGS, PRECONDITIONINGS, VP_PREDICTIONS, TimeSampler
-from kacnum.metrics import find_inception_weights
-from kacnum.models import PRESETS
-from kacnum.pipeline import (
+from kacnum.core.checks import per_stage_counts
+from kacnum.core.checkpoint import CheckpointError, atomic_write, load_json, save_json
+from kacnum.images.data import DATASETS, DataNotFoundError
+from kacnum.students.distill import validate_stages
+from kacnum.flows.losses import LOSS_WEIGHTINGS, PRECONDITIONINGS, VP_PREDICTIONS, TimeSampler
+from kacnum.images.metrics import find_inception_weights
+from kacnum.images.models import PRESETS
+from kacnum.images.pipeline import (
     INCEPTION_DATASETS,
     PIPELINE_PRESETS,
     PIPELINE_STAGES,
@@ -124,9 +124,9 @@ from kacnum.pipeline import (
     pipeline_config,
     run_pipeline,
 )
-from kacnum.progressive import ProgressiveConfig, validate_schedule
-from kacnum.solvers import parse_time_grid
-from kacnum.train import PATH_KINDS, TrainConfig, Trainer, synthetic_dataset
+from kacnum.students.progressive import ProgressiveConfig, validate_schedule
+from kacnum.flows.solvers import parse_time_grid
+from kacnum.images.train import PATH_KINDS, TrainConfig, Trainer, synthetic_dataset
 
 #: the Kac teacher's loss weighting in every preset (``TrainConfig.loss_weighting``): ``atom`` won the teacher study
 #: (MNIST, 600 steps, 600 samples from the same latents, 64 network evaluations: FID ratio to the unweighted loss
@@ -272,7 +272,7 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def build_pipeline_config(args: argparse.Namespace, train: TrainConfig) -> PipelineConfig:
-    """``kacnum.pipeline.pipeline_config(preset, train, **overrides)`` with the command-line overrides.
+    """``kacnum.images.pipeline.pipeline_config(preset, train, **overrides)`` with the command-line overrides.
 
     ``--distill-steps`` sets both the DistillKac steps per stage and the progressive-distillation
     steps per round (the two distillations get the same budget)."""
@@ -336,7 +336,7 @@ def build_pipeline_config(args: argparse.Namespace, train: TrainConfig) -> Pipel
 
 
 def _time_sampling_arg(text: str) -> str:
-    """``--time-sampling`` values (kacnum.losses.TimeSampler): uniform, logit_normal:M,S, power:K."""
+    """``--time-sampling`` values (kacnum.flows.losses.TimeSampler): uniform, logit_normal:M,S, power:K."""
     try:
         return TimeSampler(text).spec
     except ValueError as e:
@@ -344,7 +344,7 @@ def _time_sampling_arg(text: str) -> str:
 
 
 def _time_grid_arg(text: str) -> str:
-    """``--time-grid`` values: ``uniform``, ``power:RHO`` (RHO > 0) or ``kac`` (kacnum.solvers.make_time_grid)."""
+    """``--time-grid`` values: ``uniform``, ``power:RHO`` (RHO > 0) or ``kac`` (kacnum.flows.solvers.make_time_grid)."""
     try:
         parse_time_grid(text)
     except ValueError as e:
@@ -417,26 +417,26 @@ def _need_teacher(ctx: RunContext, stage: str) -> None:
 
 
 def stage_sample(ctx: RunContext) -> dict:
-    """Guided AB-2 samples of the EMA teacher (``kacnum.pipeline.sample_stage``) -> ``OUT/sample``."""
+    """Guided AB-2 samples of the EMA teacher (``kacnum.images.pipeline.sample_stage``) -> ``OUT/sample``."""
     _need_teacher(ctx, "sample")
     return _run_library_stage(ctx, "sample")
 
 
 def stage_distill(ctx: RunContext) -> dict:
-    """Staged endpoint distillation (``kacnum.pipeline.distill_stage``) -> ``OUT/distill``."""
+    """Staged endpoint distillation (``kacnum.images.pipeline.distill_stage``) -> ``OUT/distill``."""
     _need_teacher(ctx, "distill")
     return _run_library_stage(ctx, "distill")
 
 
 def stage_baselines(ctx: RunContext) -> dict:
-    """FM, VP-DDIM and progressive distillation (``kacnum.pipeline.baselines_stage``) -> ``OUT/baselines``."""
+    """FM, VP-DDIM and progressive distillation (``kacnum.images.pipeline.baselines_stage``) -> ``OUT/baselines``."""
     if not ctx.pipeline.baselines:
         return {"skipped": "--no-baselines"}
     return _run_library_stage(ctx, "baselines")
 
 
 def stage_eval(ctx: RunContext) -> dict:
-    """FIDs of every sample set (``kacnum.pipeline.eval_stage``) -> ``OUT/eval``, copied to the top of OUT."""
+    """FIDs of every sample set (``kacnum.images.pipeline.eval_stage``) -> ``OUT/eval``, copied to the top of OUT."""
     folders = [ctx.out / d for d in ("sample", "distill", "baselines") if (ctx.out / d).is_dir()]
     if not collect_sample_sets(*folders):
         raise StageError(f"stage 'eval' found no sample sets (*.samples.pt) under {ctx.out}; run --stage "
@@ -531,7 +531,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="steps between sample grids (0: at the end)")
     g.add_argument("--grid-sample-steps", type=cli.positive_int, default=None, help="AB-2 steps of the training grids")
     g.add_argument("--data-sigma", type=cli.nonnegative_float, default=None, metavar="SIGMA",
-                   help="data smoothing: train on x0 + SIGMA eps (default 0; kacnum.losses)")
+                   help="data smoothing: train on x0 + SIGMA eps (default 0; kacnum.flows.losses)")
     g.add_argument("--time-sampling", type=_time_sampling_arg, default=None, metavar="SPEC",
                    help="training-time density: uniform (default), logit_normal:M,S or power:K (CDF x^K: K > 1 "
                         "draws fewer small t)")
@@ -548,7 +548,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help=f"guidance scale s of teacher sampling, distillation and baselines, in "
                         f"[{GUIDANCE_RANGE[0]:g}, {GUIDANCE_RANGE[1]:g}] (default 1.2)")
     g.add_argument("--guidance-sweep", type=cli.float_list(*GUIDANCE_RANGE), default=None, metavar="S1,S2,...",
-                   help="also sample the teacher at these scales (kacnum.pipeline.guidance_sweep), e.g. 1.0,1.2,1.5")
+                   help="also sample the teacher at these scales (kacnum.images.pipeline.guidance_sweep), e.g. 1.0,1.2,1.5")
     g.add_argument("--num-samples", type=cli.positive_int, default=None,
                    help="images per sample set (default: smoke 100, cpu 1000, gpu 50000)")
     g.add_argument("--sample-steps", type=cli.positive_int, default=100,
@@ -577,7 +577,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--distill-batch", type=cli.positive_int, default=None,
                    help="rows per distillation step (DistillKac and PD)")
     g.add_argument("--source", choices=("forward", "rollout", "mix"), default=None,
-                   help="distillation inputs: forward-process draws, teacher roll-outs (SPEC §7), or a mix "
+                   help="distillation inputs: forward-process draws, teacher roll-outs (docs/mathematics.md §7), or a mix "
                         "(--rollout-fraction of each batch from roll-outs); default: the preset's (cpu: rollout, "
                         "else forward)")
     g.add_argument("--rollout-refresh", type=cli.positive_int, default=None, metavar="STEPS",
@@ -587,7 +587,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="share of each batch from the roll-out pool with --source mix (default 0.5)")
     g.add_argument("--target", choices=("restart", "trajectory"), default=None,
                    help="stage-1 target: restart (AB-2 restarted in every student interval, the default) or "
-                        "trajectory (the 100-step teacher's own AB-2 states, history carried; kacnum.distill)")
+                        "trajectory (the 100-step teacher's own AB-2 states, history carried; kacnum.students.distill)")
     g.add_argument("--distill-lr", type=cli.positive_float, default=None, help="distillation learning rate")
     g.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
                    help="distillation learning-rate schedule per stage (default constant)")
@@ -673,7 +673,7 @@ def _print_table(results: dict, out: Path) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the chosen stage(s); returns the exit status: 0 ok; 2 bad usage (a flag's value, missing data,
     teacher, sample sets or Inception weights), 1 a failed run (a damaged checkpoint, any other error).
-    Every error is one line on stderr (``--debug``: the traceback instead; ``kacnum.cli.run_main``)."""
+    Every error is one line on stderr (``--debug``: the traceback instead; ``kacnum.core.cli.run_main``)."""
     return cli.run_main(_main, argv)
 
 

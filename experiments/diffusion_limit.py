@@ -1,6 +1,6 @@
-"""Diffusion limit (SPEC §1, §8): with c²/a = σ² fixed, the Kac law and velocity tend to the heat ones as a → ∞.
+"""Diffusion limit (docs/mathematics.md §1, §8): with c²/a = σ² fixed, the Kac law and velocity tend to the heat ones as a → ∞.
 
-For ``a`` in a geometric range and ``c = sqrt(σ² a)`` (all computed in ``kacnum.claims``):
+For ``a`` in a geometric range and ``c = sqrt(σ² a)`` (all computed in ``kacnum.theory.claims``):
 
 * the density ``p(t, ·)`` of ``K_t`` against the heat kernel ``N(0, σ² t)``: sup and L1 errors (the L1
   error counts the atoms ``e^{-at}``);
@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import _common  # noqa: E402
 from kacnum import cli  # noqa: E402
 from kacnum import claims  # noqa: E402
-from kacnum.kac import KacProcess  # noqa: E402
+from kacnum.processes.kac import KacProcess  # noqa: E402
 
 NAME = "diffusion_limit"
 

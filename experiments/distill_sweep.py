@@ -4,7 +4,7 @@ Takes a finished ``experiments/cifar_distill.py`` run (its ``teacher/checkpoint.
 ``sample/kac_teacher_nfe100.samples.pt`` and the ``eval/`` cache of the FID feature network and reference
 statistics; with ``--teachers kac,fm`` also ``baselines/fm/checkpoint.pt``) and distils the same teacher(s)
 again under each named setting, into ``OUT/<name>/``, then scores the students with the run's own FID
-protocol (bootstrap intervals on every FID and ratio, :func:`kacnum.pipeline.eval_stage`). Settings run in
+protocol (bootstrap intervals on every FID and ratio, :func:`kacnum.images.pipeline.eval_stage`). Settings run in
 the order given; one that would not finish within ``--budget`` seconds (judged from the previous settings'
 speed) is skipped, and ``OUT/sweep.json`` / ``OUT/sweep.md`` are rewritten after every setting, so a
 cut-short run keeps what it finished.
@@ -51,12 +51,12 @@ from typing import Optional, Sequence
 import torch
 
 from kacnum import cli
-from kacnum.checkpoint import load_json, save_json
-from kacnum.data import load_dataset
-from kacnum.distill import DistillConfig
-from kacnum.pipeline import (collect_sample_sets, distill_stage, eval_stage, feature_extractor_for, oneshot_budget,
+from kacnum.core.checkpoint import load_json, save_json
+from kacnum.images.data import load_dataset
+from kacnum.students.distill import DistillConfig
+from kacnum.images.pipeline import (collect_sample_sets, distill_stage, eval_stage, feature_extractor_for, oneshot_budget,
                              reference_for, sample_stage)
-from kacnum.train import load_teacher
+from kacnum.images.train import load_teacher
 
 #: name -> (steps per stage, batch size, lr, distill overrides)
 SETTINGS = {
@@ -403,8 +403,8 @@ def plot_curve(sweep: dict, file: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kacnum.checkpoint import atomic_write
-    from kacnum.pipeline import PAPER_RATIOS_CIFAR10, TARGETS
+    from kacnum.core.checkpoint import atomic_write
+    from kacnum.images.pipeline import PAPER_RATIOS_CIFAR10, TARGETS
 
     curve = sweep.get("curve") or {}
     counts = sorted({int(n) for ms in curve.values() for by_n in ms.values() for n in by_n}, reverse=True)
@@ -482,7 +482,7 @@ def _write_md(file: Path, sweep: dict) -> None:
                      + f" | {get(r, 4):.2f} | {get(r, 1):.2f} |")
     lines += ["", "Every student, its FID and its ratio over its own teacher (95 % bootstrap intervals; a ratio marked "
                   "paired is over a teacher sampled from the same latents and labels, its interval from resampling the "
-                  "pairs, kacnum.metrics.paired_ratio_interval):", "",
+                  "pairs, kacnum.images.metrics.paired_ratio_interval):", "",
               "| setting | student | steps | FID | teacher | ratio | interval |", "|---|---|---|---|---|---|---|"]
     for name, s in sweep["settings"].items():
         for st in s.get("students", []):

@@ -1,16 +1,16 @@
 """Trained teachers (or any flow models) compared at equal network evaluations, with enough samples to decide.
 
-Each ``--set LABEL=CHECKPOINT:SOLVER:STEPS[:GRID]`` names a checkpoint (``kacnum.train.load_teacher``: a Kac,
+Each ``--set LABEL=CHECKPOINT:SOLVER:STEPS[:GRID]`` names a checkpoint (``kacnum.images.train.load_teacher``: a Kac,
 flight, Gaussian FM or VP teacher; a VP teacher is sampled with DDIM, its solver field is ignored), a solver of
-``kacnum.solvers`` (euler, heun, ab2, rk4), a step count and a time grid (``uniform``, ``power:RHO``, ``kac``).
-Every set is sampled from the same latent seeds and balanced labels (``kacnum.pipeline.sample_flow_set``), saved
+``kacnum.flows.solvers`` (euler, heun, ab2, rk4), a step count and a time grid (``uniform``, ``power:RHO``, ``kac``).
+Every set is sampled from the same latent seeds and balanced labels (``kacnum.images.pipeline.sample_flow_set``), saved
 as ``OUT/<label>.samples.pt`` plus the ``.npz``/``.json`` that any other metric can read, and scored with the
 run's FID protocol (``RUN/eval``: feature classifier and reference statistics, as the pipeline's eval stage):
 
 * FID with its 95 % bootstrap interval, KID x 10^3 (unbiased, std over reference subsets), class accuracy,
   network evaluations per image (a guided call costs 2);
 * every pair's FID ratio with its interval: paired (pairs resampled) when the two sets are coupled
-  (``kacnum.pipeline.coupled_sets``: same path, seed, batches, labels), otherwise from independent bootstraps;
+  (``kacnum.images.pipeline.coupled_sets``: same path, seed, batches, labels), otherwise from independent bootstraps;
 * the FID floor: as many real test images against the same reference.
 
 Writes ``OUT/equal_evals.json`` and ``OUT/equal_evals.md``; a rerun reuses sample files whose settings match.
@@ -30,13 +30,13 @@ from typing import Optional, Sequence
 import torch
 
 from kacnum import cli
-from kacnum.checkpoint import atomic_write, save_json
+from kacnum.core.checkpoint import atomic_write, save_json
 
 NAME = "equal_evals"
 
 
 def _set_arg(text: str) -> dict:
-    from kacnum.solvers import METHODS, parse_time_grid
+    from kacnum.flows.solvers import METHODS, parse_time_grid
 
     label, eq, rest = text.partition("=")
     parts = rest.split(":")
@@ -86,9 +86,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def _sample(spec: dict, args, device, log):
-    from kacnum.paths import VPPath
-    from kacnum.pipeline import SampleSet, sample_ddim_set, sample_flow_set
-    from kacnum.train import load_teacher
+    from kacnum.flows.paths import VPPath
+    from kacnum.images.pipeline import SampleSet, sample_ddim_set, sample_flow_set
+    from kacnum.images.train import load_teacher
 
     model, path, tcfg = load_teacher(spec["checkpoint"], device=device)
     guidance = float(tcfg.guidance_scale if args.guidance is None else args.guidance)
@@ -120,11 +120,11 @@ def _sample(spec: dict, args, device, log):
 
 
 def run(args, log=print) -> dict:
-    from kacnum.data import load_dataset
-    from kacnum.metrics import (ClassifierExtractor, KIDReference, calc_fid, classifier_accuracy, extract_features,
+    from kacnum.images.data import load_dataset
+    from kacnum.images.metrics import (ClassifierExtractor, KIDReference, calc_fid, classifier_accuracy, extract_features,
                                 fid_bootstrap, kid, paired_ratio_interval, ratio_interval, reference_features,
                                 save_sample_set)
-    from kacnum.pipeline import coupled_sets, feature_extractor_for, reference_for
+    from kacnum.images.pipeline import coupled_sets, feature_extractor_for, reference_for
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows, sets, feats, boots = [], [], [], []

@@ -1,12 +1,12 @@
-"""Finite speed (SPEC §8): Kac samples and telegrapher solutions stay in the light cone; diffusion's do not.
+"""Finite speed (docs/mathematics.md §8): Kac samples and telegrapher solutions stay in the light cone; diffusion's do not.
 
-Three measurements (all computed in ``kacnum.claims``):
+Three measurements (all computed in ``kacnum.theory.claims``):
 
 1. Samples. Kac path ``X_t = f(t) X0 + K_{g(t)}`` on the 3×3 grid data; for each sample the normalised
    distance ``min_i max_j |x_j - f(t) x^(i)_j| / (c g(t))`` to the cone set ``f(t) supp + [-c g, c g]^d``
    (``<= 1`` inside). The same number for the diffusion limit ``f X0 + σ W_g`` (``σ² = c²/a``), Gaussian
    flow matching and VP diffusion on the same data, measured against the same Kac cone: they leave it.
-   The isotropic flow (``FlightPath``, planar random flight, SPEC §14) in the Euclidean norm: every path
+   The isotropic flow (``FlightPath``, planar random flight, docs/mathematics.md §14) in the Euclidean norm: every path
    measured against ``f(t) supp + disc(c g(t))`` (``cone_ratio(..., block=2)``): the flight stays in it, the
    coordinate-wise Kac path's corners (``|K| = √2 c g`` at a corner atom) and the Gaussian paths leave it.
 2. 1D PDE. ``solve_telegrapher_1d`` (exact transport) from a compact bump: mass outside
@@ -34,8 +34,8 @@ import torch  # noqa: E402
 import _common  # noqa: E402
 from kacnum import cli  # noqa: E402
 from kacnum import claims  # noqa: E402
-from kacnum.paths import FlightPath, GaussianPath, KacPath, VPPath  # noqa: E402
-from kacnum.telegrapher import bump, heat_solution, solve_telegrapher_1d, solve_telegrapher_2d  # noqa: E402
+from kacnum.flows.paths import FlightPath, GaussianPath, KacPath, VPPath  # noqa: E402
+from kacnum.processes.telegrapher import bump, heat_solution, solve_telegrapher_1d, solve_telegrapher_2d  # noqa: E402
 
 NAME = "finite_speed"
 

@@ -1,4 +1,4 @@
-"""Guided Kac field: square-integrable along guided trajectories and within the bound of SPEC §5.
+"""Guided Kac field: square-integrable along guided trajectories and within the bound of docs/mathematics.md §5.
 
 Labelled finite data: the 3×3 grid, label = row (3 classes). The conditional fields are the exact Kac
 marginal fields of each class (``KacPath.exact_velocity`` on the class's points), the unconditional one
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 import _common  # noqa: E402
 from kacnum import cli  # noqa: E402
 from kacnum import claims  # noqa: E402
-from kacnum.paths import KacPath  # noqa: E402
+from kacnum.flows.paths import KacPath  # noqa: E402
 
 NAME = "guidance_integrability"
 

@@ -1,16 +1,16 @@
 """Kinetic energy E_{ρ_t}|u_t|² of the exact fields: Kac stays bounded, diffusion blows up at the data end.
 
-Two measurements (all computed in ``kacnum.claims``):
+Two measurements (all computed in ``kacnum.theory.claims``):
 
-1. 1D Dirac (SPEC §3, a = 9, c = 3): ``E v(t, K_t)² = ∫ v² p dx + c² e^{-at}`` by quadrature (atoms
+1. 1D Dirac (docs/mathematics.md §3, a = 9, c = 3): ``E v(t, K_t)² = ∫ v² p dx + c² e^{-at}`` by quadrature (atoms
    included), checked by Monte Carlo on the exact law, against the heat flow's ``σ²/(4t)`` (``σ² = c²/a``).
-   SPEC §3 quotes Kac 8.92, 8.23, 3.81, 0.27 and diffusion 250, 25, 2.5, 0.25 at t = 1e-3, 1e-2, 0.1, 1.
+   docs/mathematics.md §3 quotes Kac 8.92, 8.23, 3.81, 0.27 and diffusion 250, 25, 2.5, 0.25 at t = 1e-3, 1e-2, 0.1, 1.
 2. Finite data (the 3×3 grid, d = 2): Monte Carlo of ``E|u_t|²`` for the exact marginal fields of the
    Kac path (atom-aware: ``claims.kac_velocity_with_atoms``; ``KacPath.exact_velocity`` reported next to
    it), its diffusion limit ``f X0 + σ W_g``, Gaussian flow matching and VP diffusion (probability flow),
-   on a log grid of t from 1e-4 to 1, with the SPEC §8 bound ``d (|f'| sup|x0| + c g')²`` of the Kac
+   on a log grid of t from 1e-4 to 1, with the docs/mathematics.md §8 bound ``d (|f'| sup|x0| + c g')²`` of the Kac
    path and the worst ratio to it.
-3. The isotropic flow (``FlightPath``, planar random flight, SPEC §14). 2D Dirac: ``E|u|²`` per pair
+3. The isotropic flow (``FlightPath``, planar random flight, docs/mathematics.md §14). 2D Dirac: ``E|u|²`` per pair
    (``claims.flight_dirac_kinetic_energy``, checked by Monte Carlo) against the coordinate-wise Kac flow in
    2D (twice the 1D value) and the 2D heat flow ``2σ²/(4t)``; its bound is ``c²`` (speed ``c`` per pair),
    half the 2D Kac bound ``2c²``. On the grid data it runs beside the others, with its own bound
@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import _common  # noqa: E402
 from kacnum import cli  # noqa: E402
 from kacnum import claims  # noqa: E402
-from kacnum.paths import FlightPath, GaussianPath, KacPath, VPPath  # noqa: E402
+from kacnum.flows.paths import FlightPath, GaussianPath, KacPath, VPPath  # noqa: E402
 
 NAME = "kinetic_energy"
 
@@ -168,7 +168,7 @@ def main(argv=None) -> dict:
         res = run(cfg, gen)
     _common.print_table(res["dirac"], ["t", "kac_quadrature", "kac_mc", "kac_mc_stderr", "diffusion", "bound",
                                        "kac_ratio", "diffusion_over_kac"],
-                        "1D Dirac (SPEC §3): E|u_t|², Kac vs diffusion", floatfmt=".4g")
+                        "1D Dirac (docs/mathematics.md §3): E|u_t|², Kac vs diffusion", floatfmt=".4g")
     _common.print_table(res["flight_dirac"], ["t", "flight_quadrature", "flight_mc", "flight_mc_stderr", "kac_2d",
                                               "diffusion_2d", "flight_bound", "flight_over_kac", "diffusion_over_flight"],
                         "2D Dirac: E|u_t|² of the isotropic flow (planar flight) vs the 2D Kac product and the 2D heat "

@@ -1,7 +1,7 @@
 """The 2D laws of the Kac-flow noises side by side: coordinate-wise Kac, the planar flight, the Gaussian.
 
 Columns: the coordinate-wise Kac law ``K_g`` (two independent 1D Kac coordinates: the square
-``[-cg, cg]²``, atoms on its edges and corners), the planar random flight ``F_g`` (SPEC §14: the disc
+``[-cg, cg]²``, atoms on its edges and corners), the planar random flight ``F_g`` (docs/mathematics.md §14: the disc
 ``|y| ≤ cg`` with a circle atom of mass ``e^{-a g}``) and the Gaussian with the same diffusion limit
 ``N(0, (c²/a) g I)`` (unbounded). Rows: ``a g = 1`` (atoms carry 37 % of the mass per block: 1D Kac
 coordinate / flight pair) and ``a g = 9`` (``g = T = 1`` with the default ``a = 9``, ``c = 3``: the latent of
@@ -28,7 +28,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 
 import _common  # noqa: E402
 from kacnum import cli  # noqa: E402
-from kacnum.paths import FlightPath, KacPath  # noqa: E402
+from kacnum.flows.paths import FlightPath, KacPath  # noqa: E402
 
 NAME = "latent_laws"
 

@@ -1,4 +1,4 @@
-"""Does the probability-flow ODE of a path carry the path's marginals? (SPEC §13)
+"""Does the probability-flow ODE of a path carry the path's marginals? (docs/mathematics.md §13)
 
 A flow-matching sampler integrates ``dx/dt = u(t, x)`` backward from latents at ``T``, ``u`` the exact
 marginal velocity ``E[u_t | x_t = x]``. For a path whose marginals have a smooth positive density and a
@@ -26,7 +26,7 @@ exact field (``exact_velocity(..., data_sigma=σ)``), with RK4 solved to converg
 Cases: 1D, the two points ``±0.5`` with weights ``0.3 / 0.7`` (a σ sweep, and ``a`` with ``c²/a = 1``
 fixed); 2D, 32 seeded points uniform in ``[-1, 1]²`` with equal weights and with unequal weights
 (``w_i ∝ i``), Dirac and ``σ = 0.1``. In 2D also the isotropic Kac flow (``flight``: ``FlightPath``, the
-planar random flight of SPEC §14, same ``a`` and ``c``), whose finite-data law has a circle atom per point
+planar random flight of docs/mathematics.md §14, same ``a`` and ``c``), whose finite-data law has a circle atom per point
 instead of edge and corner atoms.
 
     python experiments/marginal_law.py              # default budget
@@ -48,10 +48,10 @@ from scipy import stats  # noqa: E402
 
 import _common  # noqa: E402
 from kacnum import cli  # noqa: E402
-from kacnum.paths import FlightPath, GaussianPath, KacPath, VPPath  # noqa: E402
-from kacnum.solvers import integrate, uniform_grid  # noqa: E402
-from kacnum.stability import ExactField, piecewise_linear  # noqa: E402
-from kacnum.transport import wasserstein_1d, wasserstein_empirical  # noqa: E402
+from kacnum.flows.paths import FlightPath, GaussianPath, KacPath, VPPath  # noqa: E402
+from kacnum.flows.solvers import integrate, uniform_grid  # noqa: E402
+from kacnum.theory.stability import ExactField, piecewise_linear  # noqa: E402
+from kacnum.theory.transport import wasserstein_1d, wasserstein_empirical  # noqa: E402
 
 NAME = "marginal_law"
 PATHS = ("kac", "gaussian", "vp")

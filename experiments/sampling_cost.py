@@ -1,12 +1,12 @@
 """Sampling cost of a trained Kac-flow teacher: solver x time grid x steps against a fine reference.
 
 Reads a pipeline run folder (``experiments/cifar_distill.py --out RUN``) that holds a trained teacher,
-``RUN/teacher/checkpoint.pt`` (its EMA network and path are loaded with ``kacnum.train.load_teacher``).
-From the same latents (``kacnum.pipeline.sample_flow_set``: per-batch seeds ``derive_seed(seed, b)``,
+``RUN/teacher/checkpoint.pt`` (its EMA network and path are loaded with ``kacnum.images.train.load_teacher``).
+From the same latents (``kacnum.images.pipeline.sample_flow_set``: per-batch seeds ``derive_seed(seed, b)``,
 so every configuration starts from identical noise) it samples the guided teacher with every
 
-* solver of ``--solvers`` (default euler, heun, ab2; ``kacnum.solvers``),
-* time grid of ``--grids`` (default uniform, power:2, power:3, kac; ``kacnum.solvers.make_time_grid``:
+* solver of ``--solvers`` (default euler, heun, ab2; ``kacnum.flows.solvers``),
+* time grid of ``--grids`` (default uniform, power:2, power:3, kac; ``kacnum.flows.solvers.make_time_grid``:
   ``power:RHO`` and ``kac`` put the small steps near the data end t = 0),
 * step count of ``--steps`` (default 4, 8, 16, 32, 64, 100),
 
@@ -15,13 +15,13 @@ and measures the coupled RMS per pixel to a reference solution from the same lat
 ``sqrt(mean over images and pixels of (x - x_ref)^2)``, pixels in [-1, 1]. Cost is counted as network
 evaluations per image (``nfe_model``: a guided field call costs 2; Heun calls the field twice per step).
 
-With ``--fid`` every set also gets its FID with a 95 % bootstrap interval (``kacnum.metrics.fid_bootstrap``)
+With ``--fid`` every set also gets its FID with a 95 % bootstrap interval (``kacnum.images.metrics.fid_bootstrap``)
 through the run's evaluation cache (``RUN/eval``: the feature classifier ``classifier_<dataset>.pt`` or
 Inception, and the cached reference statistics; missing ones are computed and cached as the pipeline's
 eval stage does). The reference solution's FID is taken as the converged FID, and the table reports, per
 (solver, grid), the fewest steps whose FID is within ``--fid-tol`` (3 %) of it. Every set is coupled to
 the reference (same latents and labels), so each FID/reference ratio also gets the paired bootstrap
-interval (``kacnum.metrics.paired_ratio_interval``, resampling pairs: far narrower than two independent
+interval (``kacnum.images.metrics.paired_ratio_interval``, resampling pairs: far narrower than two independent
 FID intervals), and the summary ``fid_ratio_within`` gives the fewest steps whose ratio is within the
 tolerance with 95 % confidence (the whole interval inside 1 +- tol; a few-step FID below the converged one
 does not count as converged). ``--from-json FILE`` re-summarises a saved result with other tolerances
@@ -53,11 +53,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from kacnum import cli  # noqa: E402
-from kacnum.checkpoint import atomic_write, load_json, save_json  # noqa: E402
-from kacnum.metrics import calc_fid, extract_features, fid_bootstrap, paired_ratio_interval  # noqa: E402
-from kacnum.pipeline import feature_extractor_for, reference_for, sample_flow_set  # noqa: E402
-from kacnum.solvers import METHODS, make_time_grid, parse_time_grid  # noqa: E402
-from kacnum.train import load_teacher  # noqa: E402
+from kacnum.core.checkpoint import atomic_write, load_json, save_json  # noqa: E402
+from kacnum.images.metrics import calc_fid, extract_features, fid_bootstrap, paired_ratio_interval  # noqa: E402
+from kacnum.images.pipeline import feature_extractor_for, reference_for, sample_flow_set  # noqa: E402
+from kacnum.flows.solvers import METHODS, make_time_grid, parse_time_grid  # noqa: E402
+from kacnum.images.train import load_teacher  # noqa: E402
 
 DEFAULT_SOLVERS = ("euler", "heun", "ab2")
 DEFAULT_GRIDS = ("uniform", "power:2", "power:3", "kac")
@@ -132,7 +132,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
         cli.check_input_file(args.run / "teacher" / "checkpoint.pt", "--run", "a pipeline run folder whose teacher "
                              "stage has finished (experiments/cifar_distill.py --stage teacher --out RUN)")
     else:
-        cli.check_input_file(args.teacher, "--teacher", "a teacher checkpoint (kacnum.train.load_teacher)")
+        cli.check_input_file(args.teacher, "--teacher", "a teacher checkpoint (kacnum.images.train.load_teacher)")
     cli.check_device(args.device)
     if args.out is None:
         args.out = args.run / "sampling_cost"

@@ -2,11 +2,11 @@
 
 On MNIST (``--preset cpu``: ``mnist_small``, 3000 steps) the guided Kac teacher with 100 AB-2 steps scores
 FID 4.94 and Gaussian flow matching on the same UNet, data and budget 3.10 with 20 AB-2 steps; the Kac
-sampler is converged (SPEC §13), so the gap is in what the network learned. This script trains one
+sampler is converged (docs/mathematics.md §13), so the gap is in what the network learned. This script trains one
 teacher per row, every row with the same model, data, steps, batch, learning rate, EMA and seed, and
 measures for each:
 
-* the held-out loss per bin of t (:func:`kacnum.losses.binned_loss` on the test split: a fine bin
+* the held-out loss per bin of t (:func:`kacnum.flows.losses.binned_loss` on the test split: a fine bin
   t < 0.05 and ten bins of width 0.1, the same t and noise for every row of a path, and the share of Kac
   coordinates on atoms per bin);
 * FID with its 95 % bootstrap interval, KID and class accuracy of ``--num-samples`` guided samples
@@ -61,7 +61,7 @@ with their intervals). ``--resume`` skips rows whose ``row.json`` holds the same
 interrupted training from its checkpoint and reuses sample sets with the same settings; without it
 every requested row is trained afresh (the evaluation cache is always reused).
 
-Errors (``kacnum.cli``): one line naming the flag, exit status 2 (bad usage, missing data) or 1.
+Errors (``kacnum.core.cli``): one line naming the flag, exit status 2 (bad usage, missing data) or 1.
 
     python experiments/teacher_study.py --quick                      # digits, 2 rows, < 2 min
     python experiments/teacher_study.py --dataset mnist --out runs/teacher_study --resume
@@ -82,7 +82,7 @@ from typing import Optional, Sequence
 import torch
 
 from kacnum import cli
-from kacnum.checkpoint import atomic_write, load_checkpoint, load_json, save_checkpoint, save_json
+from kacnum.core.checkpoint import atomic_write, load_checkpoint, load_json, save_checkpoint, save_json
 
 NAME = "teacher_study"
 FORMAT = "kacnum.teacher_study/1"
@@ -90,10 +90,10 @@ FORMAT = "kacnum.teacher_study/1"
 
 @dataclass(frozen=True)
 class Row:
-    """One training recipe: ``overrides`` of the base :class:`~kacnum.train.TrainConfig` and the step
+    """One training recipe: ``overrides`` of the base :class:`~kacnum.images.train.TrainConfig` and the step
     counts it is sampled at (``--sample-steps``; ``fm``: also ``--fm-steps``, the FM and VP rows) with
     ``sampler``: ``"ab2"`` (guided AB-2 of the velocity) or ``"ddim"`` (guided DDIM of a VP model,
-    :func:`kacnum.pipeline.sample_ddim_set`; a v-network through :class:`kacnum.losses.VToEps`)."""
+    :func:`kacnum.images.pipeline.sample_ddim_set`; a v-network through :class:`kacnum.flows.losses.VToEps`)."""
 
     label: str
     overrides: dict = field(default_factory=dict)
@@ -227,8 +227,8 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def train_config(args: argparse.Namespace, row: str):
-    """The row's :class:`~kacnum.train.TrainConfig`: the shared budget plus the row's overrides."""
-    from kacnum.train import TrainConfig
+    """The row's :class:`~kacnum.images.train.TrainConfig`: the shared budget plus the row's overrides."""
+    from kacnum.images.train import TrainConfig
 
     base = dict(model=args.model, dataset=args.dataset, batch_size=args.batch_size, total_steps=args.steps,
                 lr=args.lr, warmup_steps=min(200, max(1, args.steps // 10)), ema_decay=args.ema_decay,
@@ -260,7 +260,7 @@ def _sample_set(model, path, args, steps: int, file: Path, device, sampler: str 
     """Guided AB-2 samples, or (``sampler="ddim"``) guided DDIM samples of a VP ε-model (``model`` already
     wrapped for a v-network; ``prediction`` is recorded), reused from ``file`` under ``--resume`` when the
     settings match."""
-    from kacnum.pipeline import sample_ddim_set, sample_flow_set
+    from kacnum.images.pipeline import sample_ddim_set, sample_flow_set
 
     meta = {"steps": steps, "num_samples": args.num_samples, "guidance": args.guidance, "seed": args.sample_seed,
             "solver": "ab2" if sampler == "ab2" else "ddim", "path": repr(path)}
@@ -288,7 +288,7 @@ def _sample_set(model, path, args, steps: int, file: Path, device, sampler: str 
 
 
 def _evaluate_set(images: torch.Tensor, labels, ev: dict, n_boot: int, seed: int) -> dict:
-    from kacnum.metrics import calc_fid, classifier_accuracy, extract_features, fid_bootstrap, kid
+    from kacnum.images.metrics import calc_fid, classifier_accuracy, extract_features, fid_bootstrap, kid
 
     x = images.clamp(-1, 1)
     f = extract_features(x, ev["extractor"])
@@ -302,8 +302,8 @@ def _evaluate_set(images: torch.Tensor, labels, ev: dict, n_boot: int, seed: int
 
 def run_row(name: str, args: argparse.Namespace, data: dict, ev: dict, log) -> dict:
     """Train (or resume), per-bin loss, sample and evaluate one row; writes ``OUT/rows/<name>/row.json``."""
-    from kacnum.losses import binned_loss
-    from kacnum.train import Trainer, wrap_prediction
+    from kacnum.flows.losses import binned_loss
+    from kacnum.images.train import Trainer, wrap_prediction
 
     row_dir = Path(args.out) / "rows" / name
     cfg = train_config(args, name)
@@ -377,8 +377,8 @@ def run_row(name: str, args: argparse.Namespace, data: dict, ev: dict, log) -> d
 
 def evaluation(args: argparse.Namespace, data: dict, log) -> dict:
     """The pipeline's feature classifier, reference statistics and KID reference from ``--eval-cache``."""
-    from kacnum.metrics import KIDReference, calc_fid, extract_features, fid_bootstrap, kid
-    from kacnum.pipeline import feature_extractor_for, reference_features, reference_for
+    from kacnum.images.metrics import KIDReference, calc_fid, extract_features, fid_bootstrap, kid
+    from kacnum.images.pipeline import feature_extractor_for, reference_features, reference_for
 
     cache = args.eval_cache or (Path(args.out) / "eval")
     t0 = time.perf_counter()
@@ -534,7 +534,7 @@ def print_table(res: dict) -> None:
 def measure(args: argparse.Namespace, data: dict) -> dict:
     """Seconds per training step (Kac row, 2 warm-up + 8 timed) and per image and guided AB-2 step
     (2 batches of 4 steps) on this machine with the current threads."""
-    from kacnum.train import Trainer, sample_images
+    from kacnum.images.train import Trainer, sample_images
 
     cfg = train_config(args, "kac")
     trainer = Trainer(cfg, None, device=args.device, data=data["train"])
@@ -575,7 +575,7 @@ def _thread_limit(n: int):
 
 
 def _load(dataset: str) -> dict:
-    from kacnum.data import load_dataset
+    from kacnum.images.data import load_dataset
 
     return {"train": load_dataset(dataset, split="train"), "test": load_dataset(dataset, split="test")}
 

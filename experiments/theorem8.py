@@ -1,6 +1,6 @@
-"""Theorem 8 (endpoint → path stability of few-step students), inside and outside its hypotheses (SPEC §8, §13).
+"""Theorem 8 (endpoint → path stability of few-step students), inside and outside its hypotheses (docs/mathematics.md §8, §13).
 
-DistillKac's Theorem 8 (derived form, SPEC §8): a student of ``M`` Euler steps of a field ``ε``-close to a
+DistillKac's Theorem 8 (derived form, docs/mathematics.md §8): a student of ``M`` Euler steps of a field ``ε``-close to a
 **Lipschitz** teacher field has path error ``≤ (ε + A h/2)(e^{LΔ} - 1)/L``, ``h = Δ/M``: ``O(1/M)``. This
 script measures that rate in three regimes, each with its fit range, a paired bootstrap interval over the
 starting latents and the local slopes between consecutive ``M``:
@@ -11,7 +11,7 @@ starting latents and the local slopes between consecutive ``M``:
    on the exact field; students: Euler with ``M = 4 … 256`` (slope fitted on ``M ≥ fit_min_m``); sup over
    the path of the coupled RMS error and of ``W2`` (POT); the measured Lipschitz constant ``L(t)`` (max,
    p99, median over samples, at two finite-difference steps) and acceleration ``A(t)`` along the teacher,
-   ``∫ L dt``, and the bound's constant (Grönwall, :func:`kacnum.stability.gronwall_constant`) against the
+   ``∫ L dt``, and the bound's constant (Grönwall, :func:`kacnum.theory.stability.gronwall_constant`) against the
    measured ``C = max_M M · err``. The same for the Gaussian (rectified-flow) and VP paths on the same data
    (closed-form fields). Repeated over ``data_seeds`` (the spread of the slope). Distilled students
    (MLP fitted to the exact Kac field, then staged endpoint distillation ``K0 → 8 → 4 → 2 → 1`` with that
@@ -57,12 +57,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from kacnum import cli  # noqa: E402
-from kacnum.checkpoint import atomic_write, save_json  # noqa: E402
-from kacnum.distill import DistillConfig  # noqa: E402
-from kacnum.models.mlp import MLP  # noqa: E402
-from kacnum.paths import GaussianPath, KacPath, VPPath  # noqa: E402
-from kacnum.solvers import uniform_grid  # noqa: E402
-from kacnum.stability import (  # noqa: E402
+from kacnum.core.checkpoint import atomic_write, save_json  # noqa: E402
+from kacnum.students.distill import DistillConfig  # noqa: E402
+from kacnum.images.models.mlp import MLP  # noqa: E402
+from kacnum.flows.paths import GaussianPath, KacPath, VPPath  # noqa: E402
+from kacnum.flows.solvers import uniform_grid  # noqa: E402
+from kacnum.theory.stability import (  # noqa: E402
     ExactField,
     ExactTeacherDistiller,
     ModelField,
@@ -861,7 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-dir", type=Path, default=REPO / "paper_figures", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: the field evaluations are small, and extra threads "
-                        "only add overhead; see kacnum.cli.resolve_threads)")
+                        "only add overhead; see kacnum.core.cli.resolve_threads)")
     p.add_argument("--no-distill", action="store_true", help="skip the distilled students")
     fields = {f.name: f for f in dataclasses.fields(Theorem8Config)}
     for name, f in fields.items():

@@ -12,7 +12,7 @@ component) this script
    from teacher roll-outs, and one-shot ``100 → 1`` with the same number of optimiser steps;
 4. samples Gaussian FM (Euler and AB-2) and VP (DDIM) at every NFE;
 4b. (``--no-flight`` skips it) the isotropic Kac flow: a teacher on ``FlightPath`` (the planar random
-   flight of SPEC §14, same ``a``, ``c``: a disc-shaped latent with a circle atom instead of the square with
+   flight of docs/mathematics.md §14, same ``a``, ``c``: a disc-shaped latent with a circle atom instead of the square with
    edge atoms) trained with the same budget, sampled with AB-2 and Euler at every NFE
    (``flight_teacher_*``), and distilled with the staged schedule from the main source
    (``flight_distill_staged_<source>``): rows to read against the coordinate-wise Kac teacher and students
@@ -52,18 +52,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from kacnum import cli  # noqa: E402
-from kacnum._checks import check_finite_number, check_int, check_positive  # noqa: E402
-from kacnum.checkpoint import save_json  # noqa: E402
-from kacnum.distill import EMA, DistillConfig, Distiller, validate_stages  # noqa: E402
-from kacnum.guidance import GuidedField  # noqa: E402
-from kacnum.losses import EpsilonLoss, FlowMatchingLoss  # noqa: E402
-from kacnum.models.mlp import MLP  # noqa: E402
-from kacnum.kac import KacProcess  # noqa: E402
-from kacnum.paths import FlightPath, GaussianPath, KacPath, VPPath  # noqa: E402
-from kacnum.progress import Progress  # noqa: E402
-from kacnum.solvers import ddim_sample, integrate  # noqa: E402
-from kacnum.toy_data import TOY_DATASETS, TOY_NUM_CLASSES, make_toy  # noqa: E402
-from kacnum.transport import wasserstein_empirical  # noqa: E402
+from kacnum.core.checks import check_finite_number, check_int, check_positive  # noqa: E402
+from kacnum.core.checkpoint import save_json  # noqa: E402
+from kacnum.students.distill import EMA, DistillConfig, Distiller, validate_stages  # noqa: E402
+from kacnum.flows.guidance import GuidedField  # noqa: E402
+from kacnum.flows.losses import EpsilonLoss, FlowMatchingLoss  # noqa: E402
+from kacnum.images.models.mlp import MLP  # noqa: E402
+from kacnum.processes.kac import KacProcess  # noqa: E402
+from kacnum.flows.paths import FlightPath, GaussianPath, KacPath, VPPath  # noqa: E402
+from kacnum.core.progress import Progress  # noqa: E402
+from kacnum.flows.solvers import ddim_sample, integrate  # noqa: E402
+from kacnum.theory.toy_data import TOY_DATASETS, TOY_NUM_CLASSES, make_toy  # noqa: E402
+from kacnum.theory.transport import wasserstein_empirical  # noqa: E402
 
 DATASETS = TOY_DATASETS
 

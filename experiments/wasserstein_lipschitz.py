@@ -1,6 +1,6 @@
-"""Wasserstein-Lipschitz continuity of the Kac path (SPEC §8) against its bounds, and the Brownian contrast.
+"""Wasserstein-Lipschitz continuity of the Kac path (docs/mathematics.md §8) against its bounds, and the Brownian contrast.
 
-Two measurements (all computed in ``kacnum.claims``):
+Two measurements (all computed in ``kacnum.theory.claims``):
 
 1. 1D, exact. ``W_p(μ_s, μ_t)`` of the Kac law from 0 for every pair ``s < t`` of a time grid and
    p = 1, 2, 4, from the exact quantile functions (``claims.kac_quantiles``: the exact CDF inverted by
@@ -10,7 +10,7 @@ Two measurements (all computed in ``kacnum.claims``):
    ``|f(t) - f(s)| ‖X0‖_p + c√d |g(t) - g(s)|`` (d = 2): the product Kac law (data = {0}: the bound is
    ``c√d|t - s|``), and the 3×3 grid data with (f, g) = (linear, t) and (exp, t²). Coupled samples
    (same data points, same Kac paths) and exact OT (POT network simplex).
-3. The isotropic flow (planar random flight, SPEC §14). From 0: ``W_p(μ_s, μ_t)`` by the radial quantile
+3. The isotropic flow (planar random flight, docs/mathematics.md §14). From 0: ``W_p(μ_s, μ_t)`` by the radial quantile
    coupling (``claims.flight_wasserstein_2d``: an upper bound of ``W_p``, equal to ``W_2``) against
    ``c|t - s|`` (speed ``c`` in the Euclidean norm; the 2D Kac product only has ``c√2|t - s|``), with the 2D
    Brownian contrast. With data: ``FlightPath`` on the same cases, against ``|Δf| ‖X0‖_p + c√(d/2) |Δg|``
@@ -34,9 +34,9 @@ import torch  # noqa: E402
 import _common  # noqa: E402
 from kacnum import cli  # noqa: E402
 from kacnum import claims  # noqa: E402
-from kacnum.kac import KacProcess  # noqa: E402
-from kacnum.flight import PlanarFlight  # noqa: E402
-from kacnum.paths import FlightPath, KacPath  # noqa: E402
+from kacnum.processes.kac import KacProcess  # noqa: E402
+from kacnum.processes.flight import PlanarFlight  # noqa: E402
+from kacnum.flows.paths import FlightPath, KacPath  # noqa: E402
 
 NAME = "wasserstein_lipschitz"
 

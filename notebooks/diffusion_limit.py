@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # Diffusion limit (SPEC §1, §8)
+# # Diffusion limit (docs/mathematics.md §1, §8)
 #
 # With `c²/a = σ²` fixed the Kac density and velocity converge to the heat kernel and `x/(2t)` as
 # `a → ∞`; the fitted rates are the slopes of log error against log a (−1: error ∝ 1/a). The PDE

@@ -12,14 +12,14 @@
 # ---
 
 # %% [markdown]
-# # Finite speed (SPEC §8)
+# # Finite speed (docs/mathematics.md §8)
 #
 # Kac samples `f(t) X0 + K_{g(t)}` stay in the cone `f(t) supp + [-c g, c g]^d`; samples of the
 # diffusion limit, Gaussian flow matching and VP diffusion on the same data leave it. The 1D telegrapher
 # solver keeps a compact bump inside `[lo - ct, hi + ct]` to round-off while the heat equation has erfc
 # tails there; the 2D central scheme leaks a little (numerical dispersion), reported per resolution.
 #
-# Everything is computed by `experiments/finite_speed.py` → `kacnum.claims`. Set `KACNUM_NB_QUICK=1`
+# Everything is computed by `experiments/finite_speed.py` → `kacnum.theory.claims`. Set `KACNUM_NB_QUICK=1`
 # for the small budget (then `paper_figures/` is left alone).
 
 # %%

@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # Guidance: square-integrable and bounded by `(1 + 2|s - 1|) B` (SPEC §5, §8)
+# # Guidance: square-integrable and bounded by `(1 + 2|s - 1|) B` (docs/mathematics.md §5, §8)
 #
 # Exact labelled Kac fields (3 classes on the 3×3 grid), guided with `u_s = u_u + s (u_c - u_u)` for
 # s = 1, 1.2, 2, 4 and integrated with AB-2 from the latent to the data. Dotted lines: the bounds built

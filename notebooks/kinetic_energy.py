@@ -12,10 +12,10 @@
 # ---
 
 # %% [markdown]
-# # Kinetic energy `E|u_t|²`: Kac versus diffusion (SPEC §3, §8)
+# # Kinetic energy `E|u_t|²`: Kac versus diffusion (docs/mathematics.md §3, §8)
 #
 # The exact Kac field has `E|u_t|² <= d (|f'| sup|x0| + c g')²` for all t, while the diffusion field on
-# the same data blows up like `d σ²/(4t)` at the data end. Left: the 1D Dirac of SPEC §3 (quadrature
+# the same data blows up like `d σ²/(4t)` at the data end. Left: the 1D Dirac of docs/mathematics.md §3 (quadrature
 # with the atoms, checked by Monte Carlo). Right: the 3×3 grid data, exact marginal fields of the Kac,
 # diffusion-limit, Gaussian-FM and VP paths.
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 import _common  # noqa: E402
 
 import kinetic_energy  # noqa: E402
-from kacnum.claims import diffusion_dirac_kinetic_energy, kac_dirac_kinetic_energy  # noqa: E402
+from kacnum.theory.claims import diffusion_dirac_kinetic_energy, kac_dirac_kinetic_energy  # noqa: E402
 
 OUT, ARGV = _common.notebook_args("kinetic_energy")
 res = kinetic_energy.main(ARGV)
@@ -41,7 +41,7 @@ res = kinetic_energy.main(ARGV)
 display(Image(filename=str(OUT / "kinetic_energy.png")))
 
 # %% [markdown]
-# The SPEC §3 numbers (a = 9, c = 3), straight from the library functions the script uses:
+# The docs/mathematics.md §3 numbers (a = 9, c = 3), straight from the library functions the script uses:
 
 # %%
 for t in (1e-3, 1e-2, 0.1, 1.0):

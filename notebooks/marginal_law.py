@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # Does a flow carry its path's marginals? (SPEC §13)
+# # Does a flow carry its path's marginals? (docs/mathematics.md §13)
 #
 # Runs `experiments/marginal_law.py`: the probability-flow ODE of the Kac, Gaussian and VP paths, solved
 # with RK4 on the exact marginal field from exact latents, and the share of its end points at each data

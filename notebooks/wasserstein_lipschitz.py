@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # Wasserstein-Lipschitz continuity (SPEC §8)
+# # Wasserstein-Lipschitz continuity (docs/mathematics.md §8)
 #
 # 1D: `W_p(μ_s, μ_t) <= c|t - s|` for the exact Kac laws (p = 1, 2, 4), sharp as `s, t → 0`; the
 # Brownian contrast `σ|√t - √s| ‖Z‖_p` is not Lipschitz. d = 2: `W_p <= |Δf| ‖X0‖_p + c√d |Δg|` with

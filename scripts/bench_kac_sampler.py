@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from kacnum.checkpoint import save_json
-from kacnum.kac import KacProcess
-from kacnum.paths import KacPath
+from kacnum.core.checkpoint import save_json
+from kacnum.processes.kac import KacProcess
+from kacnum.flows.paths import KacPath
 
 
 def _sync(dev):

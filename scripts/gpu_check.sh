@@ -62,7 +62,7 @@ for m in ("numpy", "scipy", "tqdm", "PIL", "sklearn", "matplotlib", "pytest", "h
         print(f"  {m:<11} {getattr(mod, '__version__', '?')}")
     except Exception as e:  # noqa: BLE001
         print(f"  {m:<11} MISSING ({type(e).__name__})")
-import kacnum.train, kacnum.paths, kacnum.kac  # noqa: F401  (must import without POT)
+import kacnum.images.train, kacnum.flows.paths, kacnum.processes.kac  # noqa: F401  (must import without POT)
 print("kacnum imports OK")
 EOF
 } > >(tee "$OUT/env.txt") 2>&1

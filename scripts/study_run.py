@@ -25,9 +25,9 @@ import sys
 from pathlib import Path
 
 from kacnum import cli
-from kacnum.checkpoint import load_checkpoint, load_json, save_json
-from kacnum.pipeline import SampleSet, pipeline_config
-from kacnum.train import TrainConfig
+from kacnum.core.checkpoint import load_checkpoint, load_json, save_json
+from kacnum.images.pipeline import SampleSet, pipeline_config
+from kacnum.images.train import TrainConfig
 
 
 def _place(src: Path, dst: Path) -> None:

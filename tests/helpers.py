@@ -1,5 +1,5 @@
 """Small helpers shared by the tests (importable as ``helpers``: tests/conftest.py puts tests/ on sys.path)."""
-from kacnum.metrics import FeatureExtractor
+from kacnum.images.metrics import FeatureExtractor
 
 
 class IdentityExtractor(FeatureExtractor):

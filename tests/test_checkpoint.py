@@ -1,8 +1,8 @@
-"""kacnum.checkpoint: the previous checkpoint is kept, damage is found on load, the previous copy is used.
+"""kacnum.core.checkpoint: the previous checkpoint is kept, damage is found on load, the previous copy is used.
 
-Each kind of training checkpoint (teacher / baseline ``checkpoint.pt`` of ``kacnum.train.Trainer``,
-``distill.ckpt`` of ``kacnum.distill.Distiller``, ``progressive.ckpt`` of
-``kacnum.progressive.ProgressiveDistiller``) is truncated, zeroed and emptied here, with and without a
+Each kind of training checkpoint (teacher / baseline ``checkpoint.pt`` of ``kacnum.images.train.Trainer``,
+``distill.ckpt`` of ``kacnum.students.distill.Distiller``, ``progressive.ckpt`` of
+``kacnum.students.progressive.ProgressiveDistiller``) is truncated, zeroed and emptied here, with and without a
 good previous copy beside it.
 """
 import os
@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from kacnum.checkpoint import (
+from kacnum.core.checkpoint import (
     CheckpointError,
     CheckpointFallbackWarning,
     load_checkpoint,
@@ -19,12 +19,12 @@ from kacnum.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from kacnum.data import load_dataset
-from kacnum.distill import DistillConfig, Distiller
-from kacnum.models.mlp import MLP
-from kacnum.paths import KacPath, VPPath
-from kacnum.progressive import ProgressiveConfig, ProgressiveDistiller
-from kacnum.train import TrainConfig, Trainer, load_teacher
+from kacnum.images.data import load_dataset
+from kacnum.students.distill import DistillConfig, Distiller
+from kacnum.images.models.mlp import MLP
+from kacnum.flows.paths import KacPath, VPPath
+from kacnum.students.progressive import ProgressiveConfig, ProgressiveDistiller
+from kacnum.images.train import TrainConfig, Trainer, load_teacher
 
 
 def truncate(path, keep=0.5):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kacnum.pipeline import PAPER_CIFAR10, SampleSet
+from kacnum.images.pipeline import PAPER_CIFAR10, SampleSet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def test_smoke_teacher_resume_and_sample(cd, tmp_path, capsys):
     steps = [json.loads(line)["step"] for line in (teacher / "train_log.jsonl").read_text().splitlines()]
     assert steps == [10, 20, 25]
 
-    # stage sample = kacnum.pipeline.sample_stage: files that collect_sample_sets finds
+    # stage sample = kacnum.images.pipeline.sample_stage: files that collect_sample_sets finds
     assert cd.main(COMMON + ["--stage", "sample", "--num-samples", "12", "--sample-steps", "5",
                              "--guidance", "1.5", "--guidance-sweep", "1.0,2.0", "--out", str(out)]) == 0
     s = SampleSet.load(out / "sample" / "kac_teacher_nfe005.samples.pt")
@@ -129,7 +129,7 @@ def test_sample_method_option(cd):
 
 
 def test_pipeline_config_from_options(cd):
-    """Presets come from kacnum.pipeline.PIPELINE_PRESETS; options override them."""
+    """Presets come from kacnum.images.pipeline.PIPELINE_PRESETS; options override them."""
     args = cd.parse_args(["--preset", "gpu"])
     p = cd.build_pipeline_config(args, cd.build_train_config(args))
     assert (p.num_samples, p.distill_steps, p.guidance, p.sample_steps, p.source) == \

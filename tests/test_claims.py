@@ -1,4 +1,4 @@
-"""kacnum.claims: the SPEC §3 energy numbers, every §8 bound holding on small instances (and a wrong bound
+"""kacnum.theory.claims: the docs/mathematics.md §3 energy numbers, every §8 bound holding on small instances (and a wrong bound
 failing), independent references (scipy quadrature, the §2 variance, erfc tails), and one script run."""
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from scipy import integrate, special
 
 from kacnum import claims
-from kacnum.kac import KacProcess
-from kacnum.paths import FlightPath, GaussianPath, KacPath
-from kacnum.telegrapher import bump, heat_solution
+from kacnum.processes.kac import KacProcess
+from kacnum.flows.paths import FlightPath, GaussianPath, KacPath
+from kacnum.processes.telegrapher import bump, heat_solution
 
 ROOT = Path(__file__).resolve().parents[1]
 F64 = torch.float64
@@ -31,13 +31,13 @@ def _gen(seed=0):
 @pytest.mark.parametrize("t,kac,diffusion", [(1e-3, 8.92, 250.0), (1e-2, 8.23, 25.0), (0.1, 3.81, 2.5),
                                              (1.0, 0.27, 0.25)])
 def test_spec3_kinetic_energy_numbers(t, kac, diffusion):
-    """SPEC §3 (a = 9, c = 3): independent reference values to 2 decimals."""
+    """docs/mathematics.md §3 (a = 9, c = 3): independent reference values to 2 decimals."""
     assert round(claims.kac_dirac_kinetic_energy(9.0, 3.0, t), 2) == kac
     assert round(claims.diffusion_dirac_kinetic_energy(1.0, t), 2) == diffusion
 
 
 def _scipy_kac_energy(a, c, t):
-    """∫ v² p dy + c² e^{-at} from the SPEC §2–3 formulas with scipy's scaled Bessel functions."""
+    """∫ v² p dy + c² e^{-at} from the docs/mathematics.md §2–3 formulas with scipy's scaled Bessel functions."""
     ct = c * t
 
     def integrand(y):
@@ -63,7 +63,7 @@ def test_dirac_energy_matches_scipy_and_is_bounded(a, c, t):
     e = claims.kac_dirac_kinetic_energy(a, c, t)
     ref = _scipy_kac_energy(a, c, t)
     assert e == pytest.approx(ref, rel=1e-7, abs=1e-12)
-    # SPEC §8 with f = 1, g = t, x0 = 0: E|u|² <= c²; the atoms alone give c² e^{-at}
+    # docs/mathematics.md §8 with f = 1, g = t, x0 = 0: E|u|² <= c²; the atoms alone give c² e^{-at}
     assert c * c * math.exp(-a * t) <= e <= c * c
     assert claims.kinetic_energy_bound(KacPath(a, c), t, 0.0, 1) == pytest.approx(c * c)
 
@@ -175,7 +175,7 @@ def test_kac_quantiles_give_the_exact_variance_and_atoms():
     kp = KacProcess(9.0, 3.0)
     for t in (1e-3, 0.1, 0.5):
         q = claims.kac_quantiles(kp, t, 4096)
-        assert float((q * q).mean().sqrt()) == pytest.approx(float(kp.std(t)), rel=2e-5)  # SPEC §2 variance
+        assert float((q * q).mean().sqrt()) == pytest.approx(float(kp.std(t)), rel=2e-5)  # docs/mathematics.md §2 variance
         n_atom = int(math.floor(0.5 * math.exp(-9.0 * t) * 4096 - 0.5)) + 1  # midpoints below e^{-at}/2
         assert bool((q[:n_atom] == -3.0 * t).all()) and bool((q[-n_atom:] == 3.0 * t).all())
         assert bool((torch.diff(q) >= 0).all())
@@ -228,7 +228,7 @@ def test_guidance_bound_holds_and_unguided_bound_is_exceeded():
         assert r["observed_ratio"] <= 1.0 + 1e-9
         assert math.isfinite(r["energy_integral"]) and r["energy_integral"] > 0
     s4 = next(r for r in rows if r["scale"] == 4.0)
-    assert s4["max_speed"] > path.speed_bound(0.0, 1.5)  # guidance leaves the Kac speed box (SPEC §5)
+    assert s4["max_speed"] > path.speed_bound(0.0, 1.5)  # guidance leaves the Kac speed box (docs/mathematics.md §5)
     c = curves[4.0]
     assert c["t"].shape == c["energy"].shape == c["max_abs"].shape == (21,)
 
@@ -273,9 +273,9 @@ def test_kinetic_energy_script_quick_writes_files(tmp_path, capsys):
     assert "worst ratios" in capsys.readouterr().out
 
 
-# ------------------------------------------------------------------------------------------ the planar flight (SPEC §14)
+# ------------------------------------------------------------------------------------------ the planar flight (docs/mathematics.md §14)
 def _scipy_flight_energy(lam, c, t):
-    """∫_disc |u|² p dx + c² e^{-λt} in polar coordinates from the SPEC §14 formulas (p = λ/(2πc) e^{-λt +
+    """∫_disc |u|² p dx + c² e^{-λt} in polar coordinates from the docs/mathematics.md §14 formulas (p = λ/(2πc) e^{-λt +
     (λ/c) q}/q, u = (x/|x|) c (ct - q)/|x|), substituting r = ct sin(θ) to remove the 1/q singularity."""
     ct = c * t
 
@@ -348,7 +348,7 @@ def test_flight_wasserstein_2d_radial_coupling():
     assert max(r["ratio"] for r in rows) <= 1.0
     assert max(r["brownian_ratio"] for r in rows) > 5.0
     w2 = next(r["w"] for r in rows if (r["s"], r["t"], r["p"]) == (0.05, 0.3, 2.0))
-    from kacnum.transport import wasserstein_empirical
+    from kacnum.theory.transport import wasserstein_empirical
     a = pf.sample(0.05, (1500, 2), _gen(7), dtype=F64)
     b = pf.sample(0.3, (1500, 2), _gen(8), dtype=F64)
     emp = wasserstein_empirical(a, b, p=2)

@@ -1,4 +1,4 @@
-"""kacnum.cli and the command-line scripts: every bad input gives one line on stderr naming the flag, exit
+"""kacnum.core.cli and the command-line scripts: every bad input gives one line on stderr naming the flag, exit
 status 2 for bad usage and 1 for a failed run, before any work starts; --debug shows the traceback.
 
 Most cases call ``cli.run_main(script.main, argv)`` in this process (what ``python experiments/X.py``
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from kacnum import cli
-from kacnum.checkpoint import CheckpointError, previous_path
+from kacnum.core.checkpoint import CheckpointError, previous_path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP = ROOT / "experiments"

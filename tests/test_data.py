@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from kacnum import data
-from kacnum.data import (DataNotFoundError, cifar10, digits, image_folder, load_dataset, make_loader, mnist,
+from kacnum.images.data import (DataNotFoundError, cifar10, digits, image_folder, load_dataset, make_loader, mnist,
                          mnist5k)
 
 N_PER_BATCH = 3

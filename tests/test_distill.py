@@ -1,7 +1,7 @@
-"""Endpoint distillation (SPEC §7) and the atomic checkpoint helpers.
+"""Endpoint distillation (docs/mathematics.md §7) and the atomic checkpoint helpers.
 
 Stand-ins defined here (closed-form, so every expected value is computed independently of
-kacnum.distill): a linear interpolation path, an affine time- and label-dependent velocity field
+kacnum.students.distill): a linear interpolation path, an affine time- and label-dependent velocity field
 (whose Euler map can represent any linear endpoint map exactly), and a tiny MLP.
 """
 import json
@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from kacnum.checkpoint import load_checkpoint, load_json, save_checkpoint, save_json
-from kacnum.distill import (
+from kacnum.core.checkpoint import load_checkpoint, load_json, save_checkpoint, save_json
+from kacnum.students.distill import (
     EMA,
     DistillConfig,
     Distiller,
@@ -26,8 +26,8 @@ from kacnum.distill import (
     student_step,
     validate_stages,
 )
-from kacnum.guidance import GuidedField
-from kacnum.solvers import METHODS, integrate, uniform_grid
+from kacnum.flows.guidance import GuidedField
+from kacnum.flows.solvers import METHODS, integrate, uniform_grid
 
 NUM_CLASSES = 3
 NULL = NUM_CLASSES

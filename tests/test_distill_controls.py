@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from kacnum.distill import DistillConfig
-from kacnum.pipeline import SampleSet, oneshot_budget
+from kacnum.students.distill import DistillConfig
+from kacnum.images.pipeline import SampleSet, oneshot_budget
 
 COMMON = ["--preset", "smoke", "--device", "cpu", "--quiet", "--threads", "1"]
 TINY = ["--steps", "10", "--checkpoint-every", "0", "--num-samples", "20", "--distill-steps", "2",

@@ -1,4 +1,4 @@
-"""The pipeline's eval stage with error bars (kacnum.pipeline.eval_stage + kacnum.metrics) and the time-grid
+"""The pipeline's eval stage with error bars (kacnum.images.pipeline.eval_stage + kacnum.images.metrics) and the time-grid
 option of its samplers, on toy data with an identity feature extractor (fast)."""
 import json
 
@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from kacnum.metrics import fid_bootstrap, feature_statistics, load_sample_set, frechet_distance
-from kacnum.models import make_model
-from kacnum.paths import GaussianPath, KacPath
-from kacnum.pipeline import SampleSet, _grid_path, eval_stage, reference_for, sample_flow_set, baselines_stage
-from kacnum.solvers import make_time_grid
-from kacnum.train import TrainConfig
+from kacnum.images.metrics import fid_bootstrap, feature_statistics, load_sample_set, frechet_distance
+from kacnum.images.models import make_model
+from kacnum.flows.paths import GaussianPath, KacPath
+from kacnum.images.pipeline import SampleSet, _grid_path, eval_stage, reference_for, sample_flow_set, baselines_stage
+from kacnum.flows.solvers import make_time_grid
+from kacnum.images.train import TrainConfig
 
 from helpers import IdentityExtractor
 

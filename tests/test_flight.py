@@ -1,7 +1,7 @@
-"""Tests of kacnum.flight: the planar random flight (SPEC §14).
+"""Tests of kacnum.processes.flight: the planar random flight (docs/mathematics.md §14).
 
 References are independent of flight.py: sympy for the mass, the continuity equation and the second
-moment; the SPEC formulas written out verbatim in numpy/mpmath; event-driven simulation for the law and
+moment; the closed forms of docs/mathematics.md §14 written out verbatim in numpy/mpmath; event-driven simulation for the law and
 the conditional velocity; a Gaussian for the diffusion limit. Each statistical check has a negative twin
 (a wrong sampler or a wrong velocity) that must fail the same criterion.
 """
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import kacnum
-from kacnum.flight import FlightPaths, PlanarFlight
+from kacnum.processes.flight import FlightPaths, PlanarFlight
 
 F32, F64 = torch.float32, torch.float64
 EPS = {F32: float(torch.finfo(F32).eps), F64: float(torch.finfo(F64).eps)}
@@ -74,7 +74,7 @@ def sampled_radii(lam, c, t, n, seed, dtype=F64):
 
 
 def ks_and_atoms(lam, c, t, n, seed, dtype=F64, sampler_lam=None):
-    """KS sqrt(n)·D of the continuous radii against the SPEC conditional CDF and the atom share's z-score."""
+    """KS sqrt(n)·D of the continuous radii against the closed-form conditional CDF and the atom share's z-score."""
     rho, n_atoms = sampled_radii(sampler_lam or lam, c, t, n, seed, dtype)
     cont_mass = -math.expm1(-lam * t)
     ks = ks_sqrt_n_d(rho, lambda r: spec_cont_cdf(lam, c, t, r) / cont_mass)
@@ -108,7 +108,7 @@ def test_symbolic_mass_continuity_and_second_moment():
     # mass of the continuous part
     mass = sp.integrate(2 * sp.pi * r * p, (r, 0, c * t))
     assert sp.simplify(mass - (1 - sp.exp(-lam * t))) == 0
-    # radial CDF of the continuous part (SPEC) is the integral of 2πr p
+    # radial CDF of the continuous part (docs/mathematics.md §14) is the integral of 2πr p
     rr = sp.symbols("rr", positive=True)
     cdf = 1 - sp.exp(-lam * t + lam / c * sp.sqrt(c**2 * t**2 - rr**2))
     assert sp.simplify(sp.diff(cdf, rr) - (2 * sp.pi * r * p).subs(r, rr)) == 0
@@ -289,7 +289,7 @@ def test_sampler_radial_law_ks_1e6(lam, c, t, dtype):
 
 
 def test_event_driven_paths_follow_the_closed_form(flights):
-    """The simulation (no closed form used) agrees with the SPEC radial law: KS and atom share."""
+    """The simulation (no closed form used) agrees with the closed-form radial law: KS and atom share."""
     for t, paths in flights.items():
         assert isinstance(paths, FlightPaths)
         pos, am = paths.positions[:, 0], paths.atom_mask[:, 0]
@@ -305,7 +305,7 @@ def test_event_driven_paths_follow_the_closed_form(flights):
 
 
 def radius_at_level_mp(lam, c, t, v, dps=60):
-    """Quantile of |X_t| at level v from the SPEC CDF, solved in closed form at high precision:
+    """Quantile of |X_t| at level v from the closed-form CDF, solved in closed form at high precision:
     exp(-λt + (λ/c) q) = 1 - v  =>  q = ct + (c/λ) log(1 - v), r = sqrt(c²t² - q²); ct on the atom."""
     with mpmath.workdps(dps):
         lam, c, t, v = (mpmath.mpf(x) for x in (lam, c, t, v))
@@ -605,6 +605,6 @@ def test_bad_inputs_name_the_parameter():
 
 
 def test_package_access_and_repr():
-    assert kacnum.flight.PlanarFlight is PlanarFlight
+    assert kacnum.processes.flight.PlanarFlight is PlanarFlight
     assert repr(PlanarFlight(9, 3)) == "PlanarFlight(a=9, c=3)"
     assert float(PlanarFlight(9.0, 3.0).atom_mass(0.4)) == pytest.approx(math.exp(-3.6), rel=1e-15)

@@ -1,4 +1,4 @@
-"""FlightPath: the isotropic Kac flow on the planar random flight (SPEC §14), and ProcessPath, the one
+"""FlightPath: the isotropic Kac flow on the planar random flight (docs/mathematics.md §14), and ProcessPath, the one
 implementation behind it and KacPath.
 
 References are independent of the fields under test: PlanarFlight's own sampler and velocity (tested in
@@ -15,13 +15,13 @@ import pytest
 import torch
 from scipy import integrate as si
 
-from kacnum.flight import PlanarFlight
-from kacnum.kac import KacProcess
-from kacnum.paths import FlightPath, KacPath, ProcessPath, _velocity_with_atoms
+from kacnum.processes.flight import PlanarFlight
+from kacnum.processes.kac import KacProcess
+from kacnum.flows.paths import FlightPath, KacPath, ProcessPath, _velocity_with_atoms
 from kacnum.processes import NoiseProcess, make_process
-from kacnum.solvers import integrate, uniform_grid
-from kacnum.stability import ExactField
-from kacnum.transport import wasserstein_empirical
+from kacnum.flows.solvers import integrate, uniform_grid
+from kacnum.theory.stability import ExactField
+from kacnum.theory.transport import wasserstein_empirical
 
 F64 = torch.float64
 SUP = torch.tensor([[-0.4, 0.1], [0.3, 0.2], [0.0, -0.5]], dtype=F64)
@@ -368,8 +368,8 @@ def test_cifar_distill_path_flight_trains_and_samples(tmp_path):
     import sys
     from pathlib import Path
 
-    from kacnum.pipeline import SampleSet
-    from kacnum.train import load_teacher, sample_images
+    from kacnum.images.pipeline import SampleSet
+    from kacnum.images.train import load_teacher, sample_images
 
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("cifar_distill_flight", root / "experiments" / "cifar_distill.py")
@@ -437,7 +437,7 @@ def test_mixture_field_is_continuous_into_the_latent_end(cls):
 
 def test_kac_time_grid_takes_the_flight_path():
     """``make_time_grid('kac')`` (uniform in the atom mass e^{-a g}) is the same grid for Kac and flight paths."""
-    from kacnum.solvers import make_time_grid
+    from kacnum.flows.solvers import make_time_grid
 
     for sched in ("t", "t2"):
         a = make_time_grid("kac", 7, 1.0, path=FlightPath(9.0, 3.0, g=sched))

@@ -5,8 +5,8 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from kacnum.guidance import GuidedField, guidance_bound, guided_kinetic_energy
-from kacnum.solvers import METHODS, integrate, uniform_grid
+from kacnum.flows.guidance import GuidedField, guidance_bound, guided_kinetic_energy
+from kacnum.flows.solvers import METHODS, integrate, uniform_grid
 
 NULL = 3  # num_classes = 3, null label 3
 
@@ -138,7 +138,7 @@ def test_bound_holds_on_bounded_fields(s, bound, seed):
 @given(s=st.floats(0.0, 5.0), bound=st.floats(0.1, 10.0))
 def test_bound_is_attained(s, bound):
     """u_c = B sign(s), u_u = B sign(1 - s) gives |u_s| = (|s| + |1 - s|) B exactly; for s >= 1
-    (u_c = B, u_u = -B) that is SPEC's (1 + 2|s - 1|) B, so no smaller constant is valid."""
+    (u_c = B, u_u = -B) that is the bound (1 + 2|s - 1|) B of docs/mathematics.md §5, so no smaller constant is valid."""
     c = bound * (1.0 if s >= 0 else -1.0)
     u = bound * (1.0 if s <= 1 else -1.0)
 

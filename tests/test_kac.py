@@ -1,5 +1,5 @@
-"""Property tests of kacnum.kac: exact law (density, atoms, CDF, variance), conditional velocity,
-event-driven paths, scaling and diffusion limits, bad input (SPEC §1–3).
+"""Property tests of kacnum.processes.kac: exact law (density, atoms, CDF, variance), conditional velocity,
+event-driven paths, scaling and diffusion limits, bad input (docs/mathematics.md §1–3).
 
 References are written here, independently of kac.py: float64 scipy Bessel formulas, Gauss–Legendre
 quadrature, the Poisson–Beta mixture for the CDF, mpmath for the variance, and Monte Carlo over
@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy import special, stats
 
-import kacnum.kac as kac
-from kacnum.kac import KacProcess
+import kacnum.processes.kac as kac
+from kacnum.processes.kac import KacProcess
 
 F32, F64 = torch.float32, torch.float64
 EPS = {F32: float(torch.finfo(F32).eps), F64: float(torch.finfo(F64).eps)}
@@ -52,7 +52,7 @@ def ref_density(a, c, t, x):
 
 
 def ref_density_unscaled(a, c, t, x):
-    """The SPEC formula verbatim with the unscaled iv (valid for moderate at: no overflow)."""
+    """The closed form of docs/mathematics.md §2 verbatim with the unscaled iv (valid for moderate at: no overflow)."""
     ct, ax = c * t, np.abs(x)
     r = np.sqrt(np.clip(ct * ct - ax * ax, 0.0, None))
     z = a * r / c
@@ -61,7 +61,7 @@ def ref_density_unscaled(a, c, t, x):
 
 
 def ref_velocity(a, c, t, y):
-    """v = c y I1(z) / (r I0(z) + ct I1(z)) (SPEC §3, first form), limit y/(t + 2/a) at r = 0."""
+    """v = c y I1(z) / (r I0(z) + ct I1(z)) (docs/mathematics.md §3, first form), limit y/(t + 2/a) at r = 0."""
     t, y = np.broadcast_arrays(np.asarray(t, float), np.asarray(y, float))
     ct, ay = c * t, np.abs(y)
     r = np.sqrt(np.clip((ct - ay) * (ct + ay), 0.0, None))
@@ -101,7 +101,7 @@ def to_np(x):
 
 
 def test_reference_density_agrees_with_the_unscaled_formula():
-    """The scaled reference used below is the SPEC formula (checked with unscaled iv at moderate at)."""
+    """The scaled reference used below is the closed form of docs/mathematics.md §2 (checked with unscaled iv at moderate at)."""
     for a, c, t in [(9.0, 3.0, 0.4), (0.3, 2.0, 1.7), (50.0, 0.5, 2.0)]:
         x = np.linspace(-0.999, 0.999, 101) * c * t
         np.testing.assert_allclose(ref_density(a, c, t, x), ref_density_unscaled(a, c, t, x), rtol=1e-12)
@@ -699,7 +699,7 @@ def test_bessel_ratio_term_float32_matches_scipy():
     """z I0(z)/I1(z) in float32 (continued fraction / asymptotic branch) to 3e-7 relative on [0, 200]."""
     from scipy.special import ive
 
-    from kacnum.kac import bessel_ratio_term
+    from kacnum.processes.kac import bessel_ratio_term
 
     for zmax in (0.5, 3.0, 9.0, 16.0, 200.0):  # the CPU path picks its depth from max(z)
         z = np.linspace(0.0, zmax, 20001)
@@ -715,6 +715,6 @@ def test_package_root_exports():
 
     assert kacnum.KacProcess is KacProcess
     assert callable(kacnum.integrate) and kacnum.KacPath().process.a == 9.0
-    assert kacnum.telegrapher.__name__ == "kacnum.telegrapher"
+    assert kacnum.processes.telegrapher.__name__ == "kacnum.processes.telegrapher"
     with pytest.raises(AttributeError):
         kacnum.not_a_module

@@ -1,8 +1,8 @@
-"""Symbolic checks (sympy, SPEC §12) of the closed forms that kacnum.kac implements.
+"""Symbolic checks (sympy) of the closed forms that kacnum.processes.kac implements.
 
 * the density p(t,x) = (a e^{-at}/(2c)) [I0(z) + (ct/r) I1(z)], r = sqrt(c²t² - x²), z = a r/c, solves
   p_tt + 2a p_t = c² p_xx exactly (a wrong damping coefficient does not);
-* the flux j = p v with v from SPEC §3 closes the two-velocity system p_t + j_x = 0,
+* the flux j = p v with v from docs/mathematics.md §3 closes the two-velocity system p_t + j_x = 0,
   j_t + 2a j + c² p_x = 0, and simplifies to j = (a e^{-at}/2) x I1(z)/r;
 * the series of I1(z)/z and z I0(z)/I1(z) used near the cone by ``_i1e_over_z`` and
   ``bessel_ratio_term``, the cone limits p(ct-), v(ct-) = y/(t + 2/a) and the mass balance there.
@@ -18,8 +18,8 @@ import pytest
 import sympy as sp
 import torch
 
-import kacnum.kac as kac
-from kacnum.kac import KacProcess
+import kacnum.processes.kac as kac
+from kacnum.processes.kac import KacProcess
 
 t, x, a, c, R = sp.symbols("t x a c R", positive=True)
 I0s, I1s = sp.symbols("I0 I1")  # stand-ins for I0(z), I1(z)
@@ -28,8 +28,8 @@ z = a * r / c
 w = sp.symbols("w", positive=True)  # a generic Bessel argument
 
 P = a * sp.exp(-a * t) / (2 * c) * (sp.besseli(0, z) + c * t / r * sp.besseli(1, z))
-V = c * x * sp.besseli(1, z) / (r * sp.besseli(0, z) + c * t * sp.besseli(1, z))  # SPEC §3, first form
-V2 = x / (t + (r / c) * sp.besseli(0, z) / sp.besseli(1, z))  # SPEC §3, second form (used by kac.py)
+V = c * x * sp.besseli(1, z) / (r * sp.besseli(0, z) + c * t * sp.besseli(1, z))  # docs/mathematics.md §3, first form
+V2 = x / (t + (r / c) * sp.besseli(0, z) / sp.besseli(1, z))  # docs/mathematics.md §3, second form (used by kac.py)
 
 
 def _to_i0_i1(n, arg):

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from kacnum.losses import EpsilonLoss, FlowMatchingLoss
-from kacnum.paths import GaussianPath, KacPath, VPPath
-from kacnum.toy_data import TOY_DATASETS, TOY_NUM_CLASSES, grid9, grid9_support, make_toy
+from kacnum.flows.losses import EpsilonLoss, FlowMatchingLoss
+from kacnum.flows.paths import GaussianPath, KacPath, VPPath
+from kacnum.theory.toy_data import TOY_DATASETS, TOY_NUM_CLASSES, grid9, grid9_support, make_toy
 
 F64 = torch.float64
 PATHS = {"kac": lambda: KacPath(), "kac25": lambda: KacPath(a=25.0, c=2.0, g="t2"),

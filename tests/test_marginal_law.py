@@ -1,6 +1,6 @@
 """experiments/marginal_law.py on a tiny budget: the finite-data Kac flow does not carry its marginals.
 
-The measured effect (SPEC §13) is large: on the two points ±0.5 with weights 0.3/0.7 the Kac flow of the
+The measured effect (docs/mathematics.md §13) is large: on the two points ±0.5 with weights 0.3/0.7 the Kac flow of the
 exact field sends about 36 % of the mass to the 0.3 point, many Monte Carlo standard errors away, while the
 Gaussian flow on the same data and the Kac flow on Gaussian-mixture data stay within their errors.
 """

@@ -1,4 +1,4 @@
-"""Tests for kacnum.metrics: Fréchet distance, feature statistics and caching, extractors, FID protocol."""
+"""Tests for kacnum.images.metrics: Fréchet distance, feature statistics and caching, extractors, FID protocol."""
 import contextlib
 import gzip
 import importlib.util
@@ -16,7 +16,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kacnum.metrics import (
+from kacnum.images.metrics import (
     DEFAULT_1_SHA1,
     ClassifierConfig,
     ClassifierExtractor,
@@ -586,7 +586,7 @@ def test_inception_fid_separates():
 # ------------------------------------------------------------------------------------------------
 # Error bars: bootstrap FID, ratios, interval against n, KID
 # ------------------------------------------------------------------------------------------------
-from kacnum.metrics import (  # noqa: E402
+from kacnum.images.metrics import (  # noqa: E402
     KIDReference,
     bootstrap_counts,
     extract_features,
@@ -627,7 +627,7 @@ def test_bootstrap_counts():
 
 def test_bootstrap_replicate_equals_fid_of_the_resampled_rows():
     """The vectorised replicate is exactly the FID of the resample written out with repeated rows."""
-    from kacnum.metrics import _psd_sqrt, _weighted_frechet
+    from kacnum.images.metrics import _psd_sqrt, _weighted_frechet
 
     rng = np.random.default_rng(0)
     x = gen_features(rng, 40)

@@ -1,6 +1,6 @@
 """Exact marginal fields for Gaussian-mixture data (``data_sigma > 0``) on the Kac, Gaussian and VP paths.
 
-The Kac field is a quadrature (SPEC §13), so it is checked against independent references: scipy's
+The Kac field is a quadrature (docs/mathematics.md §13), so it is checked against independent references: scipy's
 adaptive quadrature of the same integrals, the finite-data field as σ → 0 away from the atoms, the
 continuity equation by finite differences, the normalisation of the density, and the flow's marginals
 against exact samples of the path.
@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from scipy import integrate as si
 from scipy import special as sp
 
-from kacnum.paths import GaussianPath, KacPath, VPPath
-from kacnum.solvers import integrate, uniform_grid
-from kacnum.stability import ExactField
-from kacnum.transport import wasserstein_1d
+from kacnum.flows.paths import GaussianPath, KacPath, VPPath
+from kacnum.flows.solvers import integrate, uniform_grid
+from kacnum.theory.stability import ExactField
+from kacnum.theory.transport import wasserstein_1d
 
 MU1 = torch.tensor([[-0.5], [0.5]], dtype=torch.float64)
 W1 = torch.tensor([0.3, 0.7], dtype=torch.float64)

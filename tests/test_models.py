@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 
-from kacnum.models import MLP, PRESETS, UNet, UNetConfig, count_parameters, make_model
-from kacnum.models.unet import AttentionBlock, timestep_features
+from kacnum.images.models import MLP, PRESETS, UNet, UNetConfig, count_parameters, make_model
+from kacnum.images.models.unet import AttentionBlock, timestep_features
 
 
 def _inputs(model, B=3, dtype=torch.float32, device="cpu", seed=0):
@@ -327,7 +327,7 @@ def test_count_parameters():
 def test_docstring_parameter_counts_are_current(cifar_model):
     import re
 
-    import kacnum.models.unet as unet_module
+    import kacnum.images.models.unet as unet_module
 
     table = {}
     for line in unet_module.__doc__.splitlines():

@@ -1,12 +1,12 @@
-"""Paired (coupled-set) FID ratio intervals: kacnum.metrics.paired_ratio_interval, double_ratio_interval,
-ratio_interval(paired=True), and kacnum.pipeline.coupled_sets / the eval stage's use of them."""
+"""Paired (coupled-set) FID ratio intervals: kacnum.images.metrics.paired_ratio_interval, double_ratio_interval,
+ratio_interval(paired=True), and kacnum.images.pipeline.coupled_sets / the eval stage's use of them."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from kacnum.metrics import (
+from kacnum.images.metrics import (
     double_ratio_interval,
     feature_statistics,
     fid_bootstrap,
@@ -15,7 +15,7 @@ from kacnum.metrics import (
     ratio_interval,
     ratio_interval_curve,
 )
-from kacnum.pipeline import SampleSet, coupled_sets, eval_stage, reference_for
+from kacnum.images.pipeline import SampleSet, coupled_sets, eval_stage, reference_for
 
 from helpers import IdentityExtractor
 

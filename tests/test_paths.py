@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, strategies as st
 from scipy import special
 
-from kacnum.kac import KacProcess
-from kacnum.paths import GaussianPath, KacPath, PathSample, VPPath, _BesselTable
-from kacnum.solvers import ddim_sample, integrate
+from kacnum.processes.kac import KacProcess
+from kacnum.flows.paths import GaussianPath, KacPath, PathSample, VPPath, _BesselTable
+from kacnum.flows.solvers import ddim_sample, integrate
 
 F64 = torch.float64
 SCHEDULES = [("linear", "t"), ("linear", "t2"), ("exp", "t"), ("exp", "t2")]
@@ -315,7 +315,7 @@ def test_exact_velocity_fallback_on_faces_and_outside():
 
 def test_exact_kac_flow_transports_latent_to_weighted_data():
     """Euler on the exact field from the Kac latent lands on the support with the weights' proportions."""
-    from kacnum.toy_data import grid9_support
+    from kacnum.theory.toy_data import grid9_support
 
     pts, _ = grid9_support(dtype=F64)
     w = torch.arange(1, 10, dtype=F64)

@@ -1,4 +1,4 @@
-"""The DistillKac image pipeline (kacnum.pipeline): sample → distill → baselines → eval on sklearn digits.
+"""The DistillKac image pipeline (kacnum.images.pipeline): sample → distill → baselines → eval on sklearn digits.
 
 The end-to-end test runs every stage at toy size (a few dozen optimiser steps, 30 images) and checks
 the files and fields; the FID arithmetic of eval_stage is checked against scipy on identity features.
@@ -11,11 +11,11 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from kacnum.data import digits
-from kacnum.metrics import FeatureStats, calc_fid, feature_statistics
-from kacnum.models import make_model
-from kacnum.paths import KacPath
-from kacnum.pipeline import (
+from kacnum.images.data import digits
+from kacnum.images.metrics import FeatureStats, calc_fid, feature_statistics
+from kacnum.images.models import make_model
+from kacnum.flows.paths import KacPath
+from kacnum.images.pipeline import (
     PAPER_CIFAR10,
     PipelineConfig,
     SampleSet,
@@ -25,8 +25,8 @@ from kacnum.pipeline import (
     reference_for,
     run_pipeline,
 )
-from kacnum.progressive import ProgressiveConfig
-from kacnum.train import TrainConfig, load_teacher, synthetic_dataset
+from kacnum.students.progressive import ProgressiveConfig
+from kacnum.images.train import TrainConfig, load_teacher, synthetic_dataset
 
 from helpers import IdentityExtractor
 
@@ -196,7 +196,7 @@ def test_distill_stage_resumes_after_interruption(tmp_path):
 
 
 def test_sample_set_reads_the_scripts_sample_file(tmp_path):
-    from kacnum.checkpoint import save_checkpoint
+    from kacnum.core.checkpoint import save_checkpoint
 
     imgs = torch.rand(5, 1, 8, 8) * 2 - 1
     save_checkpoint(tmp_path / "samples.pt", {"images": imgs, "labels": torch.arange(5), "guidance_scale": 1.2,

@@ -1,11 +1,11 @@
-"""kacnum.progress: log lines (steps, rate, loss, ETA) when the stream is not a terminal, bars when it is,
+"""kacnum.core.progress: log lines (steps, rate, loss, ETA) when the stream is not a terminal, bars when it is,
 and the training loops use it (a teacher run with its output in a file reports while it runs)."""
 import io
 import re
 
 import pytest
 
-from kacnum.progress import Progress, format_seconds
+from kacnum.core.progress import Progress, format_seconds
 
 LINE = re.compile(r"^\[(?P<desc>[^\]]+)\] step (?P<n>\d+)/(?P<total>\d+) \((?P<pct>\d+)%\)  (?P<rate>[\d.e+-]+|\?) "
                   r"step/s(?P<post>.*)  elapsed (?P<el>\S+)  (?:ETA (?P<eta>\S+)|done)$")
@@ -22,7 +22,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch):
     c = FakeClock()
-    monkeypatch.setattr("kacnum.progress.time.perf_counter", c)
+    monkeypatch.setattr("kacnum.core.progress.time.perf_counter", c)
     return c
 
 
@@ -97,8 +97,8 @@ def test_terminal_gets_a_bar(clock):
 
 def test_trainer_reports_to_a_log_file(tmp_path, capsys):
     """The teacher loop writes progress lines to stderr when it is a file (here: captured)."""
-    from kacnum.data import load_dataset
-    from kacnum.train import TrainConfig, Trainer
+    from kacnum.images.data import load_dataset
+    from kacnum.images.train import TrainConfig, Trainer
 
     x, y = load_dataset("digits", split="train")
     cfg = TrainConfig(model="tiny", model_overrides={"num_classes": 10}, dataset="digits", batch_size=8, total_steps=20,

@@ -1,8 +1,8 @@
-"""Progressive distillation of the VP/DDIM baseline (kacnum.progressive).
+"""Progressive distillation of the VP/DDIM baseline (kacnum.students.progressive).
 
 Expected values come from closed forms written here: the exact ε-predictor of a single point and
 of a Gaussian data law, and the DDIM update written out by hand; the solver cross-check uses
-kacnum.solvers.ddim_sample (an independent implementation of DDIM).
+kacnum.flows.solvers.ddim_sample (an independent implementation of DDIM).
 """
 import math
 
@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from kacnum.models import MLP
-from kacnum.paths import VPPath
-from kacnum.progressive import (
+from kacnum.images.models import MLP
+from kacnum.flows.paths import VPPath
+from kacnum.students.progressive import (
     ProgressiveConfig,
     ProgressiveDistiller,
     ddim_step,
@@ -24,7 +24,7 @@ from kacnum.progressive import (
     split_output,
     validate_schedule,
 )
-from kacnum.solvers import ddim_sample
+from kacnum.flows.solvers import ddim_sample
 
 
 class PointEps(nn.Module):

@@ -1,14 +1,14 @@
-"""Reflow (rectified flow) of a guided teacher on its own couplings, kacnum.reflow.
+"""Reflow (rectified flow) of a guided teacher on its own couplings, kacnum.students.reflow.
 
 Stand-ins from test_distill (closed form): the linear path, the affine velocity field, the tiny MLP.
-Expected values are written out by hand here, not taken from kacnum.reflow.
+Expected values are written out by hand here, not taken from kacnum.students.reflow.
 """
 import pytest
 import torch
 
-from kacnum.checkpoint import load_checkpoint
-from kacnum.distill import DistillConfig, Distiller
-from kacnum.reflow import Reflow, ReflowSampler, reflow_config, reflow_loss
+from kacnum.core.checkpoint import load_checkpoint
+from kacnum.students.distill import DistillConfig, Distiller
+from kacnum.students.reflow import Reflow, ReflowSampler, reflow_config, reflow_loss
 from test_distill import NULL, AffineField, LinearPath, TinyNet, _data, _hand_ab2, _rotation, _time_linear_teacher
 
 

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kacnum.kac import KacProcess
+from kacnum.processes.kac import KacProcess
 
 F64, F32 = torch.float64, torch.float32
 KS_SETS = [(9.0, 3.0, 0.3), (9.0, 3.0, 1.0), (25.0, 2.0, 1.0), (900.0, 10.0, 1.0)]

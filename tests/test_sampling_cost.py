@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kacnum.data import digits
-from kacnum.metrics import save_classifier, train_classifier
-from kacnum.train import TrainConfig, Trainer
+from kacnum.images.data import digits
+from kacnum.images.metrics import save_classifier, train_classifier
+from kacnum.images.train import TrainConfig, Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import equal_evals  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from kacnum.solvers import (
+from kacnum.flows.solvers import (
     METHODS,
     NFE_PER_STEP,
     SolveResult,
@@ -484,11 +484,11 @@ def test_bad_inputs():
 # make_time_grid: the user's choice of sampling grid
 
 
-from kacnum.solvers import TIME_GRIDS, make_time_grid, parse_time_grid  # noqa: E402
+from kacnum.flows.solvers import TIME_GRIDS, make_time_grid, parse_time_grid  # noqa: E402
 
 
 def _kac_paths():
-    from kacnum.paths import KacPath
+    from kacnum.flows.paths import KacPath
 
     return [KacPath(), KacPath(a=25.0, c=2.0), KacPath(g="t2"), KacPath(a=4.0, T=2.0, f="exp")]
 
@@ -529,7 +529,7 @@ def test_kac_grid_atom_masses_equally_spaced(n):
         assert torch.allclose(d, torch.full_like(d, (1.0 - math.exp(-path.a * path.g(path.T))) / n),
                               rtol=1e-9, atol=1e-12)
     # g(t) = t with a = 9 has the closed form t_i = -log(m_i) / a
-    from kacnum.paths import KacPath
+    from kacnum.flows.paths import KacPath
 
     g = make_time_grid("kac", n, 1.0, 0.0, path=KacPath(a=9.0))
     m = math.exp(-9.0) + torch.arange(n + 1, dtype=torch.float64) / n * (1 - math.exp(-9.0))
@@ -547,7 +547,7 @@ def test_order_unchanged_on_made_grids(method, problem, kind):
 @pytest.mark.parametrize("method", ["ab2", "heun", "euler"])
 def test_order_on_kac_grid(method):
     """The Kac grid's steps vary smoothly in t on [0, T'] for a small a (a T = 1): same orders."""
-    from kacnum.paths import KacPath
+    from kacnum.flows.paths import KacPath
 
     path = KacPath(a=1.0, c=1.0)
     slope, errs = fitted_order(method, "forced", lambda n: make_time_grid("kac", n, 1.0, 0.0, path=path),
@@ -556,7 +556,7 @@ def test_order_on_kac_grid(method):
 
 
 def test_make_time_grid_refuses_bad_input():
-    from kacnum.paths import GaussianPath, KacPath, VPPath
+    from kacnum.flows.paths import GaussianPath, KacPath, VPPath
 
     for bad in ("linear", "power", "power:", "power:0", "power:-1", "power:nan", "power:inf", "", 3, None):
         with pytest.raises(ValueError, match="time_grid"):

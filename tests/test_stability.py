@@ -1,4 +1,4 @@
-"""Unit tests of kacnum.stability: rates, interpolation, the endpoint-to-path bound (SPEC §8, Theorem 8)."""
+"""Unit tests of kacnum.theory.stability: rates, interpolation, the endpoint-to-path bound (docs/mathematics.md §8, Theorem 8)."""
 import math
 
 import numpy as np
@@ -7,11 +7,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kacnum.models.mlp import MLP
-from kacnum.paths import GaussianPath, KacPath, VPPath
-from kacnum.distill import DistillConfig
-from kacnum.solvers import integrate, uniform_grid
-from kacnum.stability import (
+from kacnum.images.models.mlp import MLP
+from kacnum.flows.paths import GaussianPath, KacPath, VPPath
+from kacnum.students.distill import DistillConfig
+from kacnum.flows.solvers import integrate, uniform_grid
+from kacnum.theory.stability import (
     ExactField,
     ExactTeacherDistiller,
     ModelField,

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from kacnum import cli
-from kacnum.losses import (DEFAULT_T_BINS, EpsilonLoss, FlowMatchingLoss, Preconditioned, TimeSampler,
+from kacnum.flows.losses import (DEFAULT_T_BINS, EpsilonLoss, FlowMatchingLoss, Preconditioned, TimeSampler,
                            binned_loss, kac_velocity_second_moment, loss_weight, marginal_std, path_from_spec,
                            path_spec, target_std)
-from kacnum.models import make_model
-from kacnum.paths import GaussianPath, KacPath, VPPath
-from kacnum.train import TrainConfig, Trainer, load_teacher, with_path
+from kacnum.images.models import make_model
+from kacnum.flows.paths import GaussianPath, KacPath, VPPath
+from kacnum.images.train import TrainConfig, Trainer, load_teacher, with_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import teacher_study  # noqa: E402

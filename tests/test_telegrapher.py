@@ -1,4 +1,4 @@
-"""Tests of kacnum.telegrapher: 1D kinetic solver, exact solution, 2D solver, cones, diffusion limit."""
+"""Tests of kacnum.processes.telegrapher: 1D kinetic solver, exact solution, 2D solver, cones, diffusion limit."""
 import math
 
 import numpy as np
@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import integrate
 
-from kacnum.kac import KacProcess
-from kacnum.telegrapher import (
+from kacnum.processes.kac import KacProcess
+from kacnum.processes.telegrapher import (
     bump,
     damped_mode_amplitude,
     exact_solution_1d,

@@ -1,7 +1,7 @@
 """experiments/theorem8.py end to end on a budget smaller than --quick, and its measurement helpers.
 
 The script measures Theorem 8's O(1/M) rate where its hypothesis (a Lipschitz teacher field) holds,
-Gaussian-mixture data, and where it fails, Dirac data (SPEC §13). The end-to-end test checks the
+Gaussian-mixture data, and where it fails, Dirac data (docs/mathematics.md §13). The end-to-end test checks the
 outputs and the rate of the smooth regime; the helpers are checked on fields with known answers.
 """
 import importlib.util
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from kacnum.stability import gronwall_constant, lipschitz_profile, local_slopes
+from kacnum.theory.stability import gronwall_constant, lipschitz_profile, local_slopes
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""kacnum.train: exact resumption, atomic checkpoints, EMA, LR warm-up, two-process DDP (gloo), outputs."""
+"""kacnum.images.train: exact resumption, atomic checkpoints, EMA, LR warm-up, two-process DDP (gloo), outputs."""
 import json
 import math
 import os
@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-import kacnum.checkpoint as ckpt_mod
-from kacnum.data import load_dataset
-from kacnum.train import (
+import kacnum.core.checkpoint as ckpt_mod
+from kacnum.images.data import load_dataset
+from kacnum.images.train import (
     TrainConfig,
     Trainer,
     derive_seed,
@@ -124,7 +124,7 @@ def test_ema_follows_the_warmed_up_average(digits):
            callback=lambda info: params.append([p.detach().clone() for p in tr.model.parameters()]))
     ema = [p.clone().double() for p in params[0]]
     for n in (1, 2, 3):
-        d = min(decay, (1 + n) / (10 + n))  # kacnum.distill.EMA's warm-up
+        d = min(decay, (1 + n) / (10 + n))  # kacnum.students.distill.EMA's warm-up
         ema = [d * e + (1 - d) * p.double() for e, p in zip(ema, params[n])]
     got = list(tr.ema.model.parameters())
     assert max(float((g.double() - e).abs().max()) for g, e in zip(got, ema)) < 1e-6
@@ -227,7 +227,7 @@ def test_model_and_data_shapes_must_match(digits):
 _WORKER = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(1)
-    from kacnum.train import TrainConfig, Trainer
+    from kacnum.images.train import TrainConfig, Trainer
     out = sys.argv[1]
     cfg = TrainConfig(model="tiny", model_overrides={"num_classes": 10}, dataset="synthetic",
                       synthetic_size=128, batch_size=16, total_steps=3, log_every=1, checkpoint_every=0,

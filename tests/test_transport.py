@@ -1,4 +1,4 @@
-"""Tests of kacnum.transport: exact/sliced Wasserstein distances and the Lipschitz bound of SPEC §8."""
+"""Tests of kacnum.theory.transport: exact/sliced Wasserstein distances and the Lipschitz bound of docs/mathematics.md §8."""
 import importlib.util
 import math
 
@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from kacnum.kac import KacProcess
-from kacnum.transport import (
+from kacnum.processes.kac import KacProcess
+from kacnum.theory.transport import (
     lipschitz_ratio,
     w_bound_ratio,
     wasserstein_1d,

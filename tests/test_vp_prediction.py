@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from kacnum import cli
-from kacnum.losses import EpsilonLoss, VToEps, binned_loss, vp_v_target
-from kacnum.models import make_model
-from kacnum.paths import GaussianPath, VPPath
-from kacnum.pipeline import baselines_stage, sample_ddim_set
-from kacnum.progressive import ProgressiveConfig, pd_sample
-from kacnum.train import TrainConfig, Trainer, load_teacher, make_loss, sample_images, with_path, wrap_prediction
+from kacnum.flows.losses import EpsilonLoss, VToEps, binned_loss, vp_v_target
+from kacnum.images.models import make_model
+from kacnum.flows.paths import GaussianPath, VPPath
+from kacnum.images.pipeline import baselines_stage, sample_ddim_set
+from kacnum.students.progressive import ProgressiveConfig, pd_sample
+from kacnum.images.train import TrainConfig, Trainer, load_teacher, make_loss, sample_images, with_path, wrap_prediction
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -291,7 +291,7 @@ def test_with_path_keeps_other_fields():
 
 def test_results_label_names_the_vp_prediction():
     """results.md must not call a v-prediction VP model an ε-prediction one (the label reads the set's meta)."""
-    from kacnum.pipeline import METHODS, method_label
+    from kacnum.images.pipeline import METHODS, method_label
     assert method_label("vp_ddim", {"prediction": "v"}) == "VP diffusion (v-prediction), DDIM"
     assert method_label("vp_ddim", {}) == "VP diffusion (ε-prediction), DDIM"  # sets of earlier runs
     assert "v-prediction teacher" in method_label("vp_pd", {"pd_config": {"base_parameterization": "v"}})

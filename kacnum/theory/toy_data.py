@@ -23,7 +23,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from kacnum._checks import check_nonnegative, check_positive
+from kacnum.core.checks import check_nonnegative, check_positive
 
 __all__ = [
     "TOY_DATASETS",

@@ -1,4 +1,4 @@
-"""Classifier-free guidance in velocity space (SPEC §5, DistillKac).
+"""Classifier-free guidance in velocity space (docs/mathematics.md §5, DistillKac).
 
     u_s(x, t, y) = u(x, t, null) + s (u(x, t, y) - u(x, t, null)),
 
@@ -10,7 +10,7 @@ Speed bound. If ``|u_c|, |u_u| <= B`` per coordinate then, since ``u_s = (1 - s)
 
     |u_s| <= (|s| + |1 - s|) B <= (1 + 2|s - 1|) B.
 
-The right-hand form is SPEC §5's; it equals the sharp constant for ``s >= 1`` (attained by
+The right-hand form is docs/mathematics.md §5's; it equals the sharp constant for ``s >= 1`` (attained by
 ``u_c = B, u_u = -B``) and is loose for ``s < 1`` (for ``0 <= s <= 1`` the guided field is a convex
 combination, bounded by ``B``). So for ``s > 1`` guidance leaves the Kac speed box ``[-c, c]^d``; an
 optional clip back to a bound is offered, off by default.
@@ -22,8 +22,8 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from kacnum._checks import check_nonnegative, check_positive
-from kacnum.solvers import GridLike, integrate
+from kacnum.core.checks import check_nonnegative, check_positive
+from kacnum.flows.solvers import GridLike, integrate
 
 __all__ = ["GuidedField", "LabelledField", "guided_kinetic_energy", "guidance_bound"]
 
@@ -33,7 +33,7 @@ Clip = Union[None, float, Callable[[torch.Tensor], Union[float, torch.Tensor]]]
 def guidance_bound(scale: float, bound: float, sharp: bool = False) -> float:
     """Per-coordinate bound on ``|u_s|`` when ``|u_c|, |u_u| <= bound``.
 
-    ``sharp=False``: SPEC §5's ``(1 + 2|s - 1|) B``. ``sharp=True``: ``(|s| + |1 - s|) B``, the
+    ``sharp=False``: docs/mathematics.md §5's ``(1 + 2|s - 1|) B``. ``sharp=True``: ``(|s| + |1 - s|) B``, the
     best constant for every ``s`` (equal to the former for ``s >= 1``).
     """
     s = float(scale)
@@ -48,7 +48,7 @@ def _per_row(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class GuidedField(torch.nn.Module):
-    """Guided velocity ``u_s = u_u + s (u_c - u_u)`` around a conditional model (SPEC §5).
+    """Guided velocity ``u_s = u_u + s (u_c - u_u)`` around a conditional model (docs/mathematics.md §5).
 
     Args:
         model: ``model(x, t, y)`` with ``x: (B, ...)``, ``t: (B,)``, ``y: (B,)`` long labels, the
@@ -64,7 +64,7 @@ class GuidedField(torch.nn.Module):
 
     Use ``guided(x, t, y)`` (the model's own signature) or ``guided.field(y)`` for a solver.
     ``nfe_per_call`` (2, or 1 when ``s`` is 0 or 1) is the number of network evaluations a call
-    costs, read by :func:`kacnum.solvers.integrate` for ``nfe_model``. The scale is fixed at
+    costs, read by :func:`kacnum.flows.solvers.integrate` for ``nfe_model``. The scale is fixed at
     construction; :meth:`with_scale` gives a wrapper with another scale around the same model.
     """
 
@@ -213,7 +213,7 @@ def guided_kinetic_energy(guided_field: GuidedField, x_T: torch.Tensor, y, time_
     - ``{part}_max_abs[k] = max over batch and coordinates of |u|``,
 
     for ``part`` in ``guided`` (after clip, if any), ``cond``, ``uncond``. Also
-    ``bound[k] = guidance_bound(s, max(cond_max_abs[k], uncond_max_abs[k]))`` (SPEC §5, with B the
+    ``bound[k] = guidance_bound(s, max(cond_max_abs[k], uncond_max_abs[k]))`` (docs/mathematics.md §5, with B the
     observed bound at that time; ``guided_max_abs <= bound`` must hold without clip),
     ``time_grid``, ``x`` (final state), ``nfe`` and ``nfe_model`` of the solve. Tensors are
     float64 ``(N+1,)`` on the CPU.

@@ -7,7 +7,7 @@ What a user sees:
   input file, data that is not there) and **1** for a run that failed (a damaged checkpoint, a full disk,
   an unexpected exception); ``--debug`` (or ``KACNUM_DEBUG=1``) shows the full traceback instead;
 * flags are checked before any work starts and before anything is written: values when argparse reads
-  them (the ``type=`` helpers below reuse the library's own checks of :mod:`kacnum._checks`), the output
+  them (the ``type=`` helpers below reuse the library's own checks of :mod:`kacnum.core.checks`), the output
   folder (:func:`check_out_dir`: a file, or a read-only place, is refused), the device
   (:func:`check_device`: ``--device cuda`` without CUDA is refused) and the thread count;
 * warnings (a damaged checkpoint replaced by its previous copy, a busy machine) are one line too,
@@ -51,7 +51,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
-from kacnum import _checks
+from kacnum.core import checks as _checks
 
 __all__ = [
     "UsageError", "ArgumentParser", "run_main", "one_line", "describe_error",
@@ -99,7 +99,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------------------------------
-# value checks for argparse's ``type=`` (they reuse kacnum._checks; the flag name is added by argparse)
+# value checks for argparse's ``type=`` (they reuse kacnum.core.checks; the flag name is added by argparse)
 
 _NAME = "\x00"  # placeholder parameter name, removed from the library's message
 
@@ -424,13 +424,13 @@ def resolve_threads(threads: Optional[int], flag: str = "--threads", warn: bool 
 
 def describe_error(e: BaseException) -> tuple:
     """``(exit status, one line)`` for an exception that ended a command."""
-    from kacnum.checkpoint import CheckpointError
+    from kacnum.core.checkpoint import CheckpointError
 
     if isinstance(e, UsageError):
         return 2, f"error: {one_line(e)}"
     if isinstance(e, CheckpointError):
         return 1, f"error: {one_line(e)}"
-    if isinstance(e, FileNotFoundError) and isinstance(e, ValueError):  # kacnum.data.DataNotFoundError
+    if isinstance(e, FileNotFoundError) and isinstance(e, ValueError):  # kacnum.images.data.DataNotFoundError
         return 2, f"missing data: {one_line(e)}"
     if isinstance(e, ValueError):
         return 2, f"error: {one_line(e)}"

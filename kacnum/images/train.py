@@ -1,19 +1,19 @@
 """Training loop for velocity (and ε) networks on images: one process, or several with torchrun.
 
-The loss is :class:`kacnum.losses.FlowMatchingLoss` on a :class:`~kacnum.paths.KacPath` (the Kac flow
-teacher, SPEC §4) or a :class:`~kacnum.paths.GaussianPath` (rectified flow baseline, SPEC §9), or
-:class:`kacnum.losses.EpsilonLoss` on a :class:`~kacnum.paths.VPPath`; labels are dropped to the null
-label with probability ``p_uncond`` (classifier-free guidance training, SPEC §5). One step::
+The loss is :class:`kacnum.flows.losses.FlowMatchingLoss` on a :class:`~kacnum.flows.paths.KacPath` (the Kac flow
+teacher, docs/mathematics.md §4) or a :class:`~kacnum.flows.paths.GaussianPath` (rectified flow baseline, docs/mathematics.md §9), or
+:class:`kacnum.flows.losses.EpsilonLoss` on a :class:`~kacnum.flows.paths.VPPath`; labels are dropped to the null
+label with probability ``p_uncond`` (classifier-free guidance training, docs/mathematics.md §5). One step::
 
     lr_n   = lr · warmup(n) · decay(n)                       (see :func:`lr_factor`)
     loss   = E (1/d) ‖u_θ(x_t, t, y') - u_t‖²                 (bf16 autocast around u_θ on CUDA)
     θ      ← Adam/AdamW(θ, clip(∇loss, grad_clip), lr_n)
-    θ_ema  ← d_n θ_ema + (1 - d_n) θ                          (kacnum.distill.EMA)
+    θ_ema  ← d_n θ_ema + (1 - d_n) θ                          (kacnum.students.distill.EMA)
 
 Reproducibility and exact resumption
 ------------------------------------
 * The data order is a function of ``(seed, epoch)`` only: the ``DistributedSampler`` of
-  :func:`kacnum.data.make_loader` (``distributed=True``; with one process ``num_replicas=1``) gives the
+  :func:`kacnum.images.data.make_loader` (``distributed=True``; with one process ``num_replicas=1``) gives the
   epoch's permutation and its share for this rank; batches are gathered by tensor indexing, so a
   resumed run jumps to ``(epoch, position)`` without touching the skipped batches.
 * Every random draw of step ``n`` (times, Kac/Gaussian noise, label dropout from the step generator;
@@ -21,7 +21,7 @@ Reproducibility and exact resumption
   ``derive_seed(seed, rank, n)``: the draws of a step do not depend on history, so a run resumed from
   a checkpoint at step ``n`` repeats the uninterrupted run's losses bit for bit on the CPU (the
   optimiser, EMA and weights are restored from the checkpoint). Ranks draw different noise.
-* ``checkpoint.pt`` (written atomically by :func:`kacnum.checkpoint.save_checkpoint`: temporary file,
+* ``checkpoint.pt`` (written atomically by :func:`kacnum.core.checkpoint.save_checkpoint`: temporary file,
   fsync, ``os.replace``) holds the model, EMA, optimiser, LR-schedule state, step, data position, the
   RNG states of torch/CUDA/numpy/python and the resolved config. An interrupted run (Ctrl-C, a crash
   during a write) leaves the previous checkpoint intact. The checkpoint it replaces is kept as
@@ -57,17 +57,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kacnum._checks import check_in_range, check_nonnegative, check_positive
-from kacnum.checkpoint import load_checkpoint, previous_path, save_checkpoint, save_json
-from kacnum.data import DATASETS, load_dataset, make_loader
-from kacnum.distill import EMA
-from kacnum.guidance import GuidedField
-from kacnum.losses import (LOSS_WEIGHTINGS, PRECONDITIONINGS, VP_PREDICTIONS, EpsilonLoss, FlowMatchingLoss,
+from kacnum.core.checks import check_in_range, check_nonnegative, check_positive
+from kacnum.core.seeds import derive_seed  # noqa: F401  (part of this module's interface)
+from kacnum.core.checkpoint import load_checkpoint, previous_path, save_checkpoint, save_json
+from kacnum.images.data import DATASETS, load_dataset, make_loader
+from kacnum.students.distill import EMA
+from kacnum.flows.guidance import GuidedField
+from kacnum.flows.losses import (LOSS_WEIGHTINGS, PRECONDITIONINGS, VP_PREDICTIONS, EpsilonLoss, FlowMatchingLoss,
                            Preconditioned, TimeSampler, VToEps)
-from kacnum.models import PRESETS, make_model
-from kacnum.paths import FlightPath, GaussianPath, KacPath, ProbabilityPath, ProcessPath, VPPath
-from kacnum.progress import Progress
-from kacnum.solvers import METHODS, integrate
+from kacnum.images.models import PRESETS, make_model
+from kacnum.flows.paths import FlightPath, GaussianPath, KacPath, ProbabilityPath, ProcessPath, VPPath
+from kacnum.core.progress import Progress
+from kacnum.flows.solvers import METHODS, integrate
 
 __all__ = [
     "TrainConfig",
@@ -106,19 +107,19 @@ class TrainConfig:
     """Everything that defines a training run (written to ``config.json``).
 
     Model and data:
-        model: a key of :data:`kacnum.models.PRESETS`; ``model_overrides`` replaces config fields.
-        dataset: a key of :data:`kacnum.data.DATASETS` or ``"synthetic"`` (random class-conditioned
+        model: a key of :data:`kacnum.images.models.PRESETS`; ``model_overrides`` replaces config fields.
+        dataset: a key of :data:`kacnum.images.data.DATASETS` or ``"synthetic"`` (random class-conditioned
             images of the model's shape: :func:`synthetic_dataset`; ``synthetic_size`` images).
-        data_dir: passed to :func:`kacnum.data.load_dataset` (None: ``$KACNUM_DATA`` or the default).
-    Path (SPEC §4, §9):
+        data_dir: passed to :func:`kacnum.images.data.load_dataset` (None: ``$KACNUM_DATA`` or the default).
+    Path (docs/mathematics.md §4, §9):
         path: ``"kac"`` (flow matching on ``KacPath(a, c, T, f_schedule, g_schedule)``),
             ``"gaussian"`` (rectified flow), ``"vp"`` (ε- or v-prediction: ``vp_prediction``) or ``"flight"``
             (flow matching on ``FlightPath(a, c, T, f_schedule, g_schedule)``: the block-isotropic Kac flow,
             planar random flights on pairs of horizontally adjacent pixels; ``a`` is the flight's event rate).
         a, c: Kac switching rate and speed (9, 3 as the Kac-flow code; 25, 2 reported for CIFAR-10).
         vp_prediction: what the ``"vp"`` network predicts: ``"eps"`` (the noise, default) or ``"v"``
-            (``v = α ε - σ x0``, Salimans & Ho 2022; :class:`kacnum.losses.EpsilonLoss`). A v-network is
-            saved as it is and wrapped in :class:`kacnum.losses.VToEps` (an ε-model) where it is sampled
+            (``v = α ε - σ x0``, Salimans & Ho 2022; :class:`kacnum.flows.losses.EpsilonLoss`). A v-network is
+            saved as it is and wrapped in :class:`kacnum.flows.losses.VToEps` (an ε-model) where it is sampled
             (:func:`wrap_prediction`, :func:`load_teacher`, :meth:`Trainer.sample`). Path ``"vp"`` only.
     Optimisation:
         optimizer: ``"adam"`` or ``"adamw"``; ``lr``, ``betas``, ``eps``, ``weight_decay``.
@@ -127,7 +128,7 @@ class TrainConfig:
         grad_clip: max global gradient norm (0: off).
         batch_size: GLOBAL batch (split evenly across DDP ranks).
         total_steps: optimiser steps.
-        ema_decay, ema_warmup: :class:`kacnum.distill.EMA` (``d_n = min(decay, (1+n)/(10+n))``).
+        ema_decay, ema_warmup: :class:`kacnum.students.distill.EMA` (``d_n = min(decay, (1+n)/(10+n))``).
         p_uncond: label dropout probability.
         bf16: bfloat16 autocast around the network on CUDA (ignored on the CPU).
         compile: ``torch.compile`` the training network.
@@ -138,12 +139,12 @@ class TrainConfig:
             between checkpoints (0: only at the end).
         num_samples, guidance_scale, sample_steps, sample_method: the sample grids (guided
             ``sample_method`` integration of the EMA model, ``sample_steps`` steps from ``T`` to 0).
-    Teacher-training options (issue 12, :mod:`kacnum.losses`; the defaults are the plain loss, bit for bit):
+    Teacher-training options (issue 12, :mod:`kacnum.flows.losses`; the defaults are the plain loss, bit for bit):
         data_sigma: data smoothing ``x0 + σ ε`` before the path (0: off).
-        time_sampling: ``"uniform"``, ``"logit_normal:m,s"`` or ``"power:k"`` (:class:`kacnum.losses.TimeSampler`).
+        time_sampling: ``"uniform"``, ``"logit_normal:m,s"`` or ``"power:k"`` (:class:`kacnum.flows.losses.TimeSampler`).
         loss_weighting: ``"none"`` or ``"atom"`` (Kac only: ``w ∝ 1 - e^{-a g(t)}``).
         precond: ``"none"``, ``"in"`` (``c_in = 1/std(x_t)``) or ``"inout"`` (also ``c_out = std(u_t)``):
-            the network is wrapped in :class:`kacnum.losses.Preconditioned` (saved with the checkpoint).
+            the network is wrapped in :class:`kacnum.flows.losses.Preconditioned` (saved with the checkpoint).
         precond_sigma_data: the data's pooled standard deviation for the preconditioner (0: measured on
             the training images; ``data_sigma`` is added in quadrature).
     """
@@ -231,7 +232,7 @@ class TrainConfig:
             raise ValueError(f"precond must be one of {PRECONDITIONINGS}, got {self.precond!r}")
         if self.precond != "none" and self.path not in ("kac", "gaussian", "vp"):
             raise ValueError(f"precond {self.precond!r} needs path 'kac', 'gaussian' or 'vp' (the marginal scales "
-                             f"of kacnum.losses.marginal_std), got path {self.path!r}")
+                             f"of kacnum.flows.losses.marginal_std), got path {self.path!r}")
         if self.vp_prediction not in VP_PREDICTIONS:
             raise ValueError(f"vp_prediction must be one of {VP_PREDICTIONS}, got {self.vp_prediction!r}")
         if self.vp_prediction != "eps" and self.path != "vp":
@@ -326,18 +327,6 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "c
     span = max(1, total_steps - warmup_steps)
     p = min(1.0, max(0.0, (step - warmup_steps) / span))
     return w * 0.5 * (1.0 + math.cos(math.pi * p))
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (SplitMix64 mixing), e.g. ``derive_seed(seed, rank, step)``."""
-    s = 0x243F6A8885A308D3
-    for p in parts:
-        s = (s + 0x9E3779B97F4A7C15 + (int(p) & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
-        z = s
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-        s = z ^ (z >> 31)
-    return s & 0x7FFFFFFFFFFFFFFF
 
 
 # ----------------------------------------------------------------------------------------------
@@ -518,7 +507,7 @@ def sample_images(model: nn.Module, path: ProbabilityPath, n: int, labels: Optio
                   progress: bool = False) -> dict:
     """Draw ``n`` images by integrating the (guided) flow of ``model`` from ``T`` to ``t_min``.
 
-    The field is ``GuidedField(model, guidance_scale)`` (SPEC §5: ``u_∅ + s (u_y - u_∅)``; for an
+    The field is ``GuidedField(model, guidance_scale)`` (docs/mathematics.md §5: ``u_∅ + s (u_y - u_∅)``; for an
     unconditional model the plain ``model(x, t)``), through ``path.velocity_field`` when ``eps_model``
     (VP ε-prediction). Grid: ``path.default_time_grid(steps)``; solver ``method`` (AB-2: ``steps`` NFE).
     Latents from ``path.sample_latent`` with a generator seeded by ``seed`` (one per batch:
@@ -576,7 +565,7 @@ def save_image_grid(images: torch.Tensor, path: Union[str, os.PathLike], nrow: i
     """
     from PIL import Image
 
-    from kacnum.checkpoint import atomic_write
+    from kacnum.core.checkpoint import atomic_write
 
     if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be a (N, C, H, W) tensor with C in (1, 3), got "
@@ -642,7 +631,7 @@ class Trainer:
             command line).
         data_on_device: keep the whole training set on the device (default: True on CUDA).
 
-    Attributes after construction: ``model`` (the raw network), ``ema`` (``kacnum.distill.EMA``),
+    Attributes after construction: ``model`` (the raw network), ``ema`` (``kacnum.students.distill.EMA``),
     ``optimizer``, ``path``, ``loss_fn``, ``step`` (optimiser steps done), ``dist`` (:class:`DistInfo`),
     ``history`` (the logged rows of this process's run).
     """
@@ -847,7 +836,7 @@ class Trainer:
         """Load ``path`` (default ``out_dir/checkpoint.pt``); False if there is none.
 
         The file is verified first; a damaged one falls back to ``checkpoint.prev.pt`` with a warning
-        (:func:`kacnum.checkpoint.load_checkpoint`), or raises :class:`kacnum.checkpoint.CheckpointError`
+        (:func:`kacnum.core.checkpoint.load_checkpoint`), or raises :class:`kacnum.core.checkpoint.CheckpointError`
         naming the file when there is no good copy."""
         path = Path(path) if path is not None else self._file("checkpoint.pt")
         if path is None or not (path.is_file() or previous_path(path).is_file()):
@@ -861,7 +850,7 @@ class Trainer:
                guidance_scale: Optional[float] = None, seed: Optional[int] = None,
                use_ema: bool = True) -> dict:
         """Guided samples of the EMA (or raw) model: see :func:`sample_images` (a VP v-network through
-        :class:`kacnum.losses.VToEps`)."""
+        :class:`kacnum.flows.losses.VToEps`)."""
         cfg = self.config
         model = self.ema.model if use_ema else self.model
         was = model.training
@@ -900,7 +889,7 @@ class Trainer:
                     keep.append(ln)
             except (ValueError, KeyError, TypeError):
                 pass  # a line cut short by a crash
-        from kacnum.checkpoint import atomic_write
+        from kacnum.core.checkpoint import atomic_write
 
         atomic_write(f, lambda fh: fh.write("".join(k + "\n" for k in keep)), mode="w")
 
@@ -1009,7 +998,7 @@ def load_teacher(checkpoint: Union[str, os.PathLike], device: Union[str, torch.d
 
     ``model`` is the EMA network (``use_ema``) or the raw one, in eval mode with gradients off, on
     ``device`` (None: CUDA if present). A VP v-prediction network (``config.vp_prediction == "v"``) comes
-    wrapped in :class:`kacnum.losses.VToEps`, an ε-model like the ``"eps"`` one (the raw network is
+    wrapped in :class:`kacnum.flows.losses.VToEps`, an ε-model like the ``"eps"`` one (the raw network is
     ``model.net``).
     """
     dev = resolve_device(device)

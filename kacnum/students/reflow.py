@@ -14,7 +14,7 @@ student is conditional on ``y`` and learns the guided coupling, so, like a Disti
 network evaluation per step; unlike one, a single trained network is sampled at every step count
 (:meth:`Reflow.sampler` with ``steps``).
 
-The couplings come from the roll-out machinery of :class:`kacnum.distill.Distiller` with
+The couplings come from the roll-out machinery of :class:`kacnum.students.distill.Distiller` with
 ``stages = (K_0, 1)``, ``source = "rollout"``, ``target = "trajectory"``: a pool of ``rollout_pool``
 latents is solved by the teacher exactly as it samples (``grid(0)``, AB-2, guided), re-drawn every
 ``rollout_refresh`` steps from a seed derived from ``(seed, 1, refresh index)``. Optimiser, learning-rate
@@ -29,9 +29,9 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from kacnum._checks import check_int
-from kacnum.distill import DistillBatch, DistillConfig, Distiller, Sampler, _PlainField, _rows
-from kacnum.solvers import integrate, uniform_grid
+from kacnum.core.checks import check_int
+from kacnum.students.distill import DistillBatch, DistillConfig, Distiller, Sampler, _PlainField, _rows
+from kacnum.flows.solvers import integrate, uniform_grid
 
 __all__ = ["Reflow", "ReflowSampler", "reflow_config", "reflow_loss", "CHECKPOINT_FORMAT"]
 
@@ -72,7 +72,7 @@ def reflow_loss(student: nn.Module, z: torch.Tensor, x_end: torch.Tensor, y: Opt
 class ReflowSampler(Sampler):
     """``sampler(n, y=None, generator=None, latent=None) -> x: (n, ...)`` at ``t_end``: ``steps`` uniform Euler
     steps of the reflowed field from ``T`` (one network evaluation each: ``nfe = steps``); latents and labels as
-    :class:`~kacnum.distill.Sampler` draws them."""
+    :class:`~kacnum.students.distill.Sampler` draws them."""
 
     def __init__(self, reflow: "Reflow", steps: int):
         self.d = reflow
@@ -92,7 +92,7 @@ class ReflowSampler(Sampler):
 class Reflow(Distiller):
     """Reflow of ``teacher`` on its own ``stages[0]``-step couplings (module docstring).
 
-    Takes the arguments of :class:`~kacnum.distill.Distiller`; ``config`` must have ``stages = (K_0, 1)``,
+    Takes the arguments of :class:`~kacnum.students.distill.Distiller`; ``config`` must have ``stages = (K_0, 1)``,
     ``source = "rollout"``, ``target = "trajectory"`` and ``parameterization = "velocity"``
     (:func:`reflow_config` makes one from a staged config). :meth:`run` trains the one student
     (``steps_per_stage`` optimiser steps); :meth:`sampler` ``(steps=K)`` samples it with ``K`` Euler steps.

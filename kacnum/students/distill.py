@@ -1,4 +1,4 @@
-"""Endpoint distillation of a (guided) flow into few-step students (SPEC §7, DistillKac).
+"""Endpoint distillation of a (guided) flow into few-step students (docs/mathematics.md §7, DistillKac).
 
 Student grid ``T = t_0 > t_1 > ... > t_K = t_end`` (uniform: ``t_k = T + (k/K)(t_end - T)``).
 A student is a velocity network of the teacher's architecture, initialised from its teacher, that
@@ -20,7 +20,7 @@ teacher of stage ``i >= 2`` is the stage ``i-1`` student (its EMA), used as its 
 Euler map, i.e. ``N_i`` of its steps on its own (finer, nested) grid. One-shot distillation is
 ``stages = (100, 1)``.
 
-Guidance (SPEC §5): with labels and ``guidance_scale = s``, the stage-1 teacher is the guided field
+Guidance (docs/mathematics.md §5): with labels and ``guidance_scale = s``, the stage-1 teacher is the guided field
 ``u_s = u_∅ + s (u_y - u_∅)`` (2 network evaluations per call unless ``s`` is 0 or 1); the student
 is conditional on ``y`` and learns the guided map, so it needs one evaluation per step. Labels are
 replaced by the null label with probability ``p_uncond`` during distillation (the guided field at
@@ -57,7 +57,7 @@ two coincide there):
   step back; its error is ``O(h^2)``, so the primed step keeps AB-2's local order), one extra call
   per target; rows with ``k = 0`` start at ``T`` as the teacher does (Euler first step).
 
-Time reparameterisation. A batch mixes intervals, while :func:`kacnum.solvers.integrate` takes one
+Time reparameterisation. A batch mixes intervals, while :func:`kacnum.flows.solvers.integrate` takes one
 grid. :func:`interval_flow` therefore integrates in ``τ ∈ [0, 1]`` with per-row
 ``t(τ) = (1 - τ) t_from + τ t_to`` and ``dx/dτ = (t_to - t_from) u(x, t(τ))``; every method of
 ``solvers`` is invariant under this affine change of time, so ``N`` uniform steps in ``τ`` are
@@ -78,12 +78,12 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from kacnum._checks import (check_finite_number, check_in_range, check_int, check_nonnegative, check_positive,
+from kacnum.core.checks import (check_finite_number, check_in_range, check_int, check_nonnegative, check_positive,
                             per_stage_counts)
-from kacnum.checkpoint import load_checkpoint, previous_path, save_checkpoint, save_json
-from kacnum.guidance import GuidedField
-from kacnum.progress import Progress
-from kacnum.solvers import METHODS, NFE_PER_STEP, SolveResult, integrate, uniform_grid
+from kacnum.core.checkpoint import load_checkpoint, previous_path, save_checkpoint, save_json
+from kacnum.flows.guidance import GuidedField
+from kacnum.core.progress import Progress
+from kacnum.flows.solvers import METHODS, NFE_PER_STEP, SolveResult, integrate, uniform_grid
 
 __all__ = [
     "DistillConfig",
@@ -196,10 +196,10 @@ def interval_flow(field: Callable, x: torch.Tensor, t_from: torch.Tensor, t_to: 
     """Integrate ``dx/dt = field(x, t)`` over a per-row interval with ``n_substeps`` uniform steps.
 
     Row ``b`` goes from ``t_from[b]`` to ``t_to[b]`` (any signs, ``t_from != t_to``) with
-    ``n_substeps`` steps of ``method`` (one of :data:`kacnum.solvers.METHODS`), via the affine time
-    change described in the module docstring and :func:`kacnum.solvers.integrate`. ``field(x, t)``
+    ``n_substeps`` steps of ``method`` (one of :data:`kacnum.flows.solvers.METHODS`), via the affine time
+    change described in the module docstring and :func:`kacnum.flows.solvers.integrate`. ``field(x, t)``
     with ``t: (B,)``; ``field.nfe_per_call`` is honoured in ``nfe_model``. Returns the
-    :class:`~kacnum.solvers.SolveResult` (its ``time_grid`` is the ``τ`` grid). Autograd stays on.
+    :class:`~kacnum.flows.solvers.SolveResult` (its ``time_grid`` is the ``τ`` grid). Autograd stays on.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -415,7 +415,7 @@ class DistillConfig:
             ``source="mix"`` (``round(rollout_fraction * batch_size)`` rows), in ``[0, 1]``.
         target: stage-1 target, ``"restart"`` (AB-2 restarted in every student interval; the
             default) or ``"trajectory"`` (the ``K_0``-step teacher's own states; module docstring).
-        teacher_method: solver of the stage-1 teacher (``kacnum.solvers.METHODS``).
+        teacher_method: solver of the stage-1 teacher (``kacnum.flows.solvers.METHODS``).
         guidance_scale: ``s`` of the stage-1 teacher (used when labels are given).
         p_uncond: probability of the null label for a row, in ``[0, 1]``. Default 0: the samplers
             are always conditional when there are labels (0.1 was the default before).
@@ -598,7 +598,7 @@ def _derived_seed(*parts: int) -> int:
 
 class _StudentCheckpoints:
     """Checkpoint writing and resuming shared by :class:`Distiller` and
-    :class:`kacnum.progressive.ProgressiveDistiller`: a list of finished students (``students``,
+    :class:`kacnum.students.progressive.ProgressiveDistiller`: a list of finished students (``students``,
     ``history``) and one student in training. A subclass sets ``_CK_FORMAT``, ``_CK_WHAT`` (for the error
     message), ``_CK_INDEX`` (``"stage"`` or ``"round"``) and ``_CK_RESUMABLE`` (config fields that may
     change on resume), and has ``checkpoint_path``, ``device``, ``config`` and ``_new_student(i)``."""
@@ -918,7 +918,7 @@ class Distiller(_StudentCheckpoints):
 
     def training_loss(self, student: nn.Module, batch: DistillBatch) -> dict:
         """The loss of one batch (a dict with a differentiable scalar ``loss``): the endpoint loss
-        (:func:`endpoint_loss`); :class:`kacnum.reflow.Reflow` replaces it."""
+        (:func:`endpoint_loss`); :class:`kacnum.students.reflow.Reflow` replaces it."""
         return endpoint_loss(student, batch.x, batch.t, batch.t_next, batch.target, batch.y,
                              self.config.parameterization)
 
@@ -1011,7 +1011,7 @@ class _LRFactor:
 
 class StudentTraining:
     """The optimiser state of one student while it trains (a distillation stage here, a round of
-    :class:`kacnum.progressive.ProgressiveDistiller`): AdamW, a constant or cosine learning rate over
+    :class:`kacnum.students.progressive.ProgressiveDistiller`): AdamW, a constant or cosine learning rate over
     ``n_steps``, gradient clipping and an :class:`EMA`, all read from ``config`` (fields ``lr``,
     ``weight_decay``, ``lr_schedule``, ``grad_clip``, ``ema_decay``, ``ema_warmup``).
 

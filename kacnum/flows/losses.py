@@ -1,8 +1,8 @@
-"""Training losses: conditional flow matching and the ε-prediction baseline (SPEC §4, §5, §9), with the
+"""Training losses: conditional flow matching and the ε-prediction baseline (docs/mathematics.md §4, §5, §9), with the
 teacher-training options of issue 12 (data smoothing, time densities, loss weighting, preconditioning).
 
 A loss is a small callable class whose hyper-parameters are fixed at construction (the EDM style);
-it sees only the path's :class:`~kacnum.paths.PathSample` and the model output::
+it sees only the path's :class:`~kacnum.flows.paths.PathSample` and the model output::
 
     loss_fn = FlowMatchingLoss(KacPath(), p_uncond=0.1)
     out = loss_fn(model, x0, y, generator=gen)        # out["loss"].backward()
@@ -19,7 +19,7 @@ Teacher-training options (issue 12; every default leaves the plain loss unchange
 --------------------------------------------------------------------------------------
 * ``data_sigma = σ``: the path starts from ``x0 + σ ε`` instead of ``x0`` (dequantisation / data
   smoothing). The model then learns the flow of the smoothed data law ``data * N(0, σ² I)``: no atoms
-  at ``t > 0`` for σ > 0 and a Lipschitz Kac field (SPEC §13); its samples carry that noise.
+  at ``t > 0`` for σ > 0 and a Lipschitz Kac field (docs/mathematics.md §13); its samples carry that noise.
 * ``time_sampling`` (:class:`TimeSampler`): ``t = t_eps + (T - t_eps) τ`` with ``τ ∈ [0, 1)`` from
 
   ================== ==================================== =============================================
@@ -60,8 +60,8 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from kacnum._checks import check_in_range, check_positive
-from kacnum.paths import GaussianPath, KacPath, PathSample, ProbabilityPath, VPPath
+from kacnum.core.checks import check_in_range, check_positive
+from kacnum.flows.paths import GaussianPath, KacPath, PathSample, ProbabilityPath, VPPath
 
 __all__ = [
     "FlowMatchingLoss",
@@ -193,7 +193,7 @@ def loss_weight(path: ProbabilityPath, t: torch.Tensor, weighting: str = "none",
                 sampler: Optional[TimeSampler] = None) -> torch.Tensor:
     """Per-sample loss weights ``(B,)`` at times ``t``, normalised to mean 1 under ``sampler``'s density.
 
-    ``none``: ones. ``atom`` (:class:`~kacnum.paths.KacPath` only): ``(1 - e^{-a g(t)}) / Z``,
+    ``none``: ones. ``atom`` (:class:`~kacnum.flows.paths.KacPath` only): ``(1 - e^{-a g(t)}) / Z``,
     ``Z = E_t[1 - e^{-a g(t)}]`` (uniform t, ``g = t``: ``Z = 1 - (1 - e^{-aT})/(aT)``).
     """
     if weighting not in LOSS_WEIGHTINGS:
@@ -220,7 +220,7 @@ class _PathLoss:
                  reduction: str = "mean", data_sigma: float = 0.0, time_sampling: str = "uniform",
                  weighting: str = "none"):
         if not isinstance(path, ProbabilityPath):
-            raise ValueError(f"path must be a kacnum.paths.ProbabilityPath, got {type(path).__name__}")
+            raise ValueError(f"path must be a kacnum.flows.paths.ProbabilityPath, got {type(path).__name__}")
         self.path = path
         self.p_uncond = check_in_range("p_uncond", p_uncond, 0.0, 1.0)
         if null_label is not None and (isinstance(null_label, bool) or not isinstance(null_label, int)):
@@ -318,13 +318,13 @@ class _PathLoss:
 
 
 class FlowMatchingLoss(_PathLoss):
-    """Conditional flow matching ``E_{t, x0, noise} w(t) (1/d) ‖u_θ(x_t, t, y') - u_t‖²`` (SPEC §4).
+    """Conditional flow matching ``E_{t, x0, noise} w(t) (1/d) ‖u_θ(x_t, t, y') - u_t‖²`` (docs/mathematics.md §4).
 
     Args:
-        path: any :class:`~kacnum.paths.ProbabilityPath` (Kac, Gaussian, VP); the target is
+        path: any :class:`~kacnum.flows.paths.ProbabilityPath` (Kac, Gaussian, VP); the target is
             ``PathSample.u_t``.
         p_uncond: probability of replacing a label by ``null_label`` (classifier-free guidance
-            training, SPEC §5; default 0.1). Ignored for unconditional calls (``y=None``).
+            training, docs/mathematics.md §5; default 0.1). Ignored for unconditional calls (``y=None``).
         null_label: the label meaning "unconditional"; ``None`` uses ``model.null_label``.
         reduction: ``"mean"`` (default) or ``"sum"`` over the batch.
         data_sigma: data smoothing ``x0 + σ ε`` before the path (default 0: off).
@@ -337,15 +337,15 @@ class FlowMatchingLoss(_PathLoss):
 
 
 class EpsilonLoss(_PathLoss):
-    """ε-prediction ``E (1/d) ‖ε_θ(x_t, t, y') - ε‖²`` for the VP diffusion baseline (SPEC §9), or
+    """ε-prediction ``E (1/d) ‖ε_θ(x_t, t, y') - ε‖²`` for the VP diffusion baseline (docs/mathematics.md §9), or
     v-prediction ``E (1/d) ‖v_θ(x_t, t, y') - v‖²`` with ``v = α ε - σ x0`` (``prediction="v"``).
 
     ``prediction="eps"`` (default): the model predicts the Gaussian noise ``PathSample.noise``; sample it
     with ``solvers.ddim_sample(model, x, path.alpha_bar, time_grid)`` or integrate
-    ``path.velocity_field(model)``. ``path`` must be a :class:`~kacnum.paths.VPPath` or a
-    :class:`~kacnum.paths.GaussianPath` (Gaussian noise).
+    ``path.velocity_field(model)``. ``path`` must be a :class:`~kacnum.flows.paths.VPPath` or a
+    :class:`~kacnum.flows.paths.GaussianPath` (Gaussian noise).
 
-    ``prediction="v"`` (:class:`~kacnum.paths.VPPath` only; Salimans & Ho 2022): with
+    ``prediction="v"`` (:class:`~kacnum.flows.paths.VPPath` only; Salimans & Ho 2022): with
     ``x_t = α x0 + σ ε`` (``α = sqrt(ᾱ(t))``, ``σ = sqrt(1 - ᾱ(t))``) the target is
     ``v = α ε - σ x0`` (:func:`vp_v_target`, from the sample's ``noise``, (smoothed) ``x0`` and ``t``);
     then ``ε = σ x_t + α v`` and ``x0 = α x_t - σ v``. Unlike the data prediction of an ε-model,
@@ -399,7 +399,7 @@ def kac_velocity_second_moment(process, g: Union[float, torch.Tensor], panels: i
     (``v = ±c``) plus ``2 ∫_0^{cg} p(g, y) v(g, y)² dy`` over the open cone by composite Gauss–Legendre
     (``panels`` x ``nodes``) on ``[0, min(cg, 12 std(K_g))]`` (the integrand is smooth there; beyond
     12 standard deviations its mass is below ``e^{-72}``). ``g = 0`` gives ``c²``."""
-    from kacnum.kac import kac_density_scaled
+    from kacnum.processes.kac import kac_density_scaled
 
     a, c = process.a, process.c
     g = torch.as_tensor(g, dtype=torch.float64)
@@ -631,14 +631,14 @@ class VToEps(_ForwardsCheckInputs, nn.Module):
     the map being affine in ``v`` with the same ``x``.
 
     Everything that samples a VP ε-model takes the wrapper unchanged: DDIM
-    (:func:`kacnum.pipeline.sample_ddim_set`, :func:`kacnum.solvers.ddim_sample`),
-    ``path.velocity_field``, ``kacnum.train.sample_images(eps_model=True)``, the progressive
+    (:func:`kacnum.images.pipeline.sample_ddim_set`, :func:`kacnum.flows.solvers.ddim_sample`),
+    ``path.velocity_field``, ``kacnum.images.train.sample_images(eps_model=True)``, the progressive
     distillation teacher. Attributes the samplers read (``config``, ``num_classes``, ``null_label``, ``T``,
     ``check_inputs``, ``nfe_per_call``, ...) are the network's. The wrapper has no parameters of its own
     (``state_dict()`` is the network's under ``net.``): save ``wrapper.net``, wrap at use.
 
     Args:
-        net: ``net(x, t, y) -> v``, x's shape. path: the :class:`~kacnum.paths.VPPath` it was trained on.
+        net: ``net(x, t, y) -> v``, x's shape. path: the :class:`~kacnum.flows.paths.VPPath` it was trained on.
     """
 
     prediction = "v"

@@ -1,4 +1,4 @@
-"""Endpoint-to-path stability of few-step students (DistillKac's Theorem 8, derived form of SPEC §8).
+"""Endpoint-to-path stability of few-step students (DistillKac's Theorem 8, derived form of docs/mathematics.md §8).
 
 Setting. A teacher trajectory ``X`` on an interval of length ``Δ`` with speed ``≤ V`` and
 acceleration ``≤ A``; a student ``Y`` that moves in a straight line between its end points (one Euler
@@ -35,7 +35,7 @@ What this module measures (all tensors float64 unless said otherwise; ``B`` samp
 * :func:`interval_bound`, :func:`interval_bound_check`: the per-interval bounds above.
 * :func:`loglog_correlation`: endpoint versus whole-path error across students.
 * :class:`ExactField`, :func:`fit_velocity_mlp`, :class:`ExactTeacherDistiller`: a network-free
-  teacher for :class:`kacnum.distill.Distiller` (thin adapter: only the stage-1 teacher map changes).
+  teacher for :class:`kacnum.students.distill.Distiller` (thin adapter: only the stage-1 teacher map changes).
 """
 from __future__ import annotations
 
@@ -46,11 +46,11 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
-from kacnum.progress import Progress
+from kacnum.core.progress import Progress
 
-from kacnum._checks import check_finite, check_in_range, check_positive
-from kacnum.distill import Distiller, FlowTeacher, student_step
-from kacnum.solvers import check_time_grid, ddim_sample, integrate
+from kacnum.core.checks import check_finite, check_in_range, check_positive
+from kacnum.students.distill import Distiller, FlowTeacher, student_step
+from kacnum.flows.solvers import check_time_grid, ddim_sample, integrate
 
 __all__ = [
     "ExactField",
@@ -88,11 +88,11 @@ class ExactField:
     """Network-free field of a finite data set: ``field(x, t[, y])`` for solvers and distillation.
 
     ``quantity="velocity"``: ``path.exact_velocity(x, t, support, weights, data_sigma=...)`` (the exact
-    marginal velocity of the Dirac mixture, SPEC §4, or with ``data_sigma > 0`` of the Gaussian mixture
-    ``Σ w_i N(support_i, data_sigma² I)``, SPEC §13); ``"epsilon"``: ``path.exact_epsilon(...)`` (VP only: the ε-prediction that
-    :func:`kacnum.solvers.ddim_sample` needs). ``x: (B, d)``, ``t: (B,)`` -> ``(B, d)`` in ``x``'s
+    marginal velocity of the Dirac mixture, docs/mathematics.md §4, or with ``data_sigma > 0`` of the Gaussian mixture
+    ``Σ w_i N(support_i, data_sigma² I)``, docs/mathematics.md §13); ``"epsilon"``: ``path.exact_epsilon(...)`` (VP only: the ε-prediction that
+    :func:`kacnum.flows.solvers.ddim_sample` needs). ``x: (B, d)``, ``t: (B,)`` -> ``(B, d)`` in ``x``'s
     dtype. The optional third argument ``y`` (labels) must be None: callable as a model
-    ``model(x, t, y)`` by :class:`kacnum.distill.FlowTeacher`.
+    ``model(x, t, y)`` by :class:`kacnum.students.distill.FlowTeacher`.
     """
 
     nfe_per_call = 1
@@ -245,7 +245,7 @@ def student_states(field: Callable, x_T: torch.Tensor, grid: torch.Tensor, solve
                    alpha_bar: Optional[Callable] = None) -> torch.Tensor:
     """States ``(M+1, B, d)`` of an ``M``-step student at its grid times (``states[0] = x_T``).
 
-    ``solver``: any method of :mod:`kacnum.solvers` (``field(x, t)`` a velocity), or ``"ddim"``
+    ``solver``: any method of :mod:`kacnum.flows.solvers` (``field(x, t)`` a velocity), or ``"ddim"``
     (``field`` is an ε-prediction, ``alpha_bar`` the VP schedule ``ᾱ(t)``). No gradients.
     """
     with torch.no_grad():
@@ -311,11 +311,11 @@ def w2_along_path(student: torch.Tensor, teacher: torch.Tensor, index: Optional[
     """``W2`` between the empirical marginals ``student[q]`` and ``teacher[q]`` for ``q`` in ``index``.
 
     ``student, teacher: (Q, B, d)``; the first ``n_samples`` rows of each are used (default all).
-    :func:`kacnum.transport.wasserstein_empirical` with ``exact_max`` (exact network simplex below it).
+    :func:`kacnum.theory.transport.wasserstein_empirical` with ``exact_max`` (exact network simplex below it).
     Since both sides come from the same latents, ``W2 ≤`` the coupled RMS error at every τ.
     Returns ``(len(index),)``.
     """
-    from kacnum.transport import wasserstein_empirical  # lazy: POT is absent on the GPU machines
+    from kacnum.theory.transport import wasserstein_empirical  # lazy: POT is absent on the GPU machines
 
     if student.shape != teacher.shape:
         raise ValueError("student and teacher must have the same shape (Q, B, d)")
@@ -592,7 +592,7 @@ def interval_bound_check(step: Callable[[torch.Tensor, float, float], torch.Tens
 def euler_path_bound(eps: float, accel: float, lipschitz: float, delta: float, m: int) -> float:
     """``(ε + A h/2)(e^{LΔ} - 1)/L`` with ``h = Δ/M`` (``(ε + A h/2) Δ`` at ``L = 0``): the path-error
     bound of ``M`` Euler steps of a field ``ε``-close to a teacher field with Lipschitz constant ``L``
-    and trajectory acceleration ``≤ A`` (SPEC §8)."""
+    and trajectory acceleration ``≤ A`` (docs/mathematics.md §8)."""
     eps, accel, lipschitz = float(eps), float(accel), float(lipschitz)
     if min(eps, accel, lipschitz) < 0:
         raise ValueError("eps, accel and lipschitz must be >= 0")
@@ -741,7 +741,7 @@ def fit_velocity_mlp(model: nn.Module, path: Any, support: torch.Tensor, field: 
 
 
 class ExactTeacherDistiller(Distiller):
-    """:class:`kacnum.distill.Distiller` whose stage-1 teacher is a network-free field.
+    """:class:`kacnum.students.distill.Distiller` whose stage-1 teacher is a network-free field.
 
     Everything is the distiller's (schedules, sources, roll-out pools, EMA, checkpoints); only the
     stage-1 teacher map changes: ``exact_field`` (e.g. :class:`ExactField`) integrated over each

@@ -1,4 +1,4 @@
-"""Wasserstein distances and the transport bounds of SPEC §8.
+"""Wasserstein distances and the transport bounds of docs/mathematics.md §8.
 
 ``W_p(μ, ν) = (inf_π ∫ |x - y|^p dπ)^{1/p}`` over couplings ``π`` of ``μ`` and ``ν``.
 
@@ -9,7 +9,7 @@
   beyond that the sliced distance ``SW_p = (E_θ W_p^p(θ·μ, θ·ν))^{1/p}`` (a LOWER bound:
   ``SW_p ≤ W_p``, and e.g. ``SW_2 = W_2/√d`` for a dilation), or exact OT between random subsamples.
   The method used is reported by :func:`wasserstein_empirical_info`.
-* The Lipschitz claim (SPEC §8): 1D ``W_p(μ_s, μ_t) ≤ c|t - s|`` for the Kac law, since coupled paths
+* The Lipschitz claim (docs/mathematics.md §8): 1D ``W_p(μ_s, μ_t) ≤ c|t - s|`` for the Kac law, since coupled paths
   satisfy ``|K_t - K_s| ≤ c|t - s|``; :func:`lipschitz_ratio` returns ``W_p / (c|t - s|)``.
 
 POT is imported lazily (only the d-dimensional functions need it), so the 1D functions also run where
@@ -23,7 +23,7 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from ._checks import check_finite, check_positive
+from kacnum.core.checks import check_finite, check_positive
 
 __all__ = [
     "wasserstein_1d",
@@ -279,7 +279,7 @@ def lipschitz_ratio(
     p: float = 2,
     **kwargs,
 ) -> float:
-    """``W_p(μ_s, μ_t) / (speed · |t - s|)`` from samples of ``μ_s`` and ``μ_t`` (SPEC §8).
+    """``W_p(μ_s, μ_t) / (speed · |t - s|)`` from samples of ``μ_s`` and ``μ_t`` (docs/mathematics.md §8).
 
     1D samples (``(n,)`` or ``(n, 1)``): exact :func:`wasserstein_1d`; the Kac claim is ratio ``<= 1``
     with ``speed = c``. d-dim samples: :func:`wasserstein_empirical` (``kwargs`` go there); for the

@@ -1,6 +1,6 @@
 """MLP velocity network for low-dimensional data (2D toy distributions).
 
-Same call signature as :class:`kacnum.models.unet.UNet`::
+Same call signature as :class:`kacnum.images.models.unet.UNet`::
 
     v = model(x, t, y=None)        x: (B, dim)   t: (B,) in [0, T]   y: (B,) long or None   v: (B, dim)
 
@@ -20,8 +20,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from kacnum._checks import check_positive
-from kacnum.models.unet import TimeClassEmbedding, check_velocity_inputs
+from kacnum.core.checks import check_positive
+from kacnum.images.models.unet import TimeClassEmbedding, check_velocity_inputs
 
 __all__ = ["MLPConfig", "MLP"]
 

@@ -1,10 +1,10 @@
-"""Probability paths behind one interface: Kac flow, Gaussian flow matching, VP diffusion (SPEC §4, §9).
+"""Probability paths behind one interface: Kac flow, Gaussian flow matching, VP diffusion (docs/mathematics.md §4, §9).
 
 Time runs from the data at ``t = 0`` to the latent at ``t = T``; samplers integrate ``dx/dt`` from
 ``T`` down to ``t_min``. A path has one job: :meth:`ProbabilityPath.sample` turns data ``x0`` and times
 ``t`` into a :class:`PathSample` holding the point ``x_t`` and its conditional target velocity
-``u_t``. Losses (``kacnum.losses``) see only that sample and the model output; solvers
-(``kacnum.solvers``) see only a velocity field.
+``u_t``. Losses (``kacnum.flows.losses``) see only that sample and the model output; solvers
+(``kacnum.flows.solvers``) see only a velocity field.
 
 Paths
 -----
@@ -12,11 +12,11 @@ Paths
   blocks (:mod:`kacnum.processes`): one implementation of sampling, targets and the exact finite-data and
   Gaussian-mixture fields, parameterised by the process (a per-block kernel: log density, velocity, atoms).
   Target ``u_t = f'(t) x0 + g'(t) u_N(g(t), N | atom_mask)``, computed from the noise draw and its atom mask
-  (never from ``x_t - f x0`` rebuilt in floating point, which pushes atoms inside the support: SPEC §3).
-* :class:`KacPath` (``ProcessPath`` on :class:`~kacnum.kac.KacProcess`): ``N = K`` a product of independent
-  1D Kac processes (switching rate ``a``, speed ``c``), the coordinate-wise Kac flow (SPEC §4).
-* :class:`FlightPath` (``ProcessPath`` on :class:`~kacnum.flight.PlanarFlight`): ``N`` the isotropic planar
-  random flight on pairs of coordinates (SPEC §14): isotropic in 2D, block-isotropic in even ``d``.
+  (never from ``x_t - f x0`` rebuilt in floating point, which pushes atoms inside the support: docs/mathematics.md §3).
+* :class:`KacPath` (``ProcessPath`` on :class:`~kacnum.processes.kac.KacProcess`): ``N = K`` a product of independent
+  1D Kac processes (switching rate ``a``, speed ``c``), the coordinate-wise Kac flow (docs/mathematics.md §4).
+* :class:`FlightPath` (``ProcessPath`` on :class:`~kacnum.processes.flight.PlanarFlight`): ``N`` the isotropic planar
+  random flight on pairs of coordinates (docs/mathematics.md §14): isotropic in 2D, block-isotropic in even ``d``.
 * :class:`GaussianPath`: rectified flow ``x_t = (1 - t/T) x0 + (t/T) ε``, target ``(ε - x0)/T``.
 * :class:`VPPath`: VP diffusion ``x_t = sqrt(ᾱ) x0 + sqrt(1 - ᾱ) ε`` trained by ε-prediction; the
   probability-flow velocity of an ε-prediction is :meth:`VPPath.eps_to_velocity`.
@@ -33,10 +33,10 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from kacnum._checks import check_finite, check_in_range, check_positive
-from kacnum.flight import PlanarFlight
-from kacnum.kac import KacProcess, bessel_ratio_term
-from kacnum.solvers import uniform_grid
+from kacnum.core.checks import check_finite, check_in_range, check_positive
+from kacnum.processes.flight import PlanarFlight
+from kacnum.processes.kac import KacProcess, bessel_ratio_term
+from kacnum.flows.grids import uniform_grid
 
 __all__ = [
     "PathSample",
@@ -253,7 +253,7 @@ class _BesselTable:
         Q(z) = I1(z) / (z I0(z))                (1/2 at z = 0, ~ 1/z as z → ∞)
 
     so that ``log p(t, y) = log(a/(2c)) + (z - at) + Ã(z) + log[(1 + at Q(z)) / sqrt(1 + 2πz)]`` and
-    ``v(t, y) = a y Q(z) / (1 + at Q(z))`` (SPEC §2–3 with ``ct/r · I1(z) = at · I1(z)/z``).
+    ``v(t, y) = a y Q(z) / (1 + at Q(z))`` (docs/mathematics.md §2–3 with ``ct/r · I1(z) = at · I1(z)/z``).
 
     Both are smooth bounded functions of ``s = z/(z + z0) ∈ [0, 1)``; on ``cells`` uniform cells in
     ``s`` each is a polynomial of degree ``degree`` through the ``degree + 1`` nearest nodes (values
@@ -396,7 +396,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 class _KacKernel:
-    """The per-block pieces of the exact fields of a path on :class:`~kacnum.kac.KacProcess` (blocks of one
+    """The per-block pieces of the exact fields of a path on :class:`~kacnum.processes.kac.KacProcess` (blocks of one
     coordinate): Bessel terms by table (:class:`_BesselTable`), atoms at ``±c g``."""
 
     block = 1
@@ -430,7 +430,7 @@ class _KacKernel:
     def gm_block(self, z: torch.Tensor, s: torch.Tensor, cg: torch.Tensor, ag: torch.Tensor,
                  nodes: int, width: float, velocity: bool):
         """One coordinate of a Gaussian-mixture component: the Kac law at ``g`` convolved with ``N(0, s²)`` at
-        ``z = x - f μ`` (SPEC §13). ``z: (R, K, d)``, ``s, cg, ag: (R, 1, 1)``. Returns ``(log H (R, K, d),
+        ``z = x - f μ`` (docs/mathematics.md §13). ``z: (R, K, d)``, ``s, cg, ag: (R, 1, 1)``. Returns ``(log H (R, K, d),
         E[z - y | z] (R, K, d), E[v | z] (R, K, d))`` (the last two ``None`` unless ``velocity``; ``z - y`` is
         ``s ξ``, the data's share of the offset).
 
@@ -480,7 +480,7 @@ class _KacKernel:
 
 
 class _FlightKernel:
-    """The per-block pieces of the exact fields of a path on :class:`~kacnum.flight.PlanarFlight` (blocks of
+    """The per-block pieces of the exact fields of a path on :class:`~kacnum.processes.flight.PlanarFlight` (blocks of
     two coordinates): closed-form density on the open disc, a circle atom at ``|y| = c g``."""
 
     block = 2
@@ -588,7 +588,7 @@ def _gm_pass(path: "ProcessPath", x: torch.Tensor, t: torch.Tensor, mu: torch.Te
              sigma: float, velocity: bool, nodes: Optional[int] = None, width: float = GM_WIDTH,
              chunk: int = 2 ** 21) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Log density ``(B,)`` and exact marginal velocity ``(B, d)`` of ``X_t = f X0 + N_g`` for Gaussian-mixture
-    data ``X0 ~ Σ_k w_k N(μ_k, σ² I)`` (SPEC §13), ``x: (B, d)`` float64, ``t: (B,)``, ``mu: (K, d)``.
+    data ``X0 ~ Σ_k w_k N(μ_k, σ² I)`` (docs/mathematics.md §13), ``x: (B, d)`` float64, ``t: (B,)``, ``mu: (K, d)``.
 
     Per component the law factorises over the process's blocks: block ``b`` is the process's law at ``g``
     convolved with ``N(f μ_kb, s² I)``, ``s = f σ`` (``path._kernel.gm_block``: a 1D quadrature per
@@ -964,8 +964,8 @@ class ProcessPath(ProbabilityPath):
                        weights: Optional[torch.Tensor] = None, *, data_sigma: float = 0.0,
                        chunk_size: Optional[int] = None, bessel: str = "table",
                        atom_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Exact marginal velocity for the data law ``Σ_i w_i δ_{x^(i)}`` (SPEC §4), or, with
-        ``data_sigma = σ > 0``, for the Gaussian mixture ``Σ_i w_i N(x^(i), σ² I)`` (SPEC §13, :func:`_gm_pass`:
+        """Exact marginal velocity for the data law ``Σ_i w_i δ_{x^(i)}`` (docs/mathematics.md §4), or, with
+        ``data_sigma = σ > 0``, for the Gaussian mixture ``Σ_i w_i N(x^(i), σ² I)`` (docs/mathematics.md §13, :func:`_gm_pass`:
         no atoms, a Lipschitz field; ``σ → 0`` recovers the finite-data field away from the atoms).
 
             u(t, x) = Σ_i w_i p_i(x) u(t, x | x^(i)) / Σ_i w_i p_i(x),
@@ -996,7 +996,7 @@ class ProcessPath(ProbabilityPath):
             atom_mask: ``(B, *D)`` bool, the sampler's mask of the same draw (``PathSample.atom_mask``).
                 When given, the law's atoms are counted exactly (stratified by face sets, see
                 :func:`_velocity_with_atoms`): use it for points drawn from the path, whose atoms
-                ``f x0 + N - f x0`` rounding would otherwise move inside the open support (SPEC §3). ``t``
+                ``f x0 + N - f x0`` rounding would otherwise move inside the open support (docs/mathematics.md §3). ``t``
                 must then be one float.
 
         Returns:
@@ -1055,7 +1055,7 @@ class ProcessPath(ProbabilityPath):
 
 
 class KacPath(ProcessPath):
-    """Kac flow path ``X_t = f(t) X0 + K_{g(t)}`` (SPEC §4); data at ``t = 0``, latent at ``t = T``.
+    """Kac flow path ``X_t = f(t) X0 + K_{g(t)}`` (docs/mathematics.md §4); data at ``t = 0``, latent at ``t = T``.
 
     Args:
         a: switching rate ``a > 0`` (default 9; the Kac-flow code's value, ``c²/a = 1``).
@@ -1066,7 +1066,7 @@ class KacPath(ProcessPath):
         t_eps: training times are ``U[t_eps, T)`` (default 0: the Kac target is bounded at ``t = 0``).
 
     ``K`` has independent 1D Kac coordinates with the same ``(a, c)``: ``.process`` is the
-    :class:`~kacnum.kac.KacProcess`. The conditional target is
+    :class:`~kacnum.processes.kac.KacProcess`. The conditional target is
     ``u(t, x | x0) = f'(t) x0 + g'(t) v(g(t), x - f(t) x0)``, so ``|u - f' x0| ≤ c |g'|`` per coordinate.
     The coordinate-wise case of :class:`ProcessPath` (blocks of one coordinate; Bessel tables).
     """
@@ -1077,10 +1077,10 @@ class KacPath(ProcessPath):
 
 
 class FlightPath(ProcessPath):
-    """Isotropic Kac flow ``X_t = f(t) X0 + F_{g(t)}`` on the planar random flight (SPEC §14).
+    """Isotropic Kac flow ``X_t = f(t) X0 + F_{g(t)}`` on the planar random flight (docs/mathematics.md §14).
 
     Args:
-        a: event rate ``λ > 0`` of :class:`~kacnum.flight.PlanarFlight` (direction redrawn uniformly on the
+        a: event rate ``λ > 0`` of :class:`~kacnum.processes.flight.PlanarFlight` (direction redrawn uniformly on the
             circle at each event; default 9: with ``c = 3`` the diffusion limit has ``c²/λ = 1`` per
             coordinate, as the default Kac path).
         c: speed ``c > 0`` (default 3). T, f, g, t_eps: as :class:`KacPath`.
@@ -1101,7 +1101,7 @@ class FlightPath(ProcessPath):
 def _velocity_with_atoms(path: ProcessPath, x: torch.Tensor, t: float, support: torch.Tensor,
                          atom_mask: torch.Tensor, weights: Optional[torch.Tensor] = None,
                          rel_tol: float = 1e-12, chunk: int = 2 ** 18) -> torch.Tensor:
-    """Exact marginal velocity of a process path at sampled points, atoms included (SPEC §3–4, §14).
+    """Exact marginal velocity of a process path at sampled points, atoms included (docs/mathematics.md §3–4, §14).
 
     The law of ``X_t`` splits into strata: for a set ``m`` of blocks on their atoms (a face ``|y| = c g``
     for Kac, the circle for the flight), component ``i`` puts mass ``w_i A^{|m|} Π_{b∉m} p(g, y_ib)`` on the
@@ -1208,7 +1208,7 @@ def gaussian_posterior_mean(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.T
 
 
 class GaussianPath(ProbabilityPath):
-    """Rectified flow / Gaussian flow matching ``x_t = (1 - t/T) x0 + (t/T) ε``, target ``(ε - x0)/T`` (SPEC §9).
+    """Rectified flow / Gaussian flow matching ``x_t = (1 - t/T) x0 + (t/T) ε``, target ``(ε - x0)/T`` (docs/mathematics.md §9).
 
     Args:
         T: horizon. t_eps: training times ``U[t_eps, T)`` (default 0).
@@ -1295,7 +1295,7 @@ class GaussianPath(ProbabilityPath):
 
 
 class VPPath(ProbabilityPath):
-    """VP diffusion ``x_t = sqrt(ᾱ(t)) x0 + sqrt(1 - ᾱ(t)) ε`` trained with ε-prediction (SPEC §9).
+    """VP diffusion ``x_t = sqrt(ᾱ(t)) x0 + sqrt(1 - ᾱ(t)) ε`` trained with ε-prediction (docs/mathematics.md §9).
 
     Noise rate (linear in ``t/T``, so ``ᾱ`` depends on ``t/T`` only; ``T = 1`` is Song et al.'s VP-SDE):
 
@@ -1307,7 +1307,7 @@ class VPPath(ProbabilityPath):
     Conditional path and targets (``m = sqrt(ᾱ)``, ``σ = sqrt(1 - ᾱ)``, ``m' = -β m/2``,
     ``σ' = β ᾱ/(2σ)``):
 
-    * ``PathSample.noise`` is ``ε``: the target of the ε-loss (:class:`kacnum.losses.EpsilonLoss`);
+    * ``PathSample.noise`` is ``ε``: the target of the ε-loss (:class:`kacnum.flows.losses.EpsilonLoss`);
     * ``PathSample.u_t = m' x0 + σ' ε``, the velocity of the conditional path. Its conditional
       expectation is the probability-flow velocity ``dx/dt = -½ β(t) [x - ε̂(x, t)/σ(t)]``, with
       ``ε̂ = E[ε | x_t = x]`` (:meth:`eps_to_velocity`): since ``m E[x0|x] = x - σ ε̂`` and
@@ -1373,7 +1373,7 @@ class VPPath(ProbabilityPath):
         return -0.5 * self.beta(t) * (x - eps / self.sigma(t))
 
     def velocity_field(self, eps_model):
-        """``field(x, t) = eps_to_velocity(x, t, eps_model(x, t))`` for ``kacnum.solvers.integrate``."""
+        """``field(x, t) = eps_to_velocity(x, t, eps_model(x, t))`` for ``kacnum.flows.solvers.integrate``."""
 
         def field(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.eps_to_velocity(x, t, eps_model(x, t))

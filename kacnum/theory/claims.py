@@ -1,4 +1,4 @@
-"""Numerical checks of the claims of SPEC §8: every number the claim scripts print is computed here.
+"""Numerical checks of the claims of docs/mathematics.md §8: every number the claim scripts print is computed here.
 
 The scripts ``experiments/{finite_speed,kinetic_energy,wasserstein_lipschitz,diffusion_limit,
 guidance_integrability}.py`` are thin loops over these functions; the notebooks and
@@ -10,7 +10,7 @@ Claims and where they are measured
 * Finite speed (:func:`cone_ratio`, :func:`finite_speed_samples`, :func:`pde_finite_speed_1d`,
   :func:`pde_leak_2d`): ``supp ρ_t ⊂ f(t) supp ρ_data + [-c g(t), c g(t)]^d``. For a sample ``x`` the
   normalised distance to that set is ``min_i max_j |x_j - f(t) x^(i)_j| / (c g(t))`` (``<= 1`` inside).
-  For the flight (:class:`~kacnum.paths.FlightPath`) the set is ``f(t) supp + disc(c g(t))`` per pair: the
+  For the flight (:class:`~kacnum.flows.paths.FlightPath`) the set is ``f(t) supp + disc(c g(t))`` per pair: the
   same distance with the Euclidean norm of each pair (``cone_ratio(..., block=2)``).
   PDE solutions from compact data vanish outside the cone; the heat equation's do not (erfc tails).
 * Kinetic energy (:func:`kinetic_energy_curve`, :func:`kac_dirac_kinetic_energy`,
@@ -30,7 +30,7 @@ Claims and where they are measured
 
 Atoms. The Kac law of finite data puts mass ``e^{-a g}`` per coordinate on the faces of the cones. The
 exact marginal velocity on a face is the atom velocity ``f' x0 + g' c sign(y)`` of the components that
-put mass there, which :func:`kac_velocity_with_atoms` computes from the sampler's atom mask (SPEC §3:
+put mass there, which :func:`kac_velocity_with_atoms` computes from the sampler's atom mask (docs/mathematics.md §3:
 never from ``|x - f x0| ≈ c g`` after rounding). ``KacPath.exact_velocity`` takes no mask; its value on
 sampled atoms is reported next to it.
 """
@@ -43,13 +43,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kacnum._checks import check_nonnegative, check_positive
-from kacnum.guidance import GuidedField, guidance_bound, guided_kinetic_energy
-from kacnum.kac import KacProcess, kac_density_scaled
-from kacnum.flight import PlanarFlight
-from kacnum.paths import KacPath, PathSample, ProbabilityPath, ProcessPath
-from kacnum.paths import gaussian_posterior_mean  # the Gaussian-mixture posterior (shared)
-from kacnum.telegrapher import (
+from kacnum.core.checks import check_nonnegative, check_positive
+from kacnum.flows.guidance import GuidedField, guidance_bound, guided_kinetic_energy
+from kacnum.processes.kac import KacProcess, kac_density_scaled
+from kacnum.processes.flight import PlanarFlight
+from kacnum.flows.paths import KacPath, PathSample, ProbabilityPath, ProcessPath
+from kacnum.flows.paths import gaussian_posterior_mean  # the Gaussian-mixture posterior (shared)
+from kacnum.processes.telegrapher import (
     bump,
     fit_order,
     heat_limit_l1,
@@ -58,7 +58,7 @@ from kacnum.telegrapher import (
     solve_telegrapher_1d,
     solve_telegrapher_2d,
 )
-from kacnum.transport import wasserstein_1d, wasserstein_empirical
+from kacnum.theory.transport import wasserstein_1d, wasserstein_empirical
 
 __all__ = [
     "DiffusionLimitPath",
@@ -158,7 +158,7 @@ def labelled_grid_support(spacing: float = 1.5, dtype=_F64, device=None) -> Tupl
 
 
 def data_bound(support: torch.Tensor) -> float:
-    """``sup |x0|`` per coordinate: ``max_{i,j} |x^(i)_j|`` (the ``sup|x0|`` of SPEC §8)."""
+    """``sup |x0|`` per coordinate: ``max_{i,j} |x^(i)_j|`` (the ``sup|x0|`` of docs/mathematics.md §8)."""
     return float(support.abs().max())
 
 
@@ -166,7 +166,7 @@ def sample_path(path: ProbabilityPath, x0: torch.Tensor, t: float,
                 generator: Optional[torch.Generator] = None) -> PathSample:
     """``path.sample(x0, t, generator)`` for one time ``t`` shared by all rows.
 
-    For a :class:`~kacnum.paths.ProcessPath` (Kac, flight) the noise is drawn with ONE scalar time
+    For a :class:`~kacnum.flows.paths.ProcessPath` (Kac, flight) the noise is drawn with ONE scalar time
     (``path.sample_noise(g(t), x0.shape, ..., return_atoms=True)``: for Kac one quantile table) and the
     target is ``path.conditional_velocity(x0, t, N, atom_mask)``: the same law and the same composition as
     ``path.sample``, which for Kac builds one quantile table per row (about 100x slower when every row has
@@ -186,17 +186,17 @@ def sample_path(path: ProbabilityPath, x0: torch.Tensor, t: float,
 class DiffusionLimitPath(ProbabilityPath):
     """The diffusion limit of a Kac path: ``X_t = f(t) X0 + σ W_{g(t)}``, ``σ² = c²/a`` (same ``f``, ``g``).
 
-    Also of a :class:`~kacnum.paths.FlightPath`: the planar flight with event rate ``λ = a`` has per-coordinate
+    Also of a :class:`~kacnum.flows.paths.FlightPath`: the planar flight with event rate ``λ = a`` has per-coordinate
     variance ``(c²/λ²)(λt - 1 + e^{-λt}) ~ (c²/a) t``, the same ``σ²``.
 
-    This is the "diffusion on the same data" of SPEC §3/§8: the Kac process replaced by the Brownian motion
+    This is the "diffusion on the same data" of docs/mathematics.md §3/§8: the Kac process replaced by the Brownian motion
     it converges to (``K_t ⇒ σ W_t``). With ``s(t) = σ sqrt(g(t))`` the conditional law is
     ``N(f x0, s² I)``; the marginal (probability-flow) velocity for the data ``Σ_i w_i δ_{x^(i)}`` is
 
         u(t, x) = f'(t) m(x) + (g'(t) / (2 g(t))) (x - f(t) m(x)),      m(x) = E[x0 | X_t = x],
 
     (``s'/s = g'/(2g)``). For a Dirac at 0 and ``f = 1``, ``g = t``: ``E|u|² = d σ²/(4t)``, the diffusion
-    numbers of SPEC §3. Times in ``(0, T]`` (``g(0) = 0`` divides).
+    numbers of docs/mathematics.md §3. Times in ``(0, T]`` (``g(0) = 0`` divides).
     """
 
     t_open_at_zero = True
@@ -279,7 +279,7 @@ def finite_speed_samples(paths: Dict[str, ProbabilityPath], kac: ProcessPath, su
                          times: Sequence[float], n: int, generator: torch.Generator,
                          weights: Optional[torch.Tensor] = None) -> List[dict]:
     """Samples of every path at every ``t``, measured against the cone of ``kac``: ``f(t) supp + [-c g, c g]^d``
-    for a :class:`KacPath`, ``f(t) supp + disc(c g)`` per pair for a :class:`~kacnum.paths.FlightPath`.
+    for a :class:`KacPath`, ``f(t) supp + disc(c g)`` per pair for a :class:`~kacnum.flows.paths.FlightPath`.
 
     ``paths``: name -> path with ``sample(x0, t, generator)`` (Kac, flight, diffusion limit, Gaussian FM, VP).
     The data are ``stratified_data(support, weights, n)``; the cone is always ``kac``'s, so the other
@@ -375,7 +375,7 @@ def kac_dirac_kinetic_energy(a: float, c: float, t: float, panels: int = 64, nod
 
     The integrand is analytic in ``y`` on the closed cone (``p`` and ``v`` are functions of ``y²`` and
     ``z²``), so composite Gauss–Legendre on ``[0, min(ct, 12 sd)]`` (doubled by symmetry) converges
-    fast; the atoms ``±ct`` carry ``e^{-at}`` with ``v = ±c``. SPEC §3: a = 9, c = 3 gives 8.92, 8.23,
+    fast; the atoms ``±ct`` carry ``e^{-at}`` with ``v = ±c``. docs/mathematics.md §3: a = 9, c = 3 gives 8.92, 8.23,
     3.81, 0.27 at t = 1e-3, 1e-2, 0.1, 1.
     """
     kp = KacProcess(a, c)
@@ -392,7 +392,7 @@ def kac_dirac_kinetic_energy(a: float, c: float, t: float, panels: int = 64, nod
 
 
 def flight_dirac_kinetic_energy(lam: float, c: float, t: float, panels: int = 32, nodes: int = 16) -> float:
-    """``E|u(t, F_t)|²`` of the planar flight from 0 (one pair), ``u = c y/(ct + q)`` (SPEC §14).
+    """``E|u(t, F_t)|²`` of the planar flight from 0 (one pair), ``u = c y/(ct + q)`` (docs/mathematics.md §14).
 
     In the radial variable ``w = ct - q`` the continuous part has law ``(λ/c) e^{-λw/c} dw`` on ``[0, ct)``
     and ``|u|² = c² w/(2ct - w)``; the circle atom ``e^{-λt}`` has ``|u| = c``:
@@ -426,7 +426,7 @@ def kac_velocity_with_atoms(path: ProcessPath, x: torch.Tensor, t: float, suppor
 
 
 def kinetic_energy_bound(path: KacPath, t: float, data_bound_: float, d: int) -> float:
-    """SPEC §8: ``d (|f'(t)| sup|x0| + c |g'(t)|)²`` (``path.speed_bound`` squared, times ``d``)."""
+    """docs/mathematics.md §8: ``d (|f'(t)| sup|x0| + c |g'(t)|)²`` (``path.speed_bound`` squared, times ``d``)."""
     return d * float(path.speed_bound(float(t), data_bound_)) ** 2
 
 
@@ -442,7 +442,7 @@ def block_data_bound(support: torch.Tensor, block: int) -> float:
 def path_kinetic_energy_bound(path: ProcessPath, t: float, support: torch.Tensor) -> float:
     """The energy bound of ``path``'s own speed limit: ``(d/block) (|f'| max_b |x0_b| + c |g'|)²``.
 
-    Kac (block 1): SPEC §8's ``d (|f'| sup|x0| + c g')²``. Flight (block 2): the speed is ``c`` per pair in
+    Kac (block 1): docs/mathematics.md §8's ``d (|f'| sup|x0| + c g')²``. Flight (block 2): the speed is ``c`` per pair in
     the Euclidean norm, so ``(d/2)(|f'| max|x0_pair| + c g')²`` (half the Kac bound at ``x0 = 0``)."""
     k = path.block_size
     d = support[0].numel()
@@ -478,7 +478,7 @@ def kinetic_energy_mc(path: ProbabilityPath, support: torch.Tensor, t: float, n:
 def kinetic_energy_curve(paths: Dict[str, ProbabilityPath], kac: KacPath, support: torch.Tensor,
                          times: Sequence[float], n: int, generator: torch.Generator,
                          weights: Optional[torch.Tensor] = None, progress: bool = True) -> List[dict]:
-    """:func:`kinetic_energy_mc` for every path and time, with the SPEC §8 bound of the Kac path.
+    """:func:`kinetic_energy_mc` for every path and time, with the docs/mathematics.md §8 bound of the Kac path.
 
     One row per (path, t): the fields of :func:`kinetic_energy_mc`, ``bound`` =
     :func:`kinetic_energy_bound` (``kac``, ``sup|x0|`` of the support) and ``ratio = energy / bound``
@@ -566,7 +566,7 @@ def kac_wasserstein_1d(process: KacProcess, times: Sequence[float], ps: Sequence
 
 
 def wasserstein_path_bound(path: ProcessPath, s: float, t: float, x0_norm_p: float, d: int) -> float:
-    """SPEC §8: ``|f(t) - f(s)| ‖X0‖_p + c √d |g(t) - g(s)|`` (Kac); ``c √(d/2)`` for the flight (speed ``c``
+    """docs/mathematics.md §8: ``|f(t) - f(s)| ‖X0‖_p + c √d |g(t) - g(s)|`` (Kac); ``c √(d/2)`` for the flight (speed ``c``
     per pair: ``|N_t - N_s| <= c √(d/2) |t - s|``)."""
     k = getattr(path, "block_size", 1)
     return abs(path.f(t) - path.f(s)) * x0_norm_p + path.c * math.sqrt(d / k) * abs(path.g(t) - path.g(s))
@@ -594,7 +594,7 @@ def coupled_kac_samples(path: ProcessPath, x0: torch.Tensor, times: Sequence[flo
 
 def kac_path_wasserstein(path: ProcessPath, support: torch.Tensor, times: Sequence[float], ps: Sequence[float],
                          n: int, generator: torch.Generator, weights: Optional[torch.Tensor] = None) -> List[dict]:
-    """``W_p(ρ_s, ρ_t)`` of a Kac path on finite data against ``|Δf| ‖X0‖_p + c√d |Δg|`` (SPEC §8); a flight
+    """``W_p(ρ_s, ρ_t)`` of a Kac path on finite data against ``|Δf| ‖X0‖_p + c√d |Δg|`` (docs/mathematics.md §8); a flight
     path against ``|Δf| ‖X0‖_p + c√(d/2) |Δg|`` (:func:`wasserstein_path_bound`).
 
     Samples: ``n`` stratified data points and coupled Kac paths (:func:`coupled_kac_samples`), so the two
@@ -764,7 +764,7 @@ class ExactLabelledField:
 def guidance_integrability(path: KacPath, support: torch.Tensor, labels: torch.Tensor, scales: Sequence[float],
                            n: int, n_steps: int, generator: torch.Generator, method: str = "ab2",
                            progress: bool = True) -> Tuple[List[dict], Dict[float, dict]]:
-    """Guided trajectories of the exact labelled Kac fields, their energy and speed against SPEC §5.
+    """Guided trajectories of the exact labelled Kac fields, their energy and speed against docs/mathematics.md §5.
 
     For each scale ``s``: ``n`` latent draws ``path.sample_latent`` (balanced labels), integrated from
     ``T`` to 0 with ``n_steps`` steps of ``method`` through ``GuidedField(ExactLabelledField, s)``; at every

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from kacnum._checks import check_in_range, check_positive
+from kacnum.core.checks import check_in_range, check_positive
 
 __all__ = [
     "UNetConfig",
@@ -70,7 +70,7 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------
-# Embeddings and input checks shared with kacnum.models.mlp
+# Embeddings and input checks shared with kacnum.images.models.mlp
 # --------------------------------------------------------------------------------------------
 def timestep_features(
     t: torch.Tensor, dim: int, T: float = 1.0, time_scale: float = 1000.0, max_period: float = 10000.0

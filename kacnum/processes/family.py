@@ -1,16 +1,16 @@
 """The noise processes of the Kac flows: one family behind one small interface.
 
-A Kac-flow path is ``X_t = f(t) X0 + N_{g(t)}`` (:class:`kacnum.paths.ProcessPath`), where ``N`` is a
+A Kac-flow path is ``X_t = f(t) X0 + N_{g(t)}`` (:class:`kacnum.flows.paths.ProcessPath`), where ``N`` is a
 finite-speed random process started at 0 whose ``d`` coordinates fall into independent *blocks* of
 ``block_size`` coordinates, all with the same law:
 
 ================  ==========  ===============================================  ==========================
 process           block size  law of a block at time t                         path
 ================  ==========  ===============================================  ==========================
-``KacProcess``    1           the 1D Kac law (telegrapher equation): atoms     :class:`~kacnum.paths.KacPath`
-(``kacnum.kac``)              ``e^{-at}/2`` at ``±ct``, density on ``|y|<ct``  (coordinate-wise Kac flow)
-``PlanarFlight``  2           the isotropic planar random flight: a circle     :class:`~kacnum.paths.FlightPath`
-(``kacnum.flight``)           atom ``e^{-λt}`` on ``|y| = ct``, density on     (isotropic / block-isotropic
+``KacProcess``    1           the 1D Kac law (telegrapher equation): atoms     :class:`~kacnum.flows.paths.KacPath`
+(``kacnum.processes.kac``)              ``e^{-at}/2`` at ``±ct``, density on ``|y|<ct``  (coordinate-wise Kac flow)
+``PlanarFlight``  2           the isotropic planar random flight: a circle     :class:`~kacnum.flows.paths.FlightPath`
+(``kacnum.processes.flight``)           atom ``e^{-λt}`` on ``|y| = ct``, density on     (isotropic / block-isotropic
                               the open disc ``|y| < ct``                       in even ``d``)
 ================  ==========  ===============================================  ==========================
 
@@ -18,7 +18,7 @@ Both move at speed ``c`` (``|dN/dt| = c`` per block: in the max norm for Kac, th
 flight), so ``supp N_t`` is the product of the blocks' balls of radius ``ct`` in the block norm
 (:meth:`block_norm`): the cube ``[-ct, ct]^d`` for Kac, the product of discs for the flight.
 
-The interface (:class:`NoiseProcess`) is what :class:`~kacnum.paths.ProcessPath` uses:
+The interface (:class:`NoiseProcess`) is what :class:`~kacnum.flows.paths.ProcessPath` uses:
 
 * ``a``, ``c``: rate and speed; ``block_size``: 1 or 2;
 * ``sample(t, shape, generator=None, return_atoms=False, dtype=None, device=None)``: exact draws, the
@@ -31,7 +31,7 @@ The interface (:class:`NoiseProcess`) is what :class:`~kacnum.paths.ProcessPath`
 * ``block_norm(y)``: ``(..., block_size) -> (...)``; ``atom_mass(t)``: the mass of one block's atom.
 
 Fast paths stay with each process: the Kac path evaluates its Bessel terms through piecewise-polynomial
-tables and the exact finite-data fields are chunked the same way for both (``kacnum.paths``).
+tables and the exact finite-data fields are chunked the same way for both (``kacnum.flows.paths``).
 """
 from __future__ import annotations
 
@@ -39,18 +39,18 @@ from typing import Optional, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 
-from kacnum.flight import PlanarFlight
-from kacnum.kac import KacProcess
+from kacnum.processes.flight import PlanarFlight
+from kacnum.processes.kac import KacProcess
 
 __all__ = ["NoiseProcess", "KacProcess", "PlanarFlight", "PROCESSES", "make_process"]
 
-#: process name -> class (the names of ``kacnum.train.PATH_KINDS`` for the Kac-flow paths)
+#: process name -> class (the names of ``kacnum.images.train.PATH_KINDS`` for the Kac-flow paths)
 PROCESSES = {"kac": KacProcess, "flight": PlanarFlight}
 
 
 @runtime_checkable
 class NoiseProcess(Protocol):
-    """What :class:`kacnum.paths.ProcessPath` needs of its noise process (see the module docstring)."""
+    """What :class:`kacnum.flows.paths.ProcessPath` needs of its noise process (see the module docstring)."""
 
     a: float
     c: float

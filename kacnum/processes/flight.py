@@ -1,4 +1,4 @@
-"""The planar random flight: an isotropic Kac process in 2D (SPEC §14).
+"""The planar random flight: an isotropic Kac process in 2D (docs/mathematics.md §14).
 
 A particle starts at 0 and moves at speed ``c`` in a direction drawn uniformly on the circle; the direction
 is redrawn (uniformly, independently) at the events of a Poisson process of rate ``λ``. In the API the rate
@@ -41,7 +41,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._checks import as_tensor, check_finite, check_positive, check_times
+from kacnum.core.checks import as_tensor, check_finite, check_positive, check_times
 
 TimeLike = Union[float, int, torch.Tensor]
 
@@ -79,7 +79,7 @@ def _per_coordinate_variance(lam: float, c: float, t64: torch.Tensor) -> torch.T
 
 
 class PlanarFlight:
-    """The planar random flight with event rate ``a = λ`` and speed ``c``, started at 0 (SPEC §14).
+    """The planar random flight with event rate ``a = λ`` and speed ``c``, started at 0 (docs/mathematics.md §14).
 
     Args:
         a: rate ``λ > 0`` of the Poisson events at which the direction is redrawn uniformly on the circle.
@@ -87,7 +87,7 @@ class PlanarFlight:
             event rate itself.)
         c: speed ``c > 0``; paths are piecewise linear with ``|dX/dt| = c``, so ``|X_t| ≤ ct``.
 
-    Conventions (those of :class:`~kacnum.kac.KacProcess`):
+    Conventions (those of :class:`~kacnum.processes.kac.KacProcess`):
 
     * points of the plane are pairs along the last dimension. ``density``/``log_density`` take ``x`` of
       shape ``(..., 2)`` and return ``(...)``; ``t`` broadcasts to ``x.shape[:-1]`` (it may not enlarge it).

@@ -1,6 +1,6 @@
-"""Progressive distillation (Salimans & Ho 2022) of the VP/DDIM baseline (SPEC §9).
+"""Progressive distillation (Salimans & Ho 2022) of the VP/DDIM baseline (docs/mathematics.md §9).
 
-VP path (``kacnum.paths.VPPath``): ``z_t = α_t x + σ_t ε`` with ``α_t = sqrt(ᾱ(t))``,
+VP path (``kacnum.flows.paths.VPPath``): ``z_t = α_t x + σ_t ε`` with ``α_t = sqrt(ᾱ(t))``,
 ``σ_t = sqrt(1 - ᾱ(t))``. A network output ``o = model(z_t, t, y)`` is read, according to its
 parameterisation, as a data prediction ``x̂`` and a noise prediction ``ε̂`` (always with
 ``z_t = α_t x̂ + σ_t ε̂``):
@@ -32,9 +32,9 @@ With an exact ε-model for single-point data ``x = c`` every DDIM step predicts 
 
 Rounds. ``schedule = (N_0, N_0/2, ..., N_R)``, e.g. ``(16, 8, 4, 2, 1)``: round ``r`` trains an
 ``N_r``-step student on the uniform grid ``T = t_0 > ... > t_{N_r} = t_min`` against the teacher's
-two steps per student step on the subdivided grid (``kacnum.solvers.subdivide_grid``). The teacher
-of round 1 is the (optionally guided, SPEC §5, ε-space) base model sampled with ``N_0`` DDIM steps:
-exactly :func:`kacnum.solvers.ddim_sample` on ``path.default_time_grid(N_0)``. The teacher of round
+two steps per student step on the subdivided grid (``kacnum.flows.solvers.subdivide_grid``). The teacher
+of round 1 is the (optionally guided, docs/mathematics.md §5, ε-space) base model sampled with ``N_0`` DDIM steps:
+exactly :func:`kacnum.flows.solvers.ddim_sample` on ``path.default_time_grid(N_0)``. The teacher of round
 ``r ≥ 2`` is the round ``r-1`` student (EMA weights). Every student is initialised from its
 teacher's weights; when the parameterisation differs from the base model's ``eps`` the first
 round's student starts with a mismatched output head (documented cost: the first round relearns
@@ -68,15 +68,15 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from kacnum._checks import (check_finite_number, check_in_range, check_int, check_nonnegative, check_positive,
+from kacnum.core.checks import (check_finite_number, check_in_range, check_int, check_nonnegative, check_positive,
                             per_stage_counts)
-from kacnum.checkpoint import save_checkpoint, save_json
-from kacnum.distill import StudentTraining, _rows, _StudentCheckpoints
-from kacnum.guidance import GuidedField
-from kacnum.paths import VPPath
-from kacnum.progress import Progress
-from kacnum.solvers import subdivide_grid
-from kacnum.train import derive_seed
+from kacnum.core.checkpoint import save_checkpoint, save_json
+from kacnum.students.distill import StudentTraining, _rows, _StudentCheckpoints
+from kacnum.flows.guidance import GuidedField
+from kacnum.flows.paths import VPPath
+from kacnum.core.progress import Progress
+from kacnum.flows.solvers import subdivide_grid
+from kacnum.core.seeds import derive_seed
 
 __all__ = [
     "PARAMETERIZATIONS",
@@ -207,7 +207,7 @@ def pd_sample(model: Callable, path: VPPath, latent: torch.Tensor, steps: int, p
               null_label: Optional[int] = None) -> torch.Tensor:
     """``steps`` DDIM steps of ``model`` (read as ``parameterization``) from ``latent: (B, ...)`` at ``T``
     down to ``t_min`` (default ``path.t_min_default``) on the uniform grid; returns ``z_{t_min}``.
-    With ``parameterization="eps"`` this equals :func:`kacnum.solvers.ddim_sample` (η = 0)."""
+    With ``parameterization="eps"`` this equals :func:`kacnum.flows.solvers.ddim_sample` (η = 0)."""
     grid = path.default_time_grid(steps, t_min, dtype=latent.dtype, device=latent.device)
     net = _Net(model, path, parameterization, guidance_scale, null_label)
     times = [grid[i].expand(latent.shape[0]) for i in range(grid.numel())]
@@ -227,13 +227,13 @@ class ProgressiveConfig:
         steps_per_round: optimiser steps per round (int, or one per round).
         batch_size, lr, weight_decay, grad_clip: AdamW (clip 0 = off).
         lr_schedule: ``"constant"`` or ``"cosine"`` (per round, to 0 at its end).
-        ema_decay, ema_warmup: :class:`kacnum.distill.EMA`; the EMA is the round's result.
+        ema_decay, ema_warmup: :class:`kacnum.students.distill.EMA`; the EMA is the round's result.
         parameterization: the students' output (``"v"`` default, ``"x"``, ``"eps"``).
         base_parameterization: the base model's output (``"eps"`` for the VP baseline).
         guidance_scale: ε-space guidance of the base teacher (used when labels are given).
         p_uncond: probability of the null label for a training row. Default 0: the students are
             always sampled with labels (:meth:`ProgressiveDistiller.sample` in the pipeline), as the
-            DistillKac students are (:class:`kacnum.distill.DistillConfig`); 0.1 was the default before.
+            DistillKac students are (:class:`kacnum.students.distill.DistillConfig`); 0.1 was the default before.
         t_min: last grid time (``None``: ``path.t_min_default``).
         clip_x: clamp the target ``x̃`` to ``[-clip_x, clip_x]`` (the data range; ``ε̃`` is recomputed
             from it), or ``None``. Needed for an ε-parameterised base: its implied data prediction
@@ -304,7 +304,7 @@ class ProgressiveDistiller(_StudentCheckpoints):
 
     Args:
         teacher: base network (``nn.Module``; copied and frozen); students are copies of it.
-        path: a :class:`~kacnum.paths.VPPath`.
+        path: a :class:`~kacnum.flows.paths.VPPath`.
         data: ``(n, ...)`` training data (dtype and device used throughout).
         labels: ``(n,)`` long or None.
         config: :class:`ProgressiveConfig`.

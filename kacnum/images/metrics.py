@@ -73,9 +73,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from kacnum.progress import Progress
+from kacnum.core.progress import Progress
 
-from kacnum._checks import check_finite, check_in_range, check_positive
+from kacnum.core.checks import check_finite, check_in_range, check_positive
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 

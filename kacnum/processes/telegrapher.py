@@ -1,4 +1,4 @@
-"""Solvers and exact solutions for the damped wave (telegrapher) equation (SPEC §1–2).
+"""Solvers and exact solutions for the damped wave (telegrapher) equation (docs/mathematics.md §1–2).
 
     ∂tt u + 2a ∂t u = c² Δu,        a > 0 (switching rate), c > 0 (speed)
 
@@ -21,7 +21,7 @@ exactly one cell per step (finite speed to round-off) and both sub-steps are con
 
 :func:`exact_solution_1d` is the reference: ``u(t) = law(K_t) * u0`` plus, for ``u1``, the Duhamel
 term ``∫_0^t e^{-2a(t-s)} (law(K_s) * u1) ds``, computed by Gauss–Legendre quadrature with the exact
-law from :class:`kacnum.kac.KacProcess` (atoms ``e^{-at}/2`` at ``±ct`` and the density inside).
+law from :class:`kacnum.processes.kac.KacProcess` (atoms ``e^{-at}/2`` at ``±ct`` and the density inside).
 
 Two dimensions (isotropic): :func:`solve_telegrapher_2d`, a three-level central scheme on a periodic
 square box (leapfrog in time for ``∂tt``, centred ``(u^{n+1} - u^{n-1})/(2dt)`` for the damping, 5-point
@@ -29,7 +29,7 @@ or spectral Laplacian): second order in space and time. It is NOT exactly finite
 moves information one cell per step (numerical speed ``c/cfl > c``) and dispersion leaks a little mass
 outside the light cone; :func:`mass_outside_cone_2d` measures how much.
 
-Diffusion limit (SPEC §1): ``a, c → ∞`` with ``c²/a = σ²`` fixed gives the heat equation
+Diffusion limit (docs/mathematics.md §1): ``a, c → ∞`` with ``c²/a = σ²`` fixed gives the heat equation
 ``∂t u = D ∂xx u`` with ``D = c²/(2a) = σ²/2``; :func:`heat_limit_l1` measures the L1 distance.
 """
 from __future__ import annotations
@@ -41,8 +41,8 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ._checks import check_finite, check_nonnegative, check_positive
-from .kac import KacProcess
+from kacnum.core.checks import check_finite, check_nonnegative, check_positive
+from kacnum.processes.kac import KacProcess
 
 __all__ = [
     "Telegrapher1DSolution",

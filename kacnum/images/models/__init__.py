@@ -5,7 +5,7 @@ exposes ``model.num_classes``, ``model.null_label`` (``== num_classes``, the cla
 guidance label; ``y=None`` means it), ``model.T`` and ``model.config`` (a frozen dataclass that
 :func:`make_model` / ``from_config`` rebuild the network from).
 
-Named presets (parameter counts in :mod:`kacnum.models.unet`)::
+Named presets (parameter counts in :mod:`kacnum.images.models.unet`)::
 
     model = make_model("cifar10_kacflow")                  # the Kac-flow paper's CIFAR-10 UNet
     model = make_model("mnist_small", num_classes=0)       # override any config field
@@ -17,8 +17,8 @@ from typing import Union
 
 from torch import nn
 
-from kacnum.models.mlp import MLP, MLPConfig
-from kacnum.models.unet import UNet, UNetConfig, count_parameters
+from kacnum.images.models.mlp import MLP, MLPConfig
+from kacnum.images.models.unet import UNet, UNetConfig, count_parameters
 
 __all__ = ["UNet", "UNetConfig", "MLP", "MLPConfig", "PRESETS", "make_model", "count_parameters"]
 

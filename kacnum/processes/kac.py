@@ -2,7 +2,7 @@
 
 ``K_t = S c \\int_0^t (-1)^{N_s} ds`` with ``S = ±1`` uniform and ``N`` a Poisson process of rate ``a``
 (the switching rate). ``c`` is the speed. The law of ``K_t`` is the fundamental solution of the damped
-wave equation ``∂tt u + 2a ∂t u = c² ∂xx u`` with ``u(0) = δ_0``, ``∂t u(0) = 0`` (SPEC §1–3):
+wave equation ``∂tt u + 2a ∂t u = c² ∂xx u`` with ``u(0) = δ_0``, ``∂t u(0) = 0`` (docs/mathematics.md §1–3):
 
 * two atoms of mass ``e^{-at}/2`` at ``±ct`` (paths that never switch);
 * on ``|x| < ct`` the density ``p(t,x) = (a e^{-at}/(2c)) [I0(z) + (ct/r) I1(z)]`` with
@@ -40,7 +40,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._checks import as_tensor, check_finite, check_positive, check_times
+from kacnum.core.checks import as_tensor, check_finite, check_positive, check_times
 
 TimeLike = Union[float, int, torch.Tensor]
 
@@ -358,7 +358,7 @@ class KacProcess:
 
     # ------------------------------------------------------------------ velocity
     def velocity(self, t: TimeLike, y: torch.Tensor, atom_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Conditional velocity ``v(t, y) = E[V_t | K_t = y]`` (SPEC §3).
+        """Conditional velocity ``v(t, y) = E[V_t | K_t = y]`` (docs/mathematics.md §3).
 
         Inside the cone ``v = y / (t + (r/c) I0(z)/I1(z)) = y / (t + z I0(z)/(a I1(z)))``, which tends to
         ``y / (t + 2/a)`` at the cone, so ``|v| < c·at/(2+at)`` there; on the atoms ``v = ±c``.

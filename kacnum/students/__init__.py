@@ -1,0 +1,12 @@
+"""Layer 3: few-step students of a flow, trained by one loop with verified, resumable checkpoints.
+
+=================  =====================================================================================
+module             what it holds
+=================  =====================================================================================
+``distill``        DistillKac endpoint distillation, staged (100 -> 20 -> 4 -> 2 -> 1) and one-shot
+``progressive``    progressive distillation of a VP (DDIM) teacher, halving the steps each round
+``reflow``         reflow (2-rectified flow) of a guided teacher on its own couplings
+=================  =====================================================================================
+
+The endpoint objective and its stability bound are derived in ``docs/mathematics.md`` (sections 7-8).
+"""
