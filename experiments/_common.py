@@ -35,7 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from kacnum import cli  # noqa: E402
+from kacnum.core import cli  # noqa: E402
 from kacnum.core.checkpoint import atomic_write, save_json  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -107,7 +107,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from kacnum import cli
+from kacnum.core import cli
 from kacnum.core.checks import per_stage_counts
 from kacnum.core.checkpoint import CheckpointError, atomic_write, load_json, save_json
 from kacnum.images.data import DATASETS, DataNotFoundError

@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import _common  # noqa: E402
-from kacnum import cli  # noqa: E402
-from kacnum import claims  # noqa: E402
+from kacnum.core import cli  # noqa: E402
+from kacnum.theory import claims  # noqa: E402
 from kacnum.processes.kac import KacProcess  # noqa: E402
 
 NAME = "diffusion_limit"

@@ -50,7 +50,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from kacnum import cli
+from kacnum.core import cli
 from kacnum.core.checkpoint import load_json, save_json
 from kacnum.images.data import load_dataset
 from kacnum.students.distill import DistillConfig

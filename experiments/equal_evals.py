@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from kacnum import cli
+from kacnum.core import cli
 from kacnum.core.checkpoint import atomic_write, save_json
 
 NAME = "equal_evals"

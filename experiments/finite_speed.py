@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import _common  # noqa: E402
-from kacnum import cli  # noqa: E402
-from kacnum import claims  # noqa: E402
+from kacnum.core import cli  # noqa: E402
+from kacnum.theory import claims  # noqa: E402
 from kacnum.flows.paths import FlightPath, GaussianPath, KacPath, VPPath  # noqa: E402
 from kacnum.processes.telegrapher import bump, heat_solution, solve_telegrapher_1d, solve_telegrapher_2d  # noqa: E402
 

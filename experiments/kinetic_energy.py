@@ -33,8 +33,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import _common  # noqa: E402
-from kacnum import cli  # noqa: E402
-from kacnum import claims  # noqa: E402
+from kacnum.core import cli  # noqa: E402
+from kacnum.theory import claims  # noqa: E402
 from kacnum.flows.paths import FlightPath, GaussianPath, KacPath, VPPath  # noqa: E402
 
 NAME = "kinetic_energy"

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 import _common  # noqa: E402
-from kacnum import cli  # noqa: E402
+from kacnum.core import cli  # noqa: E402
 from kacnum.flows.paths import FlightPath, KacPath  # noqa: E402
 
 NAME = "latent_laws"

@@ -47,7 +47,7 @@ import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import _common  # noqa: E402
-from kacnum import cli  # noqa: E402
+from kacnum.core import cli  # noqa: E402
 from kacnum.flows.paths import FlightPath, GaussianPath, KacPath, VPPath  # noqa: E402
 from kacnum.flows.solvers import integrate, uniform_grid  # noqa: E402
 from kacnum.theory.stability import ExactField, piecewise_linear  # noqa: E402

@@ -52,7 +52,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from kacnum import cli  # noqa: E402
+from kacnum.core import cli  # noqa: E402
 from kacnum.core.checkpoint import atomic_write, load_json, save_json  # noqa: E402
 from kacnum.images.metrics import calc_fid, extract_features, fid_bootstrap, paired_ratio_interval  # noqa: E402
 from kacnum.images.pipeline import feature_extractor_for, reference_for, sample_flow_set  # noqa: E402

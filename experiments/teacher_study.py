@@ -81,7 +81,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from kacnum import cli
+from kacnum.core import cli
 from kacnum.core.checkpoint import atomic_write, load_checkpoint, load_json, save_checkpoint, save_json
 
 NAME = "teacher_study"

@@ -56,7 +56,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from kacnum import cli  # noqa: E402
+from kacnum.core import cli  # noqa: E402
 from kacnum.core.checkpoint import atomic_write, save_json  # noqa: E402
 from kacnum.students.distill import DistillConfig  # noqa: E402
 from kacnum.images.models.mlp import MLP  # noqa: E402

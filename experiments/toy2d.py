@@ -51,7 +51,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from kacnum import cli  # noqa: E402
+from kacnum.core import cli  # noqa: E402
 from kacnum.core.checks import check_finite_number, check_int, check_positive  # noqa: E402
 from kacnum.core.checkpoint import save_json  # noqa: E402
 from kacnum.students.distill import EMA, DistillConfig, Distiller, validate_stages  # noqa: E402

@@ -32,8 +32,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import _common  # noqa: E402
-from kacnum import cli  # noqa: E402
-from kacnum import claims  # noqa: E402
+from kacnum.core import cli  # noqa: E402
+from kacnum.theory import claims  # noqa: E402
 from kacnum.processes.kac import KacProcess  # noqa: E402
 from kacnum.processes.flight import PlanarFlight  # noqa: E402
 from kacnum.flows.paths import FlightPath, KacPath  # noqa: E402

@@ -24,7 +24,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from kacnum import cli
+from kacnum.core import cli
 from kacnum.core.checkpoint import load_checkpoint, load_json, save_json
 from kacnum.images.pipeline import SampleSet, pipeline_config
 from kacnum.images.train import TrainConfig

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, special
 
-from kacnum import claims
+from kacnum.theory import claims
 from kacnum.processes.kac import KacProcess
 from kacnum.flows.paths import FlightPath, GaussianPath, KacPath
 from kacnum.processes.telegrapher import bump, heat_solution

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kacnum import cli
+from kacnum.core import cli
 from kacnum.core.checkpoint import CheckpointError, previous_path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import torch
 from PIL import Image
 
-from kacnum import data
+from kacnum.images import data
 from kacnum.images.data import (DataNotFoundError, cifar10, digits, image_folder, load_dataset, make_loader, mnist,
                          mnist5k)
 

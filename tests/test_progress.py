@@ -126,7 +126,7 @@ def test_feature_extraction_knows_its_batch_count(monkeypatch):
     import numpy as np
     import torch
 
-    from kacnum import metrics
+    from kacnum.images import metrics
     totals = []
 
     class Spy(Progress):

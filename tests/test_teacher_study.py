@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from kacnum import cli
+from kacnum.core import cli
 from kacnum.flows.losses import (DEFAULT_T_BINS, EpsilonLoss, FlowMatchingLoss, Preconditioned, TimeSampler,
                            binned_loss, kac_velocity_second_moment, loss_weight, marginal_std, path_from_spec,
                            path_spec, target_std)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from kacnum import cli
+from kacnum.core import cli
 from kacnum.flows.losses import EpsilonLoss, VToEps, binned_loss, vp_v_target
 from kacnum.images.models import make_model
 from kacnum.flows.paths import GaussianPath, VPPath

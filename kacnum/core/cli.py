@@ -20,7 +20,7 @@ intra-op threads can be 10-100x slower than one.
 
 Adopting it in a script (``experiments/theorem8.py`` and ``marginal_law.py`` do not yet)::
 
-    from kacnum import cli
+    from kacnum.core import cli
 
     parser = cli.ArgumentParser(prog="experiments/NAME.py", description=__doc__)  # adds --debug
     parser.add_argument("--ms", type=cli.int_list(minimum=1), ...)    # value checks: cli.int_at_least(1),

@@ -21,6 +21,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from kacnum.core.checks import check_positive
+
 __all__ = ["GridLike", "check_time_grid", "uniform_grid", "power_grid", "subdivide_grid", "TIME_GRIDS", "parse_time_grid",
            "make_time_grid"]
 

@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional
 
 import torch
 from kacnum.core.progress import Progress
 
-from kacnum.core.checks import check_finite, check_positive
-from kacnum.flows.grids import (TIME_GRIDS, GridLike, check_time_grid, make_time_grid, parse_time_grid,  # noqa: F401
+from kacnum.core.checks import check_finite
+from kacnum.flows.grids import (TIME_GRIDS, GridLike, _check_ends, check_time_grid, make_time_grid, parse_time_grid,  # noqa: F401
                                 power_grid, subdivide_grid, uniform_grid)
 
 __all__ = [
