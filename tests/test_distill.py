@@ -7,6 +7,7 @@ kacnum.students.distill): a linear interpolation path, an affine time- and label
 import json
 import math
 import os
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -565,6 +566,24 @@ def test_resume_without_checkpoint_starts_fresh_and_needs_out_dir(tmp_path):
                   out_dir=tmp_path)
     d.run(resume=True, progress=False)
     assert len(d.students) == 1 and (tmp_path / "distill.ckpt").is_file()
+
+
+def test_progress_lines_show_the_latest_loss_on_short_stages(monkeypatch, capsys):
+    """Stages shorter than ``log_every``: every progress line (log mode) shows the loss of the step it
+    reports, not the first step's."""
+    monkeypatch.setenv("KACNUM_PROGRESS", "log")
+    monkeypatch.setenv("KACNUM_PROGRESS_SECONDS", "1000")
+    d = _distiller(AffineField(_rotation(2.0)), stages=(8, 4, 2), steps_per_stage=(12, 7), lr=2e-2, batch_size=16,
+                   log_every=50)
+    seen = {}
+    d.run(callback=lambda info: seen.setdefault(info["stage"], []).append(info["loss"]))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[distill ")]
+    for stage, label, n in ((1, "8->4", 12), (2, "4->2", 7)):
+        shown = [(int(m.group(1)), m.group(2)) for ln in lines if ln.startswith(f"[distill {label}]")
+                 for m in [re.search(r"step (\d+)/\d+.*  loss (\S+)", ln)]]
+        assert len(shown) >= 3 and shown[-1][0] == n
+        assert all(value == f"{seen[stage][step - 1]:.4g}" for step, value in shown), (shown, seen[stage])
+        assert len({value for _, value in shown}) > 1  # the loss falls: the lines do not repeat one value
 
 
 # ------------------------------------------------------------------------------------ devices

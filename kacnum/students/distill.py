@@ -57,20 +57,16 @@ two coincide there):
   step back; its error is ``O(h^2)``, so the primed step keeps AB-2's local order), one extra call
   per target; rows with ``k = 0`` start at ``T`` as the teacher does (Euler first step).
 
-Time reparameterisation. A batch mixes intervals, while :func:`kacnum.flows.solvers.integrate` takes one
-grid. :func:`interval_flow` therefore integrates in ``τ ∈ [0, 1]`` with per-row
-``t(τ) = (1 - τ) t_from + τ t_to`` and ``dx/dτ = (t_to - t_from) u(x, t(τ))``; every method of
-``solvers`` is invariant under this affine change of time, so ``N`` uniform steps in ``τ`` are
-exactly ``N`` uniform steps of the same method on each row's own interval. With ``target="restart"``
-AB-2 restarts (Euler first sub-step) in every interval; :func:`primed_ab2_flow` is the primed
-variant of ``target="trajectory"``.
+The one-step maps (:func:`student_step`), the teachers' maps (:class:`FlowTeacher`,
+:class:`StudentTeacher`, with :func:`interval_flow` and :func:`primed_ab2_flow` integrating over a
+per-row interval) and :func:`endpoint_loss` live in :mod:`kacnum.students.teachers`; the optimiser
+loop, :class:`EMA`, checkpoints and resumption in :mod:`kacnum.students.loop`. Both are re-exported
+here.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -79,11 +75,11 @@ import torch
 from torch import nn
 
 from kacnum.core.checks import (check_finite_number, check_in_range, check_int, check_nonnegative, check_positive,
-                            per_stage_counts)
-from kacnum.core.checkpoint import load_checkpoint, previous_path, save_checkpoint, save_json
-from kacnum.flows.guidance import GuidedField
-from kacnum.core.progress import Progress
-from kacnum.flows.solvers import METHODS, NFE_PER_STEP, SolveResult, integrate, uniform_grid
+                                per_stage_counts)
+from kacnum.flows.solvers import METHODS, NFE_PER_STEP, integrate, uniform_grid
+from kacnum.students.loop import EMA, LR_SCHEDULES, StudentLoop, StudentTraining, _check_decay
+from kacnum.students.teachers import (PARAMETERIZATIONS, TARGETS, FlowTeacher, StudentTeacher, _check_param,
+                                      _PlainField, endpoint_loss, interval_flow, primed_ab2_flow, student_step)
 
 __all__ = [
     "DistillConfig",
@@ -92,6 +88,7 @@ __all__ = [
     "EMA",
     "FlowTeacher",
     "StudentTeacher",
+    "StudentTraining",
     "RolloutPool",
     "Sampler",
     "validate_stages",
@@ -106,12 +103,7 @@ __all__ = [
 ]
 
 SOURCES = ("forward", "rollout", "mix")
-TARGETS = ("restart", "trajectory")
-PARAMETERIZATIONS = ("velocity", "endpoint")
-LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINT_FORMAT = "kacnum.distill/1"
-#: config fields that may change between a run and its resumption
-_RESUMABLE_FIELDS = ("checkpoint_every", "log_every")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,248 +140,6 @@ def stage_substeps(stages: Sequence[int]) -> tuple[int, ...]:
     """Teacher sub-steps per student interval ``N_i = K_{i-1} / K_i``, ``i = 1..S``."""
     st = validate_stages(stages)
     return tuple(prev // cur for prev, cur in zip(st, st[1:]))
-
-
-# ---------------------------------------------------------------------------------------------
-# one-step maps, teachers, the loss
-
-
-def _rows(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` -> ``(B, 1, ..., 1)`` broadcasting against ``x: (B, ...)``."""
-    return v.reshape((x.shape[0],) + (1,) * (x.dim() - 1))
-
-
-def _check_param(parameterization: str) -> str:
-    if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
-    return parameterization
-
-
-def student_step(model: Callable, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
-                 y: Optional[torch.Tensor] = None, parameterization: str = "velocity") -> torch.Tensor:
-    """One student step from ``t`` to ``t_next`` (per row), 1 network evaluation.
-
-    ``velocity``: ``x + (t_next - t) model(x, t, y)``; ``endpoint``: ``model(x, t, y)``.
-    Shapes: ``x: (B, ...)``, ``t, t_next: (B,)``, ``y: (B,)`` long or None. Autograd stays on.
-    """
-    out = model(x, t, y)
-    if _check_param(parameterization) == "endpoint":
-        return out
-    return x + _rows(t_next - t, x) * out
-
-
-class _IntervalField:
-    """``dx/dτ = (t_to - t_from) u(x, (1 - τ) t_from + τ t_to)``, per row; τ is ``(B,)``, all equal."""
-
-    def __init__(self, field: Callable, t_from: torch.Tensor, t_to: torch.Tensor):
-        self.field, self.t_from, self.t_to = field, t_from, t_to
-        self.nfe_per_call = int(getattr(field, "nfe_per_call", 1))
-
-    def __call__(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        # exact at both ends: τ = 0 gives t_from, τ = 1 gives t_to
-        t = (1.0 - tau) * self.t_from + tau * self.t_to
-        return _rows(self.t_to - self.t_from, x) * self.field(x, t)
-
-
-def interval_flow(field: Callable, x: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor,
-                  n_substeps: int, method: str = "ab2") -> SolveResult:
-    """Integrate ``dx/dt = field(x, t)`` over a per-row interval with ``n_substeps`` uniform steps.
-
-    Row ``b`` goes from ``t_from[b]`` to ``t_to[b]`` (any signs, ``t_from != t_to``) with
-    ``n_substeps`` steps of ``method`` (one of :data:`kacnum.flows.solvers.METHODS`), via the affine time
-    change described in the module docstring and :func:`kacnum.flows.solvers.integrate`. ``field(x, t)``
-    with ``t: (B,)``; ``field.nfe_per_call`` is honoured in ``nfe_model``. Returns the
-    :class:`~kacnum.flows.solvers.SolveResult` (its ``time_grid`` is the ``τ`` grid). Autograd stays on.
-    """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    b = x.shape[0]
-    for name, v in (("t_from", t_from), ("t_to", t_to)):
-        if not torch.is_tensor(v) or v.shape != (b,):
-            raise ValueError(f"{name} must be a tensor of shape ({b},)")
-    if bool((t_from == t_to).any()):
-        raise ValueError("t_from and t_to must differ in every row")
-    tau = uniform_grid(0.0, 1.0, n_substeps, dtype=x.dtype, device=x.device)
-    wrapped = _IntervalField(field, t_from.to(x.dtype), t_to.to(x.dtype))
-    return integrate(wrapped, x, tau, method)
-
-
-def primed_ab2_flow(field: Callable, x: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor,
-                    n_substeps: int, has_history: torch.Tensor) -> SolveResult:
-    """AB-2 over a per-row interval with ``n_substeps`` uniform steps, continuing a uniform-step
-    trajectory that arrived at ``x`` (``target="trajectory"`` for forward rows).
-
-    In ``τ`` (module docstring), ``h = 1/N``, ``g(x, τ) = (t_to - t_from) field(x, t(τ))``. Rows with
-    ``has_history`` (``(B,)`` bool) get the history slope ``g(x - h g(x, 0), -h)``: the slope at the
-    previous fine time ``t_from - (t_to - t_from)/N`` at one explicit step back from ``x``; then every
-    sub-step is ``x + h (1.5 g_j - 0.5 g_{j-1})`` (uniform AB-2). Rows without history take an Euler
-    first sub-step (exactly ``interval_flow(..., "ab2")``). ``nfe`` counts ``N + 1`` calls (the
-    priming call is made for all rows); ``field.nfe_per_call`` is honoured. Autograd stays on.
-    """
-    b = x.shape[0]
-    for name, v in (("t_from", t_from), ("t_to", t_to)):
-        if not torch.is_tensor(v) or v.shape != (b,):
-            raise ValueError(f"{name} must be a tensor of shape ({b},)")
-    if not torch.is_tensor(has_history) or has_history.shape != (b,) or has_history.dtype != torch.bool:
-        raise ValueError(f"has_history must be a bool tensor of shape ({b},)")
-    if bool((t_from == t_to).any()):
-        raise ValueError("t_from and t_to must differ in every row")
-    if isinstance(n_substeps, bool) or not isinstance(n_substeps, int) or n_substeps < 1:
-        raise ValueError(f"n_substeps must be an integer >= 1, got {n_substeps!r}")
-    g = _IntervalField(field, t_from.to(x.dtype), t_to.to(x.dtype))
-    h = 1.0 / n_substeps
-    ones = torch.ones(b, dtype=x.dtype, device=x.device)
-    f_cur = g(x, 0.0 * ones)
-    # rows without history: the call is made (batched) at τ = 0 and discarded (t_from - h may lie past T)
-    f_back = g(x - h * f_cur, torch.where(has_history, -h * ones, 0.0 * ones))
-    r = _rows(0.5 * has_history.to(x.dtype), x)  # AB-2 weight of the old slope: 0.5 (uniform), 0 = Euler
-    f_prev = torch.where(_rows(has_history, x), f_back, f_cur)  # any finite value where r = 0
-    for j in range(n_substeps):
-        if j > 0:
-            f_cur = g(x, (j * h) * ones)
-            r = _rows(torch.full((b,), 0.5, dtype=x.dtype, device=x.device), x)
-        x = x + h * ((1.0 + r) * f_cur - r * f_prev)
-        f_prev = f_cur
-    calls = n_substeps + 1
-    tau = uniform_grid(0.0, 1.0, n_substeps, dtype=x.dtype, device=x.device)
-    return SolveResult(x=x, nfe=calls, nfe_model=calls * g.nfe_per_call, trajectory=None, time_grid=tau)
-
-
-def endpoint_loss(student: Callable, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
-                  target: torch.Tensor, y: Optional[torch.Tensor] = None,
-                  parameterization: str = "velocity") -> dict:
-    """Endpoint distillation loss ``mean_b (1/d) ‖Ŷ_b - target_b‖²`` with ``Ŷ = student_step(...)``.
-
-    ``target`` is detached here (stop-gradient). Returns a dict of named terms:
-    ``loss`` (scalar, differentiable), ``endpoint_mse`` (the same value, detached),
-    ``per_sample`` ``(B,)`` detached, ``endpoint_rmse`` (scalar, detached).
-    """
-    if target.shape != x.shape:
-        raise ValueError(f"target must have x's shape {tuple(x.shape)}, got {tuple(target.shape)}")
-    pred = student_step(student, x, t, t_next, y, parameterization)
-    per = (pred - target.detach()).pow(2).reshape(x.shape[0], -1).mean(dim=1)
-    loss = per.mean()
-    mse = loss.detach()
-    return {"loss": loss, "endpoint_mse": mse, "endpoint_rmse": mse.sqrt(), "per_sample": per.detach()}
-
-
-class _PlainField:
-    """``field(x, t) = model(x, t, y)`` (no guidance), 1 evaluation per call."""
-
-    nfe_per_call = 1
-
-    def __init__(self, model: Callable, y: Optional[torch.Tensor]):
-        self.model, self.y = model, y
-
-    def __call__(self, x, t):
-        return self.model(x, t, self.y)
-
-
-class FlowTeacher:
-    """Stage-1 teacher: the (guided) teacher field over each student interval, ``N`` sub-steps.
-
-    ``teacher(x, k, y) -> (x_end, nfe)`` with ``x: (B, ...)`` at ``t_k = grid[k]``, ``k: (B,)`` long
-    interval indices, ``y: (B,)`` long or None; ``x_end`` approximates the flow at ``t_{k+1}`` and
-    ``nfe`` is the number of network evaluations per target (``N`` steps of ``method`` times 2 for a
-    guided call). With ``y`` given the field is ``GuidedField(model, guidance_scale, null_label)``;
-    rows with the null label get the unconditional field.
-
-    ``target="trajectory"`` with AB-2: :func:`primed_ab2_flow` (rows with ``k >= 1`` continue a
-    trajectory; ``N + 1`` calls per target); other methods have no history and ignore it.
-    """
-
-    def __init__(self, model: Callable, grid: torch.Tensor, n_substeps: int, method: str = "ab2",
-                 guidance_scale: float = 1.0, null_label: Optional[int] = None, target: str = "restart"):
-        if target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-        self.model, self.grid, self.n_substeps, self.method = model, grid, int(n_substeps), method
-        self.target = target
-        self.guided = None
-        if null_label is not None:
-            self.guided = GuidedField(model, guidance_scale, null_label=null_label)
-
-    def field(self, y: Optional[torch.Tensor]):
-        if y is None or self.guided is None:
-            return _PlainField(self.model, None if self.guided is None else y)
-        return self.guided.field(y)
-
-    def __call__(self, x: torch.Tensor, k: torch.Tensor, y: Optional[torch.Tensor]):
-        if self.target == "trajectory" and self.method == "ab2":
-            res = primed_ab2_flow(self.field(y), x, self.grid[k], self.grid[k + 1], self.n_substeps, k > 0)
-        else:
-            res = interval_flow(self.field(y), x, self.grid[k], self.grid[k + 1], self.n_substeps, self.method)
-        return res.x, res.nfe_model
-
-
-class StudentTeacher:
-    """Teacher of stage ``i >= 2``: the stage ``i-1`` student as its own Euler map, ``N`` steps.
-
-    ``fine_grid`` is the previous student's grid ``(K_{i-1} + 1,)``; interval ``k`` of the new grid
-    spans ``fine_grid[k N : k N + N + 1]``. ``teacher(x, k, y) -> (x_end, N)``.
-    """
-
-    def __init__(self, student: Callable, fine_grid: torch.Tensor, n_substeps: int,
-                 parameterization: str = "velocity"):
-        self.student, self.fine_grid, self.n_substeps = student, fine_grid, int(n_substeps)
-        self.parameterization = _check_param(parameterization)
-
-    def __call__(self, x: torch.Tensor, k: torch.Tensor, y: Optional[torch.Tensor]):
-        n = self.n_substeps
-        for j in range(n):
-            idx = k * n + j
-            x = student_step(self.student, x, self.fine_grid[idx], self.fine_grid[idx + 1], y,
-                             self.parameterization)
-        return x, n
-
-
-# ---------------------------------------------------------------------------------------------
-# EMA
-
-
-def _check_decay(decay) -> float:
-    try:
-        d = float(decay)
-    except (TypeError, ValueError):
-        d = math.nan
-    if not 0.0 <= d < 1.0:
-        raise ValueError(f"ema_decay must be a number in [0, 1), got {decay!r}")
-    return d
-
-
-class EMA:
-    """Exponential moving average of a model's parameters (buffers are copied).
-
-    After the ``n``-th update (``n = 1, 2, ...``) ``θ_ema ← d_n θ_ema + (1 - d_n) θ`` with
-    ``d_n = min(decay, (1 + n) / (10 + n))`` if ``warmup`` else ``decay`` (the warm-up lets a short
-    run's average forget the initial weights). ``decay`` in ``[0, 1)``; 0 copies the model.
-    """
-
-    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
-        self.decay = _check_decay(decay)
-        self.warmup = bool(warmup)
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.num_updates = 0
-
-    def current_decay(self) -> float:
-        """``d_n`` for the next update."""
-        n = self.num_updates + 1
-        return min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        d = self.current_decay()
-        for pe, p in zip(self.model.parameters(), model.parameters()):
-            pe.lerp_(p.detach(), 1.0 - d)
-        for be, b in zip(self.model.buffers(), model.buffers()):
-            be.copy_(b)
-        self.num_updates += 1
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "num_updates": self.num_updates}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.num_updates = int(state["num_updates"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -586,6 +336,9 @@ class Sampler:
 
 
 def _derived_seed(*parts: int) -> int:
+    """The seed of a roll-out pool from ``(seed, stage, refresh index)``: a 63-bit linear congruential
+    chain. It is not :func:`kacnum.core.seeds.derive_seed` (SplitMix64) and gives other seeds; the pools,
+    and so the students, of every run and checkpoint written so far depend on this one, so it stays."""
     s = 0x9E3779B97F4A7C15
     for p in parts:
         s = (s * 6364136223846793005 + int(p) + 1442695040888963407) % (1 << 63)
@@ -596,63 +349,7 @@ def _derived_seed(*parts: int) -> int:
 # the distiller
 
 
-class _StudentCheckpoints:
-    """Checkpoint writing and resuming shared by :class:`Distiller` and
-    :class:`kacnum.students.progressive.ProgressiveDistiller`: a list of finished students (``students``,
-    ``history``) and one student in training. A subclass sets ``_CK_FORMAT``, ``_CK_WHAT`` (for the error
-    message), ``_CK_INDEX`` (``"stage"`` or ``"round"``) and ``_CK_RESUMABLE`` (config fields that may
-    change on resume), and has ``checkpoint_path``, ``device``, ``config`` and ``_new_student(i)``."""
-
-    _CK_FORMAT = ""
-    _CK_WHAT = ""
-    _CK_INDEX = "stage"
-    _CK_RESUMABLE: tuple = ()
-
-    def _checkpoint_state(self, index: int, step: int, student=None, ema=None, opt=None, sched=None,
-                          losses=None) -> dict:
-        return {
-            "format": self._CK_FORMAT,
-            "config": self.config.to_dict(),
-            self._CK_INDEX: index,
-            "step": step,
-            "finished": [m.state_dict() for m in self.students],
-            "history": self.history,
-            "student": None if student is None else student.state_dict(),
-            "ema": None if ema is None else ema.state_dict(),
-            "optimizer": None if opt is None else opt.state_dict(),
-            "scheduler": None if sched is None else sched.state_dict(),
-            "losses": list(losses or []),
-        }
-
-    def _load_students(self) -> Optional[dict]:
-        """Read the checkpoint (None if there is none), check its format and config, restore the
-        finished students and the history; return it for the caller to restore the rest."""
-        path = self.checkpoint_path
-        if path is None:
-            raise ValueError("resume=True needs out_dir (where the checkpoint lives)")
-        if not path.is_file() and not previous_path(path).is_file():
-            return None
-        ck = load_checkpoint(path, map_location=self.device)  # verified; falls back to the previous copy
-        if ck.get("format") != self._CK_FORMAT:
-            raise ValueError(f"{path} is not a {self._CK_WHAT} checkpoint ({self._CK_FORMAT})")
-        mine, theirs = self.config.to_dict(), dict(ck["config"])
-        # a field the checkpoint predates counts as its default (the behaviour it was written with)
-        defaults = {f.name: f.default for f in dataclasses.fields(self.config)}
-        diff = sorted(k for k in mine if k not in self._CK_RESUMABLE
-                      and _plain(mine[k]) != _plain(theirs.get(k, defaults.get(k))))
-        if diff:
-            raise ValueError(f"config differs from the checkpoint's in {diff}: resume with the same "
-                             f"configuration (only {self._CK_RESUMABLE} may change)")
-        self.students = []
-        for i, sd in enumerate(ck["finished"]):
-            m = self._new_student(i + 1)
-            m.load_state_dict(sd)
-            self.students.append(m.eval().requires_grad_(False))
-        self.history = list(ck["history"])
-        return ck
-
-
-class Distiller(_StudentCheckpoints):
+class Distiller(StudentLoop):
     """Staged endpoint distillation of ``teacher`` along ``path`` (see the module docstring).
 
     Args:
@@ -672,41 +369,20 @@ class Distiller(_StudentCheckpoints):
     _CK_FORMAT = CHECKPOINT_FORMAT
     _CK_WHAT = "distillation"
     _CK_INDEX = "stage"
-    _CK_RESUMABLE = _RESUMABLE_FIELDS
+    _CONFIG_JSON = "distill_config.json"
 
     def __init__(self, teacher: nn.Module, path: Any, data: torch.Tensor,
                  labels: Optional[torch.Tensor] = None, config: DistillConfig = DistillConfig(),
                  out_dir: Union[str, Path, None] = None, null_label: Optional[int] = None):
         if not isinstance(config, DistillConfig):
             raise ValueError("config must be a DistillConfig")
-        if not isinstance(teacher, nn.Module):
-            raise ValueError("teacher must be a torch.nn.Module (students are copies of it)")
-        if not torch.is_tensor(data) or not data.is_floating_point() or data.dim() < 2 or data.shape[0] < 1:
-            raise ValueError("data must be a floating tensor of shape (n, ...) with n >= 1")
-        if labels is not None:
-            if not torch.is_tensor(labels) or labels.shape != (data.shape[0],) or labels.is_floating_point():
-                raise ValueError(f"labels must be None or an integer tensor of shape ({data.shape[0]},)")
-            labels = labels.to(device=data.device, dtype=torch.long)
-            if null_label is None:
-                null_label = getattr(teacher, "null_label", None)
-            if isinstance(null_label, bool) or not isinstance(null_label, int):
-                raise ValueError("null_label must be an integer (or teacher.null_label must exist) when "
-                                 "labels are given")
+        super().__init__(teacher, path, data, labels, config, out_dir, null_label)
         T = getattr(path, "T", None)
         if T is None:
             raise ValueError("path must have an attribute T (the latent time)")
         self.T = check_positive("path.T", T)
         if not config.t_end < self.T:
             raise ValueError(f"config.t_end must be < path.T = {self.T}, got {config.t_end}")
-        self.config = config
-        self.path = path
-        self.data, self.labels, self.null_label = data, labels, null_label
-        self.dtype, self.device = data.dtype, data.device
-        self.sample_shape = tuple(data.shape[1:])
-        self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.students: list[nn.Module] = []  # finished stages' students (EMA or raw, frozen)
-        self.history: list[dict] = []
         self._gen = torch.Generator(device=self.device).manual_seed(config.seed)
 
     # -- small helpers -------------------------------------------------------------------------
@@ -879,42 +555,68 @@ class Distiller(_StudentCheckpoints):
             target, nfe = self.stage_teacher(stage)(x, k, y)
         return DistillBatch(x=x, t=t, t_next=t_next, k=k, y=y, target=target, teacher_nfe=int(nfe))
 
-    # -- checkpoints ---------------------------------------------------------------------------
+    # -- the training loop's hooks (kacnum.students.loop.StudentLoop) ----------------------------
 
-    def _rng_state(self) -> dict:
+    def _checkpoint_extra(self) -> dict:
+        # the run's generator and the global RNGs: a resumed run draws the batches the lost steps drew
         st = {"generator": self._gen.get_state(), "torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             st["cuda"] = torch.cuda.get_rng_state(self.device)
-        return st
+        return {"rng": st}
 
-    def _set_rng_state(self, st: dict) -> None:
+    def _restore_extra(self, ck: dict) -> None:
+        st = ck["rng"]
         self._gen.set_state(st["generator"].to("cpu"))
         torch.set_rng_state(st["torch"].to("cpu"))
         if "cuda" in st and self.device.type == "cuda":
             torch.cuda.set_rng_state(st["cuda"].to("cpu"), self.device)
 
-    def _save(self, stage: int, step: int, student=None, ema=None, opt=None, sched=None,
-              losses=None) -> None:
-        if self.checkpoint_path is None:
-            return
-        state = self._checkpoint_state(stage, step, student, ema, opt, sched, losses)
-        state["rng"] = self._rng_state()
-        save_checkpoint(self.checkpoint_path, state, keep_previous=True)
+    def _on_fresh_start(self) -> None:
+        self._gen.manual_seed(self.config.seed)
 
-    def _load(self) -> Optional[dict]:
-        ck = self._load_students()
-        if ck is not None:
-            self._set_rng_state(ck["rng"])
-        return ck
+    def _num_students(self) -> int:
+        return self.num_stages
+
+    def _steps(self, stage: int) -> int:
+        return self.config.steps_per_stage[stage - 1]
 
     def _new_student(self, stage: int) -> nn.Module:
         src = self.teacher if stage == 1 else self.students[stage - 2]
         return copy.deepcopy(src)
 
-    # -- training ------------------------------------------------------------------------------
-
     def _bar_label(self, stage: int) -> str:
         return f"distill {self.config.stages[stage - 1]}->{self.config.stages[stage]}"
+
+    def _begin(self, stage: int) -> dict:
+        return {"pool": None, "teacher_nfe": None}
+
+    def _step_loss(self, stage: int, step: int, student: nn.Module, state: dict) -> torch.Tensor:
+        cfg = self.config
+        if cfg.uses_pool and (state["pool"] is None or step % cfg.rollout_refresh == 0):
+            # refresh index step // rollout_refresh: a resumed stage rebuilds the pool it lost
+            state["pool"] = self.build_pool(stage, step // cfg.rollout_refresh)
+        batch = self.make_batch(stage, state["pool"])
+        state["teacher_nfe"] = batch.teacher_nfe
+        return self.training_loss(student, batch)["loss"]
+
+    def _finished_model(self, tr: StudentTraining) -> nn.Module:
+        return tr.ema.model if self.config.teacher_from_ema else copy.deepcopy(tr.student)
+
+    def _record(self, stage: int, n_steps: int, final_loss: float, state: dict) -> dict:
+        cfg = self.config
+        return {
+            "stage": stage,
+            "teacher_steps": cfg.stages[stage - 1],
+            "student_steps": cfg.stages[stage],
+            "substeps": cfg.substeps[stage - 1],
+            "steps": n_steps,
+            "final_loss": final_loss,
+            "teacher_nfe_per_target": state["teacher_nfe"],
+            "source": cfg.source,
+            "target": cfg.target if stage == 1 else "restart",
+        }
+
+    # -- training ------------------------------------------------------------------------------
 
     def training_loss(self, student: nn.Module, batch: DistillBatch) -> dict:
         """The loss of one batch (a dict with a differentiable scalar ``loss``): the endpoint loss
@@ -932,61 +634,7 @@ class Distiller(_StudentCheckpoints):
         equals that of an uninterrupted run. ``callback(info)`` after every step with
         ``info = {"stage", "step", "loss"}`` (``step`` counts from 1 within the stage).
         """
-        cfg = self.config
-        ck = self._load() if resume else None
-        if ck is None:
-            self.students, self.history = [], []
-            self._gen.manual_seed(cfg.seed)
-            if self.out_dir is not None:
-                save_json(self.out_dir / "distill_config.json", cfg.to_dict())
-        start = len(self.students) + 1
-        for stage in range(start, self.num_stages + 1):
-            t0 = time.perf_counter()
-            n_steps = cfg.steps_per_stage[stage - 1]
-            tr = StudentTraining(self._new_student(stage), cfg, n_steps)
-            student, ema = tr.student, tr.ema
-            step0, losses = 0, []
-            if ck is not None and ck["student"] is not None and int(ck["stage"]) == stage:
-                step0, losses = tr.restore(ck)
-            ck = None
-            pool = None
-            teacher_nfe = None
-            bar = Progress(n_steps, self._bar_label(stage), initial=step0, enabled=progress)
-            for step in bar.iterate(range(step0, n_steps)):
-                if cfg.uses_pool and (pool is None or step % cfg.rollout_refresh == 0):
-                    pool = self.build_pool(stage, step // cfg.rollout_refresh)
-                batch = self.make_batch(stage, pool)
-                teacher_nfe = batch.teacher_nfe
-                out = self.training_loss(student, batch)
-                tr.step(out["loss"])
-                loss = float(out["loss"].detach())
-                losses.append(loss)
-                if step % cfg.log_every == 0 or step + 1 == n_steps:
-                    bar.set_postfix(loss=loss)
-                done = step + 1
-                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < n_steps:
-                    self._save(stage, done, student, ema, tr.opt, tr.sched, losses)
-                if callback is not None:
-                    callback({"stage": stage, "step": done, "loss": loss})
-            bar.close()
-            final = ema.model if cfg.teacher_from_ema else copy.deepcopy(student)
-            self.students.append(final.eval().requires_grad_(False))
-            tail = losses[-max(1, len(losses) // 10):]
-            self.history.append({
-                "stage": stage,
-                "teacher_steps": cfg.stages[stage - 1],
-                "student_steps": cfg.stages[stage],
-                "substeps": cfg.substeps[stage - 1],
-                "steps": n_steps,
-                "final_loss": sum(tail) / len(tail),
-                "teacher_nfe_per_target": teacher_nfe,
-                "source": cfg.source,
-                "target": cfg.target if stage == 1 else "restart",
-                "losses": losses[::cfg.log_every],
-                "seconds": time.perf_counter() - t0,
-            })
-            self._save(stage + 1, 0)
-        return self.history
+        return self._train_students(resume, progress, callback)
 
     def sampler(self, stage: int = -1) -> Sampler:
         """Sampler of ``stage``: 0 = the teacher (``stages[0]`` steps of ``teacher_method``, guided),
@@ -995,55 +643,3 @@ class Distiller(_StudentCheckpoints):
         if stage >= 1:
             self.student(stage)  # raises if not trained
         return Sampler(self, stage)
-
-
-class _LRFactor:
-    """Multiplier of the base learning rate at step ``n`` (picklable, for ``LambdaLR``)."""
-
-    def __init__(self, schedule: str, n_steps: int):
-        self.schedule, self.n_steps = schedule, n_steps
-
-    def __call__(self, n: int) -> float:
-        if self.schedule == "constant":
-            return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * min(n, self.n_steps) / self.n_steps))
-
-
-class StudentTraining:
-    """The optimiser state of one student while it trains (a distillation stage here, a round of
-    :class:`kacnum.students.progressive.ProgressiveDistiller`): AdamW, a constant or cosine learning rate over
-    ``n_steps``, gradient clipping and an :class:`EMA`, all read from ``config`` (fields ``lr``,
-    ``weight_decay``, ``lr_schedule``, ``grad_clip``, ``ema_decay``, ``ema_warmup``).
-
-    ``restore(ck)`` loads the states of a checkpoint dict (keys student, ema, optimizer, scheduler,
-    step, losses) and returns ``(step, losses)``; ``step(loss)`` is one optimiser step.
-    """
-
-    def __init__(self, student: nn.Module, config, n_steps: int):
-        self.student = student.train().requires_grad_(True)
-        self.ema = EMA(self.student, config.ema_decay, config.ema_warmup)
-        self.opt = torch.optim.AdamW(self.student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _LRFactor(config.lr_schedule, n_steps))
-        self.grad_clip = config.grad_clip
-
-    def restore(self, ck: dict) -> tuple[int, list]:
-        self.student.load_state_dict(ck["student"])
-        self.ema.load_state_dict(ck["ema"])
-        self.opt.load_state_dict(ck["optimizer"])
-        self.sched.load_state_dict(ck["scheduler"])
-        return int(ck["step"]), list(ck["losses"])
-
-    def step(self, loss: torch.Tensor) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.student.parameters(), self.grad_clip)
-        self.opt.step()
-        self.sched.step()
-        self.ema.update(self.student)
-
-
-def _plain(v):
-    if isinstance(v, (list, tuple)):
-        return [_plain(u) for u in v]
-    return v

@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -69,14 +68,13 @@ import torch
 from torch import nn
 
 from kacnum.core.checks import (check_finite_number, check_in_range, check_int, check_nonnegative, check_positive,
-                            per_stage_counts)
-from kacnum.core.checkpoint import save_checkpoint, save_json
-from kacnum.students.distill import StudentTraining, _rows, _StudentCheckpoints
+                                per_stage_counts)
+from kacnum.core.seeds import derive_seed
 from kacnum.flows.guidance import GuidedField
 from kacnum.flows.paths import VPPath
-from kacnum.core.progress import Progress
 from kacnum.flows.solvers import subdivide_grid
-from kacnum.core.seeds import derive_seed
+from kacnum.students.loop import LR_SCHEDULES, StudentLoop
+from kacnum.students.teachers import _rows
 
 __all__ = [
     "PARAMETERIZATIONS",
@@ -92,9 +90,6 @@ __all__ = [
 
 PARAMETERIZATIONS = ("eps", "x", "v")
 CHECKPOINT_FORMAT = "kacnum.progressive/1"
-LR_SCHEDULES = ("constant", "cosine")
-#: config fields that may change between a run and its resumption
-_RESUMABLE_FIELDS = ("checkpoint_every", "log_every")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +222,7 @@ class ProgressiveConfig:
         steps_per_round: optimiser steps per round (int, or one per round).
         batch_size, lr, weight_decay, grad_clip: AdamW (clip 0 = off).
         lr_schedule: ``"constant"`` or ``"cosine"`` (per round, to 0 at its end).
-        ema_decay, ema_warmup: :class:`kacnum.students.distill.EMA`; the EMA is the round's result.
+        ema_decay, ema_warmup: :class:`kacnum.students.loop.EMA`; the EMA is the round's result.
         parameterization: the students' output (``"v"`` default, ``"x"``, ``"eps"``).
         base_parameterization: the base model's output (``"eps"`` for the VP baseline).
         guidance_scale: ε-space guidance of the base teacher (used when labels are given).
@@ -299,7 +294,7 @@ class ProgressiveConfig:
 # the distiller
 
 
-class ProgressiveDistiller(_StudentCheckpoints):
+class ProgressiveDistiller(StudentLoop):
     """Progressive distillation of ``teacher`` (a VP model ``teacher(z, t, y)``) along ``path``.
 
     Args:
@@ -314,33 +309,19 @@ class ProgressiveDistiller(_StudentCheckpoints):
     :meth:`run` trains the rounds; :meth:`sample` draws images with a round's student (or the base).
     """
 
+    _CK_FORMAT = CHECKPOINT_FORMAT
+    _CK_WHAT = "progressive-distillation"
+    _CK_INDEX = "round"
+    _CONFIG_JSON = "progressive_config.json"
+
     def __init__(self, teacher: nn.Module, path: VPPath, data: torch.Tensor, labels: Optional[torch.Tensor] = None,
                  config: ProgressiveConfig = ProgressiveConfig(), out_dir: Union[str, Path, None] = None,
                  null_label: Optional[int] = None):
         if not isinstance(config, ProgressiveConfig):
             raise ValueError("config must be a ProgressiveConfig")
-        if not isinstance(teacher, nn.Module):
-            raise ValueError("teacher must be a torch.nn.Module (students are copies of it)")
         if not isinstance(path, VPPath):
             raise ValueError(f"path must be a VPPath, got {type(path).__name__}")
-        if not torch.is_tensor(data) or not data.is_floating_point() or data.dim() < 2 or data.shape[0] < 1:
-            raise ValueError("data must be a floating tensor of shape (n, ...) with n >= 1")
-        if labels is not None:
-            if not torch.is_tensor(labels) or labels.shape != (data.shape[0],) or labels.is_floating_point():
-                raise ValueError(f"labels must be None or an integer tensor of shape ({data.shape[0]},)")
-            labels = labels.to(device=data.device, dtype=torch.long)
-            if null_label is None:
-                null_label = getattr(teacher, "null_label", None)
-            if isinstance(null_label, bool) or not isinstance(null_label, int):
-                raise ValueError("null_label must be an integer (or teacher.null_label must exist) with labels")
-        self.config, self.path = config, path
-        self.data, self.labels, self.null_label = data, labels, null_label
-        self.dtype, self.device = data.dtype, data.device
-        self.sample_shape = tuple(data.shape[1:])
-        self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.students: list[nn.Module] = []
-        self.history: list[dict] = []
+        super().__init__(teacher, path, data, labels, config, out_dir, null_label)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -409,24 +390,32 @@ class ProgressiveDistiller(_StudentCheckpoints):
         out = student(batch["z"], batch["t"], batch["y"])
         return (out - batch["target"]).pow(2).reshape(out.shape[0], -1).mean(dim=1).mean()
 
-    # -- checkpoints ---------------------------------------------------------------------------
+    # -- the training loop's hooks (kacnum.students.loop.StudentLoop) ----------------------------
 
-    _CK_FORMAT = CHECKPOINT_FORMAT
-    _CK_WHAT = "progressive-distillation"
-    _CK_INDEX = "round"
-    _CK_RESUMABLE = _RESUMABLE_FIELDS
+    def _num_students(self) -> int:
+        return self.config.num_rounds
 
-    def _save(self, r: int, step: int, student=None, ema=None, opt=None, sched=None, losses=None) -> None:
-        if self.checkpoint_path is None:
-            return
-        save_checkpoint(self.checkpoint_path, self._checkpoint_state(r, step, student, ema, opt, sched, losses),
-                        keep_previous=True)
-
-    def _load(self) -> Optional[dict]:
-        return self._load_students()
+    def _steps(self, r: int) -> int:
+        return self.config.steps_per_round[r - 1]
 
     def _new_student(self, r: int) -> nn.Module:
         return copy.deepcopy(self.teacher if r == 1 else self.students[r - 2])
+
+    def _bar_label(self, r: int) -> str:
+        return f"progressive {self.config.schedule[r - 1]}->{self.config.schedule[r]}"
+
+    def _begin(self, r: int) -> dict:
+        return {"gen": torch.Generator(device=self.device)}
+
+    def _step_loss(self, r: int, step: int, student: nn.Module, state: dict) -> torch.Tensor:
+        # the draws of a step depend on (seed, round, step) only: no generator state to checkpoint
+        gen = state["gen"].manual_seed(derive_seed(self.config.seed, r, step))
+        return self.loss(student, self.make_batch(r, gen))
+
+    def _record(self, r: int, n_steps: int, final_loss: float, state: dict) -> dict:
+        cfg = self.config
+        return {"round": r, "teacher_steps": cfg.schedule[r - 1], "student_steps": cfg.schedule[r], "steps": n_steps,
+                "final_loss": final_loss}
 
     # -- training ------------------------------------------------------------------------------
 
@@ -438,52 +427,7 @@ class ProgressiveDistiller(_StudentCheckpoints):
         the result equals an uninterrupted run's). ``callback({"round", "step", "loss"})`` after
         every optimiser step (``step`` counts from 1 within the round).
         """
-        cfg = self.config
-        ck = self._load() if resume else None
-        if ck is None:
-            self.students, self.history = [], []
-            if self.out_dir is not None:
-                save_json(self.out_dir / "progressive_config.json", cfg.to_dict())
-        gen = torch.Generator(device=self.device)
-        for r in range(len(self.students) + 1, cfg.num_rounds + 1):
-            t0 = time.perf_counter()
-            n_steps = cfg.steps_per_round[r - 1]
-            tr = StudentTraining(self._new_student(r), cfg, n_steps)
-            student, ema = tr.student, tr.ema
-            step0, losses = 0, []
-            if ck is not None and ck["student"] is not None and int(ck["round"]) == r:
-                step0, losses = tr.restore(ck)
-            ck = None
-            bar = Progress(n_steps, f"progressive {cfg.schedule[r - 1]}->{cfg.schedule[r]}", initial=step0,
-                           enabled=progress)
-            for step in bar.iterate(range(step0, n_steps)):
-                gen.manual_seed(derive_seed(cfg.seed, r, step))
-                batch = self.make_batch(r, gen)
-                loss = self.loss(student, batch)
-                tr.step(loss)
-                value = float(loss.detach())
-                losses.append(value)
-                if step % cfg.log_every == 0:
-                    bar.set_postfix(loss=value)
-                done = step + 1
-                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < n_steps:
-                    self._save(r, done, student, ema, tr.opt, tr.sched, losses)
-                if callback is not None:
-                    callback({"round": r, "step": done, "loss": value})
-            bar.close()
-            self.students.append(ema.model.eval().requires_grad_(False))
-            tail = losses[-max(1, len(losses) // 10):]
-            self.history.append({
-                "round": r,
-                "teacher_steps": cfg.schedule[r - 1],
-                "student_steps": cfg.schedule[r],
-                "steps": n_steps,
-                "final_loss": sum(tail) / len(tail),
-                "losses": losses[::cfg.log_every],
-                "seconds": time.perf_counter() - t0,
-            })
-            self._save(r + 1, 0)
-        return self.history
+        return self._train_students(resume, progress, callback)
 
     @torch.no_grad()
     def sample(self, r: int, latent: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:

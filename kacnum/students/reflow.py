@@ -18,7 +18,8 @@ The couplings come from the roll-out machinery of :class:`kacnum.students.distil
 ``stages = (K_0, 1)``, ``source = "rollout"``, ``target = "trajectory"``: a pool of ``rollout_pool``
 latents is solved by the teacher exactly as it samples (``grid(0)``, AB-2, guided), re-drawn every
 ``rollout_refresh`` steps from a seed derived from ``(seed, 1, refresh index)``. Optimiser, learning-rate
-schedule, EMA, checkpoints (atomic, ``reflow.ckpt``) and resumption are the distiller's.
+schedule, EMA, checkpoints (atomic, ``reflow.ckpt``) and resumption are the distiller's
+(:mod:`kacnum.students.loop`).
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ import torch
 from torch import nn
 
 from kacnum.core.checks import check_int
-from kacnum.students.distill import DistillBatch, DistillConfig, Distiller, Sampler, _PlainField, _rows
 from kacnum.flows.solvers import integrate, uniform_grid
+from kacnum.students.distill import DistillBatch, DistillConfig, Distiller, Sampler
+from kacnum.students.teachers import _PlainField, _rows
 
 __all__ = ["Reflow", "ReflowSampler", "reflow_config", "reflow_loss", "CHECKPOINT_FORMAT"]
 
