@@ -124,6 +124,22 @@ def test_load_without_a_good_copy_stops_naming_the_files(tmp_path, damage):
     assert "previous copy is damaged too" in str(e.value)
 
 
+@pytest.mark.parametrize("resumable", [True, False])
+def test_the_advice_fits_whose_file_is_damaged(tmp_path, resumable):
+    """A run's own checkpoint may be dropped by starting afresh; a file the user named can only be restored."""
+    f = tmp_path / "c.pt"
+    save_checkpoint(f, {"step": 1, "w": torch.ones(5000)})
+    truncate(f)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(f, resumable=resumable)
+    msg = str(e.value)
+    assert msg.startswith(f"damaged checkpoint {f}: ") and "no previous copy" in msg
+    if resumable:
+        assert msg.endswith("restore a good copy, or delete it and run again without --resume to start afresh")
+    else:
+        assert msg.endswith(f"restore a good copy of {f}") and "--resume" not in msg
+
+
 def test_missing_newest_uses_previous_and_missing_both_is_file_not_found(tmp_path):
     f = tmp_path / "c.pt"
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
@@ -184,10 +200,14 @@ def test_trainer_and_load_teacher_stop_when_no_copy_is_good(trained, digits, tmp
     (out / "checkpoint.prev.pt").unlink()
     DAMAGE[damage](out / "checkpoint.pt")
     tr = Trainer(TrainConfig(**TINY), out, device="cpu", data=digits)
-    with pytest.raises(CheckpointError, match=str(out / "checkpoint.pt")):
+    with pytest.raises(CheckpointError, match=str(out / "checkpoint.pt")) as e:
         tr.fit(progress=False, resume=True)
-    with pytest.raises(CheckpointError, match=str(out / "checkpoint.pt")):
+    assert "without --resume" in str(e.value)  # the run's own checkpoint: starting afresh is a way out
+    with pytest.raises(CheckpointError, match=str(out / "checkpoint.pt")) as e:
         load_teacher(out / "checkpoint.pt", device="cpu")
+    # a teacher the user named: a fresh run would read it again, so only restoring it helps
+    assert str(e.value).endswith(f"restore a good copy of {out / 'checkpoint.pt'}")
+    assert "--resume" not in str(e.value)
 
 
 def test_load_teacher_uses_the_previous_copy(trained, tmp_path):

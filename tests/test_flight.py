@@ -604,6 +604,25 @@ def test_bad_inputs_name_the_parameter():
             call()
 
 
+def test_sample_shape_accepts_an_int_and_names_bad_shapes():
+    """An int shape ``n`` means ``(n,)`` (``n/2`` pairs, the same draws as ``(n,)``); the last dimension must
+    still be even; anything but a sequence of ints >= 0 is a ValueError that names ``shape``."""
+    f = PlanarFlight()
+    x, atoms = f.sample(0.5, 6, generator=torch.Generator().manual_seed(5), return_atoms=True)
+    assert x.shape == atoms.shape == (6,)
+    assert torch.equal(x, f.sample(0.5, (6,), generator=torch.Generator().manual_seed(5)))
+    assert f.sample(0.5, np.int64(4)).shape == (4,)
+    assert f.sample(0.5, torch.Size([3, 2])).shape == (3, 2)
+    with pytest.raises(ValueError, match=r"^shape must have an even last dimension"):
+        f.sample(0.5, 3)
+    for bad in (2.5, "12", None, True, (2, 2.0), [[2]], (True, 2)):
+        with pytest.raises(ValueError, match=r"^shape must be an int or a sequence of ints"):
+            f.sample(0.5, bad)
+    for bad in (-2, (-1, 2)):
+        with pytest.raises(ValueError, match=r"^shape must hold non-negative sizes"):
+            f.sample(0.5, bad)
+
+
 def test_package_access_and_repr():
     assert kacnum.processes.flight.PlanarFlight is PlanarFlight
     assert repr(PlanarFlight(9, 3)) == "PlanarFlight(a=9, c=3)"

@@ -695,6 +695,26 @@ def test_bad_velocity_inputs_name_y_and_atom_mask():
         kp.velocity(torch.ones(4, dtype=F64), y)
 
 
+def test_sample_shape_accepts_an_int_and_names_bad_shapes():
+    """An int shape ``n`` means ``(n,)`` (as for torch.rand), with the same draws; anything but a sequence of
+    ints >= 0 is a ValueError that names ``shape``."""
+    kp = KacProcess(2.0, 1.0)
+    for method in ("auto", "poisson_beta", "rowwise_icdf"):
+        x = kp.sample(0.5, 1000, generator=torch.Generator().manual_seed(5), method=method)
+        assert x.shape == (1000,)
+        assert torch.equal(x, kp.sample(0.5, (1000,), generator=torch.Generator().manual_seed(5), method=method))
+    assert kp.sample(0.5, np.int64(7)).shape == (7,)
+    assert kp.sample(0.5, torch.Size([2, 3])).shape == (2, 3)
+    assert kp.sample(0.5, [np.int64(2), 3]).shape == (2, 3)
+    assert kp.sample(0.5, 0).shape == (0,)
+    for bad in (2.5, "12", None, True, (2, 1.5), (2, None), [[2]], (True, 3), object()):
+        with pytest.raises(ValueError, match=r"^shape must be an int or a sequence of ints"):
+            kp.sample(0.5, bad)
+    for bad in (-1, (2, -1)):
+        with pytest.raises(ValueError, match=r"^shape must hold non-negative sizes"):
+            kp.sample(0.5, bad)
+
+
 def test_bessel_ratio_term_float32_matches_scipy():
     """z I0(z)/I1(z) in float32 (continued fraction / asymptotic branch) to 3e-7 relative on [0, 200]."""
     from scipy.special import ive

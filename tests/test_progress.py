@@ -127,6 +127,7 @@ def test_feature_extraction_knows_its_batch_count(monkeypatch):
     import torch
 
     from kacnum.images import metrics
+    from kacnum.images.metrics import features  # where extract_features looks Progress up
     totals = []
 
     class Spy(Progress):
@@ -134,7 +135,7 @@ def test_feature_extraction_knows_its_batch_count(monkeypatch):
             totals.append(total)
             super().__init__(total, *a, **k)
 
-    monkeypatch.setattr(metrics, "Progress", Spy)
+    monkeypatch.setattr(features, "Progress", Spy)
 
     class Ext:
         batch_size = 4

@@ -11,3 +11,27 @@ module             what it holds
 ``legacy``         the module names of the flat layout (``kacnum.kac``, ``kacnum.paths``, ...) as aliases
 =================  =====================================================================================
 """
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+
+def lazy_submodules(package: str, path) -> tuple:
+    """``(__getattr__, __dir__)`` for a package that loads its modules on first attribute access.
+
+    ``kacnum.processes.telegrapher`` then works after ``import kacnum`` alone, as ``kacnum.telegrapher``
+    did in the flat layout, without importing every module up front.
+    """
+    names = sorted(m.name for m in _pkgutil.iter_modules(path) if not m.name.startswith("_"))
+
+    def __getattr__(name):
+        if name in names:
+            return _importlib.import_module(f"{package}.{name}")
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__():
+        return sorted(set(names) | set(_importlib.import_module(package).__dict__))
+
+    return __getattr__, __dir__
+
+
+__getattr__, __dir__ = lazy_submodules(__name__, __path__)

@@ -20,6 +20,7 @@ API::
 
     save_checkpoint(path, obj, keep_previous=False)  # torch.save, atomically
     obj = load_checkpoint(path, map_location="cpu")   # verified; falls back to previous_path(path)
+    obj = load_checkpoint(path, resumable=False)      # a file the user named: the error says to restore it
     verify_checkpoint(path)                           # None if intact, else the reason (a string)
     save_json(path, obj)                              # JSON (tensors, numpy, dataclasses, Paths made plain)
     obj = load_json(path)
@@ -158,7 +159,8 @@ def _read(path: Path, map_location: Any, weights_only: bool) -> Any:
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: bool = True,
-                    fallback: bool = True, check: Optional[Callable[[Any], None]] = None) -> Any:
+                    fallback: bool = True, check: Optional[Callable[[Any], None]] = None,
+                    resumable: bool = True) -> Any:
     """Read a checkpoint written by :func:`save_checkpoint`, verified (:func:`verify_checkpoint`) first.
 
     ``map_location`` as in ``torch.load`` (default: everything on the CPU). ``weights_only=True``
@@ -170,6 +172,11 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: boo
     that one is returned with a :class:`CheckpointFallbackWarning` naming both files. Raises
     ``FileNotFoundError`` naming the path if neither file exists, and :class:`CheckpointError` naming
     the file(s) and the damage if no good one does.
+
+    ``resumable`` chooses the advice in that error. True (default): the file is a run's own checkpoint,
+    read to resume it, so starting afresh without ``--resume`` is one way out. False: the file is an
+    input the user named (a teacher, a sample set), which a fresh run would read again, so the only
+    advice is to restore a good copy of it.
     """
     path = Path(path)
     candidates = [path] + ([previous_path(path)] if fallback else [])
@@ -198,8 +205,9 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: boo
                 else "not falling back to a previous copy")
     else:
         hint = "the previous copy is damaged too"
-    raise CheckpointError(f"damaged checkpoint {'; '.join(problems)}; {hint}: restore a good copy, or delete "
-                          f"it and run again without --resume to start afresh")
+    advice = ("restore a good copy, or delete it and run again without --resume to start afresh" if resumable
+              else f"restore a good copy of {path}")
+    raise CheckpointError(f"damaged checkpoint {'; '.join(problems)}; {hint}: {advice}")
 
 
 def to_jsonable(obj: Any) -> Any:

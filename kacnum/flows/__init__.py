@@ -20,3 +20,7 @@ from kacnum.flows.solvers import SolveResult, integrate
 
 __all__ = ["ProbabilityPath", "ProcessPath", "KacPath", "FlightPath", "GaussianPath", "VPPath", "PathSample",
            "FlowMatchingLoss", "EpsilonLoss", "GuidedField", "integrate", "SolveResult"]
+
+from kacnum.core import lazy_submodules as _lazy
+
+__getattr__, __dir__ = _lazy(__name__, __path__)

@@ -1,5 +1,5 @@
 """Training losses: conditional flow matching and the ε-prediction baseline (docs/mathematics.md §4, §5, §9), with the
-teacher-training options of issue 12 (data smoothing, time densities, loss weighting, preconditioning).
+teacher-training options (data smoothing, time densities, loss weighting, preconditioning).
 
 A loss is a small callable class whose hyper-parameters are fixed at construction (the EDM style);
 it sees only the path's :class:`~kacnum.flows.paths.PathSample` and the model output::
@@ -15,8 +15,8 @@ then the label dropout (``torch.rand(B)``, only when labels are given and ``p_un
 defaults (``data_sigma=0``, ``time_sampling="uniform"``, ``weighting="none"``) the draws and the loss
 are bit for bit those of the plain loss.
 
-Teacher-training options (issue 12; every default leaves the plain loss unchanged)
---------------------------------------------------------------------------------------
+Teacher-training options (every default leaves the plain loss unchanged)
+-----------------------------------------------------------------------
 * ``data_sigma = σ``: the path starts from ``x0 + σ ε`` instead of ``x0`` (dequantisation / data
   smoothing). The model then learns the flow of the smoothed data law ``data * N(0, σ² I)``: no atoms
   at ``t > 0`` for σ > 0 and a Lipschitz Kac field (docs/mathematics.md §13); its samples carry that noise.
@@ -60,8 +60,10 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from kacnum.core.checks import check_in_range, check_positive
+from kacnum.core.checks import check_in_range
 from kacnum.flows.paths import GaussianPath, KacPath, PathSample, ProbabilityPath, VPPath
+from kacnum.flows.paths.base import _check_batch_size, _check_data_sigma
+from kacnum.flows.paths.kernels import _gauss_legendre_nodes
 
 __all__ = [
     "FlowMatchingLoss",
@@ -169,8 +171,7 @@ class TimeSampler:
         """``(B,)`` training times for ``path``."""
         if self.kind == "uniform":
             return path.sample_time(batch, generator, dtype=dtype, device=device)
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch!r}")
+        _check_batch_size(batch)
         u = torch.rand(batch, generator=generator, dtype=dtype or torch.get_default_dtype(), device=device)
         tau = self.quantile(u.double()).to(u.dtype).clamp_(0.0, 1.0)
         t = path.t_eps + (path.T - path.t_eps) * tau
@@ -229,7 +230,7 @@ class _PathLoss:
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
-        self.data_sigma = check_in_range("data_sigma", data_sigma, 0.0, math.inf)
+        self.data_sigma = _check_data_sigma(data_sigma)
         self.time_sampler = TimeSampler(time_sampling)
         if weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
@@ -386,13 +387,6 @@ class EpsilonLoss(_PathLoss):
 # marginal scales and the preconditioned model
 
 
-def _gauss_legendre64(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    import numpy as np
-
-    x, w = np.polynomial.legendre.leggauss(n)
-    return torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(w, dtype=torch.float64)
-
-
 def kac_velocity_second_moment(process, g: Union[float, torch.Tensor], panels: int = 16,
                                nodes: int = 8) -> torch.Tensor:
     """``E[v(g, K_g)²]`` of the 1D Kac process (float64, ``g``'s shape): ``c² e^{-a g}`` from the atoms
@@ -410,7 +404,7 @@ def kac_velocity_second_moment(process, g: Union[float, torch.Tensor], panels: i
     atoms = c * c * torch.exp(-a * gf)
     sd = torch.sqrt(process.variance(gf))
     upper = torch.minimum(c * gf, 12.0 * sd)
-    gl_x, gl_w = _gauss_legendre64(nodes)
+    gl_x, gl_w = _gauss_legendre_nodes(nodes, torch.float64, "cpu")
     h = (upper / panels)[:, None, None]
     left = torch.arange(panels, dtype=torch.float64)[None, :, None] * h
     y = left + h * (gl_x[None, None, :] + 1.0) * 0.5  # (N, P, Q) on [0, upper)
@@ -419,6 +413,11 @@ def kac_velocity_second_moment(process, g: Union[float, torch.Tensor], panels: i
     v = process.velocity(gb.expand_as(y), y, torch.zeros_like(y, dtype=torch.bool))
     inner = 2.0 * (p * v * v * gl_w[None, None, :]).sum(dim=(1, 2)) * h[:, 0, 0] * 0.5
     return (atoms + torch.where(gf > 0, inner, torch.zeros_like(inner))).reshape(shape)
+
+
+def _check_sigma_data(sigma_data) -> float:
+    """``sigma_data``: the pooled standard deviation of the data, finite and ``>= 0``."""
+    return float(check_in_range("sigma_data", sigma_data, 0.0, math.inf))
 
 
 def _times64(t) -> torch.Tensor:
@@ -432,7 +431,7 @@ def marginal_std(path: ProbabilityPath, t, sigma_data: float) -> torch.Tensor:
     Kac: ``Var K_{g(t)} = (c²/a)(g - (1 - e^{-2ag})/(2a))``; Gaussian: ``(t/T)²`` with ``f = 1 - t/T``;
     VP: ``1 - ᾱ`` with ``f = sqrt(ᾱ)``. The noise is independent of the data and has mean 0, so the
     pooled variance adds exactly (the data mean only shifts ``x_t``)."""
-    s2 = float(check_in_range("sigma_data", sigma_data, 0.0, math.inf)) ** 2
+    s2 = _check_sigma_data(sigma_data) ** 2
     tt = _times64(t)
     if isinstance(path, KacPath):
         return torch.sqrt(path.f(tt) ** 2 * s2 + path.process.variance(path.g(tt)))
@@ -447,7 +446,7 @@ def target_std(path: ProbabilityPath, t, sigma_data: float) -> torch.Tensor:
     Kac: ``u = f' x0 + g' v(g, K_g)`` with ``v`` odd and ``K`` symmetric and independent of ``x0``, so
     ``Var u = f'² σ_data² + g'² E[v²]`` (:func:`kac_velocity_second_moment`). Gaussian: ``u = (ε - x0)/T``,
     ``sqrt(1 + σ_data²)/T`` at every t. VP (ε-prediction): 1."""
-    s2 = float(check_in_range("sigma_data", sigma_data, 0.0, math.inf)) ** 2
+    s2 = _check_sigma_data(sigma_data) ** 2
     tt = _times64(t)
     if isinstance(path, KacPath):
         df, dg = path.df(tt), path.dg(tt)
@@ -533,7 +532,7 @@ class Preconditioned(_ForwardsCheckInputs, nn.Module):
             raise ValueError(f"mode must be 'in' or 'inout', got {mode!r}")
         self.path = path_from_spec(spec)
         self.spec = dict(spec)
-        self.sigma_data = float(check_in_range("sigma_data", sigma_data, 0.0, math.inf))
+        self.sigma_data = _check_sigma_data(sigma_data)
         self.mode = mode
 
     def extra_repr(self) -> str:

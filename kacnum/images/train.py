@@ -36,6 +36,11 @@ gloo on the CPU); the model is wrapped in ``DistributedDataParallel``. ``batch_s
 batch: each of the ``N`` ranks takes ``batch_size / N`` images per step (it must divide). Only rank 0
 writes logs, sample grids and checkpoints; every rank can resume from them.
 
+Sampling and image grids (:func:`sample_images`, :func:`save_image_grid`) live in
+:mod:`kacnum.images.sampling`, the process group and devices (:func:`setup_distributed`,
+:func:`resolve_device`, :class:`DistInfo`) in :mod:`kacnum.images.distributed`; both are importable from
+here as well.
+
 Output files in ``out_dir``: ``config.json`` (the resolved config), ``train_log.jsonl`` (one JSON line
 per ``log_every`` steps: ``step, epoch, loss, lr, images_per_s, seconds``), ``samples_XXXXXX.png``
 (guided AB-2 samples of the EMA model), ``checkpoint.pt``.
@@ -57,18 +62,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kacnum.core.checks import check_in_range, check_nonnegative, check_positive
-from kacnum.core.seeds import derive_seed  # noqa: F401  (part of this module's interface)
-from kacnum.core.checkpoint import load_checkpoint, previous_path, save_checkpoint, save_json
-from kacnum.images.data import DATASETS, load_dataset, make_loader
-from kacnum.students.distill import EMA
-from kacnum.flows.guidance import GuidedField
-from kacnum.flows.losses import (LOSS_WEIGHTINGS, PRECONDITIONINGS, VP_PREDICTIONS, EpsilonLoss, FlowMatchingLoss,
-                           Preconditioned, TimeSampler, VToEps)
-from kacnum.images.models import PRESETS, make_model
-from kacnum.flows.paths import FlightPath, GaussianPath, KacPath, ProbabilityPath, ProcessPath, VPPath
+from kacnum.core.checkpoint import atomic_write, load_checkpoint, previous_path, save_checkpoint, save_json
+from kacnum.core.checks import check_in_range, check_int, check_nonnegative, check_positive
 from kacnum.core.progress import Progress
-from kacnum.flows.solvers import METHODS, integrate
+from kacnum.core.seeds import derive_seed  # noqa: F401  (part of this module's interface)
+from kacnum.flows.losses import (LOSS_WEIGHTINGS, PRECONDITIONINGS, VP_PREDICTIONS, EpsilonLoss, FlowMatchingLoss,
+                                 Preconditioned, TimeSampler, VToEps)
+from kacnum.flows.paths import FlightPath, GaussianPath, KacPath, ProbabilityPath, VPPath
+from kacnum.flows.solvers import METHODS
+from kacnum.images.data import DATASETS, load_dataset, make_loader
+# part of this module's interface: sampling and the process group live in their own modules
+from kacnum.images.distributed import DistInfo, resolve_device, setup_distributed  # noqa: F401
+from kacnum.images.models import PRESETS, make_model
+from kacnum.images.sampling import _Autocast, sample_images, save_image_grid  # noqa: F401
+from kacnum.students.distill import EMA
 
 __all__ = [
     "TrainConfig",
@@ -139,7 +146,7 @@ class TrainConfig:
             between checkpoints (0: only at the end).
         num_samples, guidance_scale, sample_steps, sample_method: the sample grids (guided
             ``sample_method`` integration of the EMA model, ``sample_steps`` steps from ``T`` to 0).
-    Teacher-training options (issue 12, :mod:`kacnum.flows.losses`; the defaults are the plain loss, bit for bit):
+    Teacher-training options (:mod:`kacnum.flows.losses`; the defaults are the plain loss, bit for bit):
         data_sigma: data smoothing ``x0 + σ ε`` before the path (0: off).
         time_sampling: ``"uniform"``, ``"logit_normal:m,s"`` or ``"power:k"`` (:class:`kacnum.flows.losses.TimeSampler`).
         loss_weighting: ``"none"`` or ``"atom"`` (Kac only: ``w ∝ 1 - e^{-a g(t)}``).
@@ -206,9 +213,9 @@ class TrainConfig:
         if self.sample_method not in METHODS:
             raise ValueError(f"sample_method must be one of {METHODS}, got {self.sample_method!r}")
         for name in ("batch_size", "total_steps", "log_every", "num_samples", "sample_steps", "synthetic_size"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         for name in ("warmup_steps", "sample_every", "checkpoint_every", "seed"):
-            _check_int(name, getattr(self, name), 0)
+            check_int(name, getattr(self, name), 0)
         for name in ("a", "c", "T", "lr", "eps"):
             check_positive(name, getattr(self, name))
         check_nonnegative("weight_decay", self.weight_decay)
@@ -258,12 +265,6 @@ class TrainConfig:
 #: field -> default: a checkpoint written before a field existed resumes as if it held the default
 _FIELD_DEFAULTS = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
                    for f in dataclasses.fields(TrainConfig)}
-
-
-def _check_int(name: str, v, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-    return v
 
 
 def make_path(config: TrainConfig) -> ProbabilityPath:
@@ -345,10 +346,10 @@ def synthetic_dataset(n: int, channels: int, resolution: int, num_classes: int,
 
     Returns ``images: (n, C, R, R)`` float32 in [-1, 1], ``labels: (n,)`` int64.
     """
-    _check_int("n", n, 1)
-    _check_int("channels", channels, 1)
-    _check_int("resolution", resolution, 1)
-    _check_int("num_classes", num_classes, 0)
+    check_int("n", n, 1)
+    check_int("channels", channels, 1)
+    check_int("resolution", resolution, 1)
+    check_int("num_classes", num_classes, 0)
     gen = torch.Generator().manual_seed(int(seed))
     k = max(num_classes, 1)
     up = torch.nn.functional.interpolate
@@ -392,60 +393,6 @@ class _Batches:
 
 
 # ----------------------------------------------------------------------------------------------
-# distributed set-up
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """``rank``, ``world_size``, ``local_rank``, the ``device`` of this process, ``initialized_here``."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    initialized_here: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
-    """``None``/``"auto"``: CUDA if available, else CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def setup_distributed(device: Union[str, torch.device, None] = None, timeout_s: float = 1800.0) -> DistInfo:
-    """Join the process group described by the torchrun environment, if any.
-
-    With ``WORLD_SIZE > 1`` in the environment (set by ``torchrun``, or by hand together with
-    ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) this initialises
-    ``torch.distributed`` (NCCL on CUDA, gloo on the CPU) unless already done, and on CUDA uses
-    ``cuda:LOCAL_RANK``. Without it: a single process on ``resolve_device(device)``.
-    """
-    dev = resolve_device(device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 and not (dist.is_available() and dist.is_initialized()):
-        return DistInfo(device=dev)
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    here = False
-    if not dist.is_initialized():
-        from datetime import timedelta
-
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method="env://",
-                                timeout=timedelta(seconds=timeout_s))
-        here = True
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                    device=dev, initialized_here=here)
-
-
-# ----------------------------------------------------------------------------------------------
 # RNG states (kept as plain tensors / numbers so that load_checkpoint(weights_only=True) reads them)
 
 
@@ -471,146 +418,6 @@ def _set_rng_state(st: dict, device: torch.device) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     if device.type == "cuda" and "cuda" in st:
         torch.cuda.set_rng_state(st["cuda"].cpu(), device)
-
-
-# ----------------------------------------------------------------------------------------------
-# sampling and image grids
-
-
-class _Autocast(nn.Module):
-    """``net(x, t, y)`` under bf16 autocast (when ``enabled``), output cast back to ``x``'s dtype."""
-
-    def __init__(self, net: Callable, enabled: bool, device_type: str):
-        super().__init__()
-        self.net, self.enabled, self.device_type = net, bool(enabled), device_type
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if not self.enabled:
-            return self.net(x, t, y)
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            out = self.net(x, t, y)
-        return out.to(x.dtype)
-
-
-def _latent(path: ProbabilityPath, shape, generator, device) -> torch.Tensor:
-    if isinstance(path, ProcessPath) and path.f(path.T) != 0.0:
-        # f = exp: the law at T is f(T) X0 + N_{g(T)}; start from N_{g(T)} (drops e^{-T} X0).
-        return path.sample_noise(path.g(path.T), shape, generator, dtype=torch.float32, device=device)
-    return path.sample_latent(shape, generator, dtype=torch.float32, device=device)
-
-
-@torch.no_grad()
-def sample_images(model: nn.Module, path: ProbabilityPath, n: int, labels: Optional[torch.Tensor] = None,
-                  guidance_scale: float = 1.0, steps: int = 100, method: str = "ab2",
-                  seed: int = 0, batch_size: int = 500, bf16: bool = False,
-                  device: Union[str, torch.device, None] = None, eps_model: bool = False,
-                  progress: bool = False) -> dict:
-    """Draw ``n`` images by integrating the (guided) flow of ``model`` from ``T`` to ``t_min``.
-
-    The field is ``GuidedField(model, guidance_scale)`` (docs/mathematics.md §5: ``u_∅ + s (u_y - u_∅)``; for an
-    unconditional model the plain ``model(x, t)``), through ``path.velocity_field`` when ``eps_model``
-    (VP ε-prediction). Grid: ``path.default_time_grid(steps)``; solver ``method`` (AB-2: ``steps`` NFE).
-    Latents from ``path.sample_latent`` with a generator seeded by ``seed`` (one per batch:
-    ``derive_seed(seed, batch index)``). ``labels``: ``(n,)`` long (default ``arange(n) mod K``).
-
-    Returns ``{"images": (n, C, H, W) float32 CPU (not clamped), "labels": (n,), "nfe", "nfe_model"}``.
-    """
-    _check_int("n", n, 1)
-    dev = resolve_device(device) if device is not None else next(model.parameters()).device
-    cfg = model.config
-    shape = (cfg.in_channels, cfg.resolution, cfg.resolution)
-    k = int(getattr(model, "num_classes", 0))
-    if labels is None:
-        labels = torch.arange(n) % k if k > 0 else None
-    net = _Autocast(model, bf16 and dev.type == "cuda", dev.type)
-    guided = GuidedField(net, guidance_scale, null_label=model.null_label, num_classes=k) if k > 0 else None
-    grid = path.default_time_grid(steps, device=dev)
-    out, nfe, nfe_model = [], 0, 0
-    starts = range(0, n, batch_size)
-    bar = Progress(len(starts), "sample", enabled=progress, unit="batch")
-    for i, s in enumerate(bar.iterate(starts)):
-        e = min(n, s + batch_size)
-        gen = torch.Generator(device=dev).manual_seed(derive_seed(seed, i))
-        x = _latent(path, (e - s,) + shape, gen, dev)
-        if guided is not None:
-            field_ = guided.field(labels[s:e].to(dev))
-        else:
-            field_ = _Unconditional(net)
-        if eps_model:
-            field_ = path.velocity_field(field_)
-        res = integrate(field_, x, grid, method)
-        out.append(res.x.float().cpu())
-        nfe, nfe_model = nfe + res.nfe, nfe_model + res.nfe_model
-    bar.close()
-    return {"images": torch.cat(out), "labels": labels, "nfe": nfe // len(out), "nfe_model": nfe_model // len(out)}
-
-
-class _Unconditional:
-    nfe_per_call = 1
-
-    def __init__(self, net):
-        self.net = net
-
-    def __call__(self, x, t):
-        return self.net(x, t, None)
-
-
-def save_image_grid(images: torch.Tensor, path: Union[str, os.PathLike], nrow: int = 8, padding: int = 1,
-                    scale: int = 1, row_labels: Optional[list] = None) -> Path:
-    """Save ``images: (N, C, H, W)`` in ``[-1, 1]`` (clamped) as one PNG grid, ``nrow`` images per row.
-
-    Pixels ``p = round((x + 1) · 127.5)``; 1 channel gives a grey PNG, 3 an RGB one; ``scale``
-    enlarges each pixel (nearest). ``row_labels`` (one string per row) are written in a white margin
-    left of the rows. Written atomically. Returns the path.
-    """
-    from PIL import Image
-
-    from kacnum.core.checkpoint import atomic_write
-
-    if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be a (N, C, H, W) tensor with C in (1, 3), got "
-                         f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
-    _check_int("nrow", nrow, 1)
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    n, c, h, w = x.shape
-    cols = min(nrow, n)
-    rows = -(-n // cols)
-    canvas = torch.full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), 255, dtype=torch.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        y0, x0 = padding + r * (h + padding), padding + q * (w + padding)
-        canvas[:, y0:y0 + h, x0:x0 + w] = x[i]
-    if scale > 1:
-        canvas = canvas.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-    arr = canvas.permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr[:, :, 0], mode="L") if c == 1 else Image.fromarray(arr, mode="RGB")
-    if row_labels is not None:
-        if len(row_labels) != rows:
-            raise ValueError(f"row_labels must hold one label per row ({rows}), got {len(row_labels)}")
-        img = _label_rows(img, [str(t) for t in row_labels], (h + padding) * scale, padding * scale)
-    return atomic_write(path, lambda f: img.save(f, format="PNG"))
-
-
-def _label_rows(img, labels: list, row_height: int, top: int):
-    """``img`` with a white margin on its left holding ``labels[i]`` beside row ``i``."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    try:
-        font = ImageFont.load_default(size=max(10, min(14, row_height // 3)))
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        font = ImageFont.load_default()
-    draw = ImageDraw.Draw(img)
-    boxes = [draw.textbbox((0, 0), t, font=font) for t in labels]
-    margin = max(b[2] - b[0] for b in boxes) + 8
-    white = 255 if img.mode == "L" else (255, 255, 255)
-    out = Image.new(img.mode, (img.width + margin, img.height), white)
-    out.paste(img, (margin, 0))
-    draw = ImageDraw.Draw(out)
-    for i, (t, b) in enumerate(zip(labels, boxes)):
-        y = top + i * row_height + (row_height - (b[3] - b[1])) // 2 - b[1]
-        draw.text((4, y), t, fill=0 if img.mode == "L" else (0, 0, 0), font=font)
-    return out
-
 
 # ----------------------------------------------------------------------------------------------
 # the trainer
@@ -889,8 +696,6 @@ class Trainer:
                     keep.append(ln)
             except (ValueError, KeyError, TypeError):
                 pass  # a line cut short by a crash
-        from kacnum.core.checkpoint import atomic_write
-
         atomic_write(f, lambda fh: fh.write("".join(k + "\n" for k in keep)), mode="w")
 
     def _log(self, row: dict) -> None:
@@ -1002,7 +807,8 @@ def load_teacher(checkpoint: Union[str, os.PathLike], device: Union[str, torch.d
     ``model.net``).
     """
     dev = resolve_device(device)
-    ck = load_checkpoint(checkpoint, map_location="cpu")
+    # a file the user names (--teacher, ...): a damaged one is restored, not dropped by leaving out --resume
+    ck = load_checkpoint(checkpoint, map_location="cpu", resumable=False)
     if ck.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{checkpoint} is not a training checkpoint ({CHECKPOINT_FORMAT})")
     cfg = TrainConfig.from_dict(ck["config"])

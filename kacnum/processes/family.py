@@ -1,5 +1,8 @@
 """The noise processes of the Kac flows: one family behind one small interface.
 
+What it holds: the interface :class:`NoiseProcess`, the registry ``PROCESSES`` and :func:`make_process`.
+The laws are derived in docs/mathematics.md §1–3 (Kac process) and §14 (planar random flight).
+
 A Kac-flow path is ``X_t = f(t) X0 + N_{g(t)}`` (:class:`kacnum.flows.paths.ProcessPath`), where ``N`` is a
 finite-speed random process started at 0 whose ``d`` coordinates fall into independent *blocks* of
 ``block_size`` coordinates, all with the same law:

@@ -1,73 +1,49 @@
 """The planar random flight: an isotropic Kac process in 2D (docs/mathematics.md §14).
 
-A particle starts at 0 and moves at speed ``c`` in a direction drawn uniformly on the circle; the direction
-is redrawn (uniformly, independently) at the events of a Poisson process of rate ``λ``. In the API the rate
-is called ``a`` (``PlanarFlight(a, c)``, as ``KacProcess(a, c)``); here ``a = λ`` is the event rate itself.
+What it holds: :class:`PlanarFlight` (the law, the radial CDF and quantile, the exact sampler, the
+conditional velocity and the event-driven reference paths :class:`FlightPaths`).
 
-The law of ``X_t`` (Stadje 1987; Orsingher):
+A particle starts at 0 and moves at speed ``c``; its direction is redrawn uniformly on the circle at the
+events of a Poisson process of rate ``λ`` (the argument ``a`` of ``PlanarFlight(a, c)`` is ``λ`` itself).
+With ``q = sqrt(c²t² - |x|²)`` and the cancellation-free ``w = ct - q = |x|²/(ct + q) ∈ [0, ct]`` the law
+of ``X_t`` is
 
-* a singular part of mass ``e^{-λt}`` spread uniformly on the circle ``|x| = ct`` (no event before t);
-* on the open disc ``|x| < ct`` the density ``p(x, t) = λ/(2πc) · exp(-λt + (λ/c) q) / q`` with
-  ``q = sqrt(c²t² - |x|²)``, of mass ``1 - e^{-λt}``.
+* a singular part of mass ``e^{-λt}`` uniform on the circle ``|x| = ct``;
+* on the open disc the density ``p(x, t) = λ/(2πc) · exp(-(λ/c) w) / q``, of mass ``1 - e^{-λt}``;
+* radially ``P(|X_t| > r) = exp(-(λ/c) w(r))`` for ``r < ct``, so the sampler draws ``E = -log(1 - U)``:
+  ``E ≥ λt`` is the circle, otherwise ``w = (c/λ) E`` and ``|X_t| = sqrt(w (2ct - w))``, at a uniform angle.
 
-Everything follows from one variable, ``w = ct - q = |x|² / (ct + q) ∈ [0, ct]`` (written so, it has no
-cancellation): ``exp(-λt + (λ/c) q) = exp(-(λ/c) w)``, and with ``dq = -r dr / q`` the radial law is
+The conditional velocity is radial, ``u(x, t) = c x / (ct + q)`` (``c x/|x|`` on the circle), and the
+variance per coordinate is ``c²/λ² (λt - 1 + e^{-λt})``.
 
-    P(|X_t| > r) = exp(-(λ/c) w(r))       (0 ≤ r < ct; the atom is the limit e^{-λt} at r = ct),
-
-so ``w`` is ``c`` times an ``Exp(λ)`` time capped at ``t`` (in law, ``c·min(τ₁, t)``), and
-``|X_t| = sqrt(w (2ct - w))``. This is the exact sampler: ``E = -log(1 - U)``; ``E ≥ λt`` is an atom
-(``|X| = ct`` exactly, in the output dtype), otherwise ``w = (c/λ) E``; the direction is uniform.
-
-Conditional velocity ``u(x, t) = E[V_t | X_t = x]``: from the continuity equation (the flux through the
-circle of radius r is ``-d/dt P(|X_t| ≤ r) = 2πr p u_r``) it is radial with
-``u_r = c (ct - q)/|x| = c |x| / (ct + q)``, i.e. ``u(x, t) = c x / (ct + q)``: ``x/(2t)`` near the origin,
-speed ``c`` at the circle (continuous there, unlike the 1D Kac velocity) and ``c x/|x|`` on the atoms.
-``|u| ≤ c`` everywhere.
-
-Moments: ``E|X_t|² = 2c²/λ² (λt - 1 + e^{-λt})`` (``E[V_s·V_u] = c² e^{-λ|s-u|}``), so the variance per
-coordinate is ``c²/λ² (λt - 1 + e^{-λt})`` → ``(c²/λ) t`` in the diffusion limit ``λ → ∞``, ``c²/λ``
-fixed, where ``X_t ⇒ N(0, (c²/λ) t I₂)``.
-
-In ``d = 2k`` dimensions (``sample(t, (..., 2k))``) the coordinates are read as ``k`` independent pairs
-``(x[..., 2j], x[..., 2j+1])``, each an independent planar flight with the same ``(a, c)`` and the same time:
-a "block-isotropic" flow.
+A ``(..., 2k)`` tensor holds ``k`` independent flights with the same ``(a, c)`` and time, in the pairs
+``(x[..., 2j], x[..., 2j+1])``: a block-isotropic process.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from kacnum.core.checks import as_tensor, check_finite, check_positive, check_times
+from kacnum.core.checks import check_positive
+from kacnum.processes.events import EventPaths, UniformDirections, simulate_event_paths
+from kacnum.processes.arguments import TimeLike, float_tensor, sample_arguments, sample_shape, time_tensor
 
-TimeLike = Union[float, int, torch.Tensor]
 
 __all__ = ["PlanarFlight", "FlightPaths"]
 
 
-@dataclass(frozen=True)
-class FlightPaths:
-    """Event-driven planar random flights seen on a time grid.
+class FlightPaths(EventPaths):
+    """Event-driven planar random flights seen on a time grid (:func:`~kacnum.processes.events.simulate_event_paths`).
 
     Attributes:
         times: ``(G,)`` the grid.
         positions: ``(n, G, 2)`` ``X`` at each grid time.
         velocities: ``(n, G, 2)`` the velocity ``V`` (speed ``c``) at each grid time (right-continuous).
         event_counts: ``(n, G)`` number of direction changes up to each grid time.
+        atom_mask: ``(n, G)`` True where a path has had no event yet (it sits on the circle ``|x| = ct``).
     """
-
-    times: torch.Tensor
-    positions: torch.Tensor
-    velocities: torch.Tensor
-    event_counts: torch.Tensor
-
-    @property
-    def atom_mask(self) -> torch.Tensor:
-        """``(n, G)`` True where a path has had no event yet (it sits on the circle ``|x| = ct``)."""
-        return self.event_counts == 0
 
 
 def _per_coordinate_variance(lam: float, c: float, t64: torch.Tensor) -> torch.Tensor:
@@ -109,25 +85,8 @@ class PlanarFlight:
         return f"PlanarFlight(a={self.a:g}, c={self.c:g})"
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _time(t: TimeLike, like: Optional[torch.Tensor] = None, name: str = "t") -> torch.Tensor:
-        if like is not None:
-            tt = as_tensor(t, like=like)
-        else:
-            tt = as_tensor(t, dtype=None if torch.is_tensor(t) else torch.float64)
-        if not tt.is_floating_point():
-            tt = tt.to(torch.get_default_dtype())
-        check_times(name, tt, 0.0, math.inf)
-        return tt
-
-    @staticmethod
-    def _float_tensor(name: str, x) -> torch.Tensor:
-        if not torch.is_tensor(x):
-            x = torch.as_tensor(x, dtype=torch.get_default_dtype())
-        if not x.is_floating_point():
-            x = x.to(torch.get_default_dtype())
-        check_finite(name, x)
-        return x
+    _time = staticmethod(time_tensor)
+    _float_tensor = staticmethod(float_tensor)
 
     @staticmethod
     def _fits(tt: torch.Tensor, shape: Tuple[int, ...], what: str) -> None:
@@ -159,14 +118,19 @@ class PlanarFlight:
             )
         return shape[-1] // 2
 
-    def _point_args(self, t: TimeLike, x) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Check ``x`` of shape ``(..., 2)`` and ``t`` broadcasting to ``x.shape[:-1]``; return ``(t, |x|)``."""
+    def _disc_terms(self, t: TimeLike, x) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(inside, w, q)`` at the points ``x: (..., 2)`` for ``t`` broadcasting to ``x.shape[:-1]``.
+
+        ``inside``: ``|x| < ct``; ``w = |x|²/(ct + q)``; ``q = sqrt(c²t² - |x|²)`` inside and 1 elsewhere,
+        so that ``log q`` and ``1/q`` stay finite off the open disc (where the density is masked anyway).
+        """
         x = self._float_tensor("x", x)
         if x.dim() == 0 or x.shape[-1] != 2:
             raise ValueError(f"x must have shape (..., 2) (points of the plane), got {tuple(x.shape)}")
         tt = self._time(t, like=x)
         self._fits(tt, x.shape[:-1], "x.shape[:-1] =")
-        return tt, torch.hypot(x[..., 0], x[..., 1])
+        inside, w, q = self._wq(self.c * tt, torch.hypot(x[..., 0], x[..., 1]))
+        return inside, w, torch.where(inside, q, torch.ones_like(q))
 
     def _wq(self, ct: torch.Tensor, rho: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(inside, w, q)`` for radius ``rho``: ``q = sqrt((ct - ρ)(ct + ρ))``, ``w = ct - q = ρ²/(ct + q)``."""
@@ -191,11 +155,9 @@ class PlanarFlight:
         Returns:
             ``(...)``, in ``x``'s dtype.
         """
-        tt, rho = self._point_args(t, x)
-        inside, w, q = self._wq(self.c * tt, rho)
+        inside, w, q = self._disc_terms(t, x)
         lam, c = self.a, self.c
-        qs = torch.where(inside, q, torch.ones_like(q))
-        val = math.log(lam / (2.0 * math.pi * c)) - (lam / c) * w - torch.log(qs)
+        val = math.log(lam / (2.0 * math.pi * c)) - (lam / c) * w - torch.log(q)
         return torch.where(inside, val, torch.full_like(val, -math.inf))
 
     def block_log_density(self, t: TimeLike, y) -> torch.Tensor:
@@ -211,20 +173,12 @@ class PlanarFlight:
         """Continuous part ``p(x, t) = λ/(2πc) · exp(-(λ/c)(ct - q)) / q`` (``q = sqrt(c²t² - |x|²)``).
 
         0 outside the open disc ``|x| < ct`` (and on the circle, which carries the singular part). Mass
-        ``1 - e^{-λt}``; integrable ``1/q`` singularity at the circle.
-
-        Args:
-            t: time(s) broadcasting to ``x.shape[:-1]``.
-            x: ``(..., 2)`` points of the plane.
-
-        Returns:
-            ``(...)``, in ``x``'s dtype.
+        ``1 - e^{-λt}``; integrable ``1/q`` singularity at the circle. Arguments and result as for
+        :meth:`log_density`: ``x: (..., 2)``, ``t`` broadcasting to ``x.shape[:-1]``, ``(...)`` in ``x``'s dtype.
         """
-        tt, rho = self._point_args(t, x)
-        inside, w, q = self._wq(self.c * tt, rho)
+        inside, w, q = self._disc_terms(t, x)
         lam, c = self.a, self.c
-        qs = torch.where(inside, q, torch.ones_like(q))
-        val = (lam / (2.0 * math.pi * c)) * torch.exp(-(lam / c) * w) / qs
+        val = (lam / (2.0 * math.pi * c)) * torch.exp(-(lam / c) * w) / q
         return torch.where(inside, val, torch.zeros_like(val))
 
     def radial_cdf(self, t: TimeLike, r) -> torch.Tensor:
@@ -360,18 +314,9 @@ class PlanarFlight:
         Returns:
             ``X`` of shape ``shape`` (pairs ``(X[..., 2j], X[..., 2j+1])``), and the atom mask if asked.
         """
-        shape = tuple(int(s) for s in shape)
-        if any(s < 0 for s in shape):
-            raise ValueError(f"shape must hold non-negative sizes, got {shape}")
+        shape = sample_shape(shape)
         k = self._check_pairs("shape", shape)
-        if torch.is_tensor(t):
-            dtype = dtype or (t.dtype if t.is_floating_point() else torch.get_default_dtype())
-            device = device if device is not None else t.device
-        dtype = dtype or torch.get_default_dtype()
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-        device = torch.device(device) if device is not None else torch.device("cpu")
-        tt = self._time(t, like=torch.empty((), dtype=dtype, device=device))
+        tt, shape, dtype, device = sample_arguments(t, shape, dtype, device)
         self._fits(tt, shape, "shape")
         tp = self._pair_time(tt, shape)
         pshape = shape[:-1] + (k,)
@@ -401,39 +346,13 @@ class PlanarFlight:
         """Event-driven simulation of ``n`` planar flights seen on ``time_grid`` (for tests and figures).
 
         Each path draws ``Exp(λ)`` holding times until it passes ``max(time_grid)`` and a uniform direction
-        for every segment; between events it moves in a straight line at speed ``c``.
+        for every segment; between events it moves in a straight line at speed ``c``
+        (:func:`kacnum.processes.events.simulate_event_paths` with
+        :class:`~kacnum.processes.events.UniformDirections`).
+
+        Args:
+            time_grid: ``(G,)`` times ``≥ 0``; n: number of paths; generator: seeds the draws;
+            dtype: float32 or float64; device: of the output.
         """
-        if isinstance(n, bool) or int(n) != n or int(n) <= 0:
-            raise ValueError(f"n (number of paths) must be a positive integer, got {n!r}")
-        n = int(n)
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-        grid = torch.as_tensor(time_grid, dtype=dtype, device=device)
-        if grid.dim() != 1 or grid.numel() == 0:
-            raise ValueError("time_grid must be a non-empty 1D sequence of times")
-        check_times("time_grid", grid, 0.0, math.inf)
-        device = grid.device
-        t_end = float(grid.max())
-        lam, c = self.a, self.c
-        m = int(lam * t_end + 6.0 * math.sqrt(lam * t_end + 1.0) + 8)
-        event_times = torch.zeros(n, 0, dtype=dtype, device=device)
-        last = torch.zeros(n, dtype=dtype, device=device)
-        while True:
-            hold = -torch.log1p(-torch.rand(n, m, generator=generator, dtype=dtype, device=device)) / lam
-            block = last[:, None] + torch.cumsum(hold, dim=1)
-            event_times = torch.cat([event_times, block], dim=1)
-            last = block[:, -1]
-            if bool((last > t_end).all()):
-                break
-        M = event_times.shape[1]
-        theta = 2.0 * math.pi * torch.rand(n, M + 1, generator=generator, dtype=dtype, device=device)
-        dirs = torch.stack([torch.cos(theta), torch.sin(theta)], dim=-1)  # direction on [s_k, s_{k+1})
-        s = torch.cat([torch.zeros(n, 1, dtype=dtype, device=device), event_times], dim=1)  # (n, M + 1)
-        steps = c * dirs[:, :M] * torch.diff(s, dim=1)[..., None]
-        P = torch.cat([torch.zeros(n, 1, 2, dtype=dtype, device=device), torch.cumsum(steps, dim=1)], dim=1)
-        counts = torch.searchsorted(event_times.contiguous(), grid.expand(n, -1).contiguous(), right=True)
-        s_n = torch.gather(s, 1, counts)
-        idx = counts[..., None].expand(-1, -1, 2)
-        d_n = torch.gather(dirs, 1, idx)
-        pos = torch.gather(P, 1, idx) + c * d_n * (grid[None, :] - s_n)[..., None]
-        return FlightPaths(times=grid, positions=pos, velocities=c * d_n, event_counts=counts)
+        sim = simulate_event_paths(time_grid, n, self.a, UniformDirections(self.c), generator, dtype, device)
+        return FlightPaths(sim.times, sim.positions, sim.velocities, sim.event_counts)

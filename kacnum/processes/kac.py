@@ -1,35 +1,29 @@
-"""The one-dimensional Kac process and the exact law of the telegrapher equation.
+"""The one-dimensional Kac process and the exact law of the telegrapher equation (docs/mathematics.md §1–3).
 
-``K_t = S c \\int_0^t (-1)^{N_s} ds`` with ``S = ±1`` uniform and ``N`` a Poisson process of rate ``a``
-(the switching rate). ``c`` is the speed. The law of ``K_t`` is the fundamental solution of the damped
-wave equation ``∂tt u + 2a ∂t u = c² ∂xx u`` with ``u(0) = δ_0``, ``∂t u(0) = 0`` (docs/mathematics.md §1–3):
+What it holds: :class:`KacProcess` (the law, its CDF, the exact samplers, the conditional velocity and the
+event-driven reference paths :class:`KacPaths`), the stable density :func:`kac_density_scaled`, the
+Bessel ratio :func:`bessel_ratio_term` of the velocity, and the argument checks shared with
+:mod:`kacnum.processes.flight` (:func:`time_tensor`, :func:`float_tensor`, :func:`sample_shape`,
+:func:`sample_arguments`).
 
-* two atoms of mass ``e^{-at}/2`` at ``±ct`` (paths that never switch);
-* on ``|x| < ct`` the density ``p(t,x) = (a e^{-at}/(2c)) [I0(z) + (ct/r) I1(z)]`` with
-  ``r = sqrt(c²t² - x²)``, ``z = a r / c``; its mass is ``1 - e^{-at}``.
+``K_t = S c ∫_0^t (-1)^{N_s} ds`` (``S = ±1`` uniform, ``N`` Poisson of rate ``a``) has the law (§2)
 
-``p`` is an entire function of ``x²`` on the closed cone (``I0(z)`` and ``I1(z)/z`` are power series
-in ``z²``), which is what makes the quadrature and table sampler below accurate to round-off.
+* two atoms of mass ``e^{-at}/2`` at ``±ct``;
+* on ``|x| < ct`` the density ``p(t,x) = (a e^{-at}/(2c)) [I0(z) + (ct/r) I1(z)]``, ``r = sqrt(c²t² - x²)``,
+  ``z = a r / c``, of mass ``1 - e^{-at}``;
 
-Numerics. Bessel terms are evaluated only as ``i0e(z) e^{z - at}`` (``z ≤ at``), so nothing overflows
-(``I0`` overflows float32 near z≈92) or underflows prematurely (``e^{-at}`` for ``at > 745``).
-``r`` is computed as ``sqrt((ct - |x|)(ct + |x|))`` and ``I1(z)/z`` and ``z I0(z)/I1(z)`` use their
-series near the cone, so nothing divides by ``r`` or ``z`` there.
+and the conditional velocity (§3) ``v(t, y) = y / (t + z I0(z)/(a I1(z)))`` inside, ``±c`` on the atoms.
 
-Sampling. Two exact constructions:
+Numerics: Bessel terms only as ``i0e(z) e^{z - at}`` (``z ≤ at``), so nothing overflows or underflows
+early; ``r = sqrt((ct - |x|)(ct + |x|))`` and the series of ``I1(z)/z`` and ``z I0(z)/I1(z)`` near the
+cone, so nothing divides by ``r`` or ``z``. ``p`` is an entire function of ``x²`` on the closed cone
+(``I0(z)`` and ``I1(z)/z`` are series in ``z²``), which is why its quadrature and tables converge fast.
 
-* ``poisson_beta`` (any per-element ``t``): ``n ~ Poisson(at)``; ``n = 0`` gives an atom ``S ct``;
-  otherwise ``B ~ Beta(ceil((n+1)/2), floor((n+1)/2))`` and ``K = S ct (2B - 1)`` (given ``n`` switches
-  the ``n+1`` holding times are ``t·Dirichlet(1,…,1)``; the time spent in the initial direction is the
-  sum of the odd-indexed ones).
-* ``rowwise_icdf`` (the default on CPU when all coordinates of a row share one ``t``, as in training where
-  an image has one time): one uniform per coordinate through a per-row quantile table. Per row, the CDF of
-  ``|K_t|`` is tabulated from the exact density and its slope (64 cells, corrected trapezoid +
-  Richardson), inverted at 97 levels of ``ζ = α(1 - ρ) - β log ρ`` (``ρ`` the normalised mass beyond
-  ``|K|``: uniform in mass in the bulk, logarithmic in the tail), and stored as a cubic Hermite table in
-  ``ζ``. A draw is then a few elementwise passes and one table lookup, no search, no iteration. No global
-  table, no set-up; the induced CDF differs from the exact one by < 1e-6 in sup norm (about 1.7e-7,
-  tested without sampling noise) and the atoms are exact.
+Samplers (both exact in law): ``poisson_beta`` (any per-element ``t``): ``n ~ Poisson(at)``; ``n = 0`` is
+an atom ``S ct``, else ``K = S ct (2B - 1)`` with ``B ~ Beta(ceil((n+1)/2), floor((n+1)/2))``.
+``rowwise_icdf`` (one ``t`` per row, the CPU default): one uniform per coordinate through a per-row
+quantile table built from the exact density (:meth:`KacProcess._quantile_table`); CDF error below 1e-6
+in sup norm, atoms exact.
 """
 from __future__ import annotations
 
@@ -40,9 +34,9 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from kacnum.core.checks import as_tensor, check_finite, check_positive, check_times
-
-TimeLike = Union[float, int, torch.Tensor]
+from kacnum.core.checks import check_positive
+from kacnum.processes.arguments import TimeLike, float_tensor, sample_arguments, time_tensor
+from kacnum.processes.events import AlternatingSigns, simulate_event_paths
 
 __all__ = ["KacProcess", "KacPaths", "bessel_ratio_term", "kac_density_scaled"]
 
@@ -252,23 +246,10 @@ class KacProcess:
         return f"KacProcess(a={self.a:g}, c={self.c:g})"
 
     # ------------------------------------------------------------------ helpers
-    def _time(self, t: TimeLike, like: Optional[torch.Tensor] = None, name: str = "t") -> torch.Tensor:
-        if like is not None:
-            tt = as_tensor(t, like=like)
-        else:
-            # a Python number is evaluated in float64 (the law's scalar summaries should not lose digits)
-            tt = as_tensor(t, dtype=None if torch.is_tensor(t) else torch.float64)
-        if not tt.is_floating_point():
-            tt = tt.to(torch.get_default_dtype())
-        check_times(name, tt, 0.0, math.inf)
-        return tt
+    _time = staticmethod(time_tensor)
 
     def _tx(self, t: TimeLike, x: torch.Tensor, name: str = "x") -> Tuple[torch.Tensor, torch.Tensor]:
-        if not torch.is_tensor(x):
-            x = torch.as_tensor(x, dtype=torch.get_default_dtype())
-        if not x.is_floating_point():
-            x = x.to(torch.get_default_dtype())
-        check_finite(name, x)
+        x = float_tensor(name, x)
         tt = self._time(t, like=x)
         try:
             torch.broadcast_shapes(tt.shape, x.shape)
@@ -424,17 +405,7 @@ class KacProcess:
         of :meth:`_icdf_rows` (sup-norm CDF error below 1e-6, atoms exact); ``poisson_beta`` draws
         ``n ~ Poisson(at)``, a sign and two gammas per coordinate.
         """
-        shape = tuple(int(s) for s in shape)
-        if any(s < 0 for s in shape):
-            raise ValueError(f"shape must hold non-negative sizes, got {shape}")
-        if torch.is_tensor(t):
-            dtype = dtype or (t.dtype if t.is_floating_point() else torch.get_default_dtype())
-            device = device if device is not None else t.device
-        dtype = dtype or torch.get_default_dtype()
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-        device = torch.device(device) if device is not None else torch.device("cpu")
-        tt = self._time(t, like=torch.empty((), dtype=dtype, device=device))
+        tt, shape, dtype, device = sample_arguments(t, shape, dtype, device)
         if tt.dim() > len(shape):
             raise ValueError(f"t with shape {tuple(tt.shape)} has more dims than shape {shape}")
         try:
@@ -800,41 +771,16 @@ class KacProcess:
         """Event-driven simulation of ``n`` Kac paths (exponential holding times) seen on ``time_grid``.
 
         Exact: each path draws ``Exp(a)`` holding times until it passes ``max(time_grid)``; between
-        switches the path moves at ``±c``. Use it for tests and figures, not for training.
+        switches the path moves at ``±c`` (:func:`kacnum.processes.events.simulate_event_paths` with
+        :class:`~kacnum.processes.events.AlternatingSigns`). Use it for tests and figures, not for training.
+
+        Args:
+            time_grid: ``(G,)`` times ``≥ 0``; n: number of paths; generator: seeds the draws;
+            dtype: float32 or float64; device: of the output.
         """
-        if int(n) <= 0:
-            raise ValueError(f"n (number of paths) must be a positive integer, got {n!r}")
-        n = int(n)
-        grid = torch.as_tensor(time_grid, dtype=dtype, device=device)
-        if grid.dim() != 1 or grid.numel() == 0:
-            raise ValueError("time_grid must be a non-empty 1D sequence of times")
-        check_times("time_grid", grid, 0.0, math.inf)
-        device = grid.device
-        t_end = float(grid.max())
-        a, c = self.a, self.c
-        sign = torch.where(torch.rand(n, generator=generator, dtype=dtype, device=device) < 0.5, -1.0, 1.0).to(dtype)
-        m = int(a * t_end + 6.0 * math.sqrt(a * t_end + 1.0) + 8)
-        switch_times = torch.zeros(n, 0, dtype=dtype, device=device)
-        last = torch.zeros(n, dtype=dtype, device=device)
-        while True:
-            e = -torch.log1p(-torch.rand(n, m, generator=generator, dtype=dtype, device=device)) / a
-            block = last[:, None] + torch.cumsum(e, dim=1)
-            switch_times = torch.cat([switch_times, block], dim=1)
-            last = block[:, -1]
-            if bool((last > t_end).all()):
-                break
-        # positions at switch times: P_0 = 0 at s_0 = 0; P_{k+1} = P_k + (-1)^k (s_{k+1} - s_k)
-        s = torch.cat([torch.zeros(n, 1, dtype=dtype, device=device), switch_times], dim=1)
-        k_idx = torch.arange(s.shape[1] - 1, device=device)
-        alt = 1.0 - 2.0 * (k_idx % 2).to(dtype)
-        P = torch.cat([torch.zeros(n, 1, dtype=dtype, device=device), torch.cumsum(alt * torch.diff(s, dim=1), dim=1)], 1)
-        counts = torch.searchsorted(switch_times.contiguous(), grid.expand(n, -1).contiguous(), right=True)
-        s_n = torch.gather(s, 1, counts)
-        P_n = torch.gather(P, 1, counts)
-        par = 1.0 - 2.0 * (counts % 2).to(dtype)
-        pos = sign[:, None] * c * (P_n + par * (grid[None, :] - s_n))
-        vel = sign[:, None] * c * par
-        return KacPaths(times=grid, positions=pos, velocities=vel, switch_counts=counts)
+        sim = simulate_event_paths(time_grid, n, self.a, AlternatingSigns(self.c), generator, dtype, device)
+        return KacPaths(times=sim.times, positions=sim.positions, velocities=sim.velocities,
+                        switch_counts=sim.event_counts)
 
 
 def _gauss_legendre(n: int, device) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -1,36 +1,21 @@
-"""Solvers and exact solutions for the damped wave (telegrapher) equation (docs/mathematics.md §1–2).
+"""Solvers and exact solutions of the damped wave (telegrapher) equation (docs/mathematics.md §1–2).
 
     ∂tt u + 2a ∂t u = c² Δu,        a > 0 (switching rate), c > 0 (speed)
 
-One dimension: the kinetic (two-velocity) form of the Kac process. With ``p±`` the densities of
-{K_t ∈ dx, V_t = ±c}: a particle moves at ``±c`` and switches velocity at rate ``a``, so
+What it holds:
 
-    ∂t p+ + c ∂x p+ = a (p- - p+),        ∂t p- - c ∂x p- = a (p+ - p-).
-
-Then ``u = p+ + p-`` and ``j = c (p+ - p-)`` satisfy ``∂t u + ∂x j = 0`` and
-``∂t j + 2a j + c² ∂x u = 0``; eliminating ``j`` gives ``∂tt u + 2a ∂t u = c² ∂xx u``.
-Initial data: ``u(0) = u0`` and ``∂t u(0) = u1 = -∂x j(0)``, i.e. ``j0(x) = -∫_{-∞}^x u1``,
-``p± = (u0 ± j0/c)/2`` (``u1 = 0`` gives ``p± = u0/2``).
-
-:func:`solve_telegrapher_1d` uses Strang splitting: half a step of the relaxation ODE (solved exactly:
-``p+ + p-`` is constant and ``p+ - p-`` decays like ``e^{-2a t}``), a transport step (exact: on a grid
-with ``dx = c dt`` each of ``p±`` moves by exactly one cell), half a relaxation step. Only the splitting
-is approximate, so the scheme is second order in time; transport is exact, so the support grows by
-exactly one cell per step (finite speed to round-off) and both sub-steps are convex combinations
-(``u ≥ 0`` is kept) that conserve ``Σ u``.
-
-:func:`exact_solution_1d` is the reference: ``u(t) = law(K_t) * u0`` plus, for ``u1``, the Duhamel
-term ``∫_0^t e^{-2a(t-s)} (law(K_s) * u1) ds``, computed by Gauss–Legendre quadrature with the exact
-law from :class:`kacnum.processes.kac.KacProcess` (atoms ``e^{-at}/2`` at ``±ct`` and the density inside).
-
-Two dimensions (isotropic): :func:`solve_telegrapher_2d`, a three-level central scheme on a periodic
-square box (leapfrog in time for ``∂tt``, centred ``(u^{n+1} - u^{n-1})/(2dt)`` for the damping, 5-point
-or spectral Laplacian): second order in space and time. It is NOT exactly finite-speed: the stencil
-moves information one cell per step (numerical speed ``c/cfl > c``) and dispersion leaks a little mass
-outside the light cone; :func:`mass_outside_cone_2d` measures how much.
-
-Diffusion limit (docs/mathematics.md §1): ``a, c → ∞`` with ``c²/a = σ²`` fixed gives the heat equation
-``∂t u = D ∂xx u`` with ``D = c²/(2a) = σ²/2``; :func:`heat_limit_l1` measures the L1 distance.
+* :func:`solve_telegrapher_1d`: the kinetic (two-velocity) form ``∂t p± ± c ∂x p± = a (p∓ - p±)``, with
+  ``u = p+ + p-`` and initial data ``p± = (u0 ± j0/c)/2``, ``j0(x) = -∫_{-∞}^x u1``. Strang splitting:
+  half a step of the relaxation ODE (exact: ``p+ - p-`` decays like ``e^{-2a t}``), one exact transport
+  step (``dx = c dt``: each of ``p±`` moves one cell), half a relaxation step. Second order in time,
+  exactly finite-speed, positive and conservative.
+* :func:`exact_solution_1d`: ``u(t) = law(K_t) * u0 + ∫_0^t e^{-2a(t-s)} (law(K_s) * u1) ds`` with the
+  exact law of :class:`kacnum.processes.kac.KacProcess`, by Gauss–Legendre quadrature: the reference.
+* :func:`solve_telegrapher_2d`: a three-level central scheme on a periodic square (leapfrog for ``∂tt``,
+  centred damping, 5-point or spectral Laplacian), second order; not exactly finite-speed (numerical
+  speed ``c/cfl``), so :func:`mass_outside_cone_2d` measures the mass it leaks outside the light cone.
+* the diffusion limit ``a, c → ∞`` with ``c²/a`` fixed: the heat equation ``∂t u = (c²/(2a)) ∂xx u``
+  (:func:`heat_limit_l1`).
 """
 from __future__ import annotations
 

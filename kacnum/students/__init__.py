@@ -13,3 +13,7 @@ module             what it holds
 
 The endpoint objective and its stability bound are derived in ``docs/mathematics.md`` (sections 7-8).
 """
+
+from kacnum.core import lazy_submodules as _lazy
+
+__getattr__, __dir__ = _lazy(__name__, __path__)

@@ -11,3 +11,7 @@ module             what it holds
 
 The claims and their derived bounds are in ``docs/mathematics.md`` (section 8).
 """
+
+from kacnum.core import lazy_submodules as _lazy
+
+__getattr__, __dir__ = _lazy(__name__, __path__)
