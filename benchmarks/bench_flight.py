@@ -20,18 +20,22 @@ radial CDF (1% critical value 1.63) and the atom share against ``e^{-λt}``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kacnum.processes.flight import PlanarFlight
-from kacnum.processes.kac import KacProcess
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from _bench import ImageBatch, write_json  # noqa: E402
+from kacnum.processes.flight import PlanarFlight  # noqa: E402
+from kacnum.processes.kac import KacProcess  # noqa: E402
 
 KS_SETS = ((9.0, 3.0, 0.3), (9.0, 3.0, 1.0), (900.0, 10.0, 1.0))
 
@@ -104,8 +108,8 @@ def ks_check(n: int, seed: int = 0) -> list:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=256)
-    ap.add_argument("--cols", type=int, default=3072)
+    ap.add_argument("--rows", type=int, default=ImageBatch.rows)
+    ap.add_argument("--cols", type=int, default=ImageBatch.cols)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--ks", type=int, default=0, help="pairs per KS check (0: skip)")
@@ -116,12 +120,12 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = {
-        "config": {"rows": args.rows, "cols": args.cols, "a": 9.0, "c": 3.0, "dtype": "float32",
+        "config": {"rows": args.rows, "cols": args.cols, "a": ImageBatch.a, "c": ImageBatch.c, "dtype": "float32",
                    "t": "one U(0,1) time per row", "repeats": args.repeats, "threads": torch.get_num_threads()},
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "torch": torch.__version__, "loadavg_before": loadavg()},
     }
-    result.update(time_samplers(args.rows, args.cols, args.repeats, 9.0, 3.0))
+    result.update(time_samplers(args.rows, args.cols, args.repeats, ImageBatch.a, ImageBatch.c))
     result["machine"]["loadavg_after_timing"] = loadavg()
     print(f"float32, {args.rows}x{args.cols} coords, {torch.get_num_threads()} thread(s), "
           f"load before/after: {result['machine']['loadavg_before']} / {result['machine']['loadavg_after_timing']}")
@@ -136,9 +140,7 @@ def main(argv=None) -> dict:
             print(f"  KS lam={r['lam']:g} c={r['c']:g} t={r['t']:g} {r['dtype']}: sqrt(n)D = {r['sqrt_n_D']:.3f}"
                   f"  atoms {r['atom_share']:.5f} (exact {r['atom_exact']:.5f}, z = {r['atom_z']:.2f})")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
+        write_json(args.out, result)
     return result
 
 

@@ -13,17 +13,20 @@ Writes the JSON (config + results) to --out and a PNG (error against wall time) 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import tempfile
+import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import List
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kacnum.processes.telegrapher import (
+import torch  # noqa: E402
+
+from _bench import write_json  # noqa: E402
+from kacnum.processes.telegrapher import (  # noqa: E402
     bump,
     exact_solution_1d,
     fit_order,
@@ -129,15 +132,6 @@ def bench_diffusion(cfg: BenchConfig) -> dict:
     return dict(rows=rows, rate_in_1_over_a=rate)
 
 
-def _write_json(path: str, obj: dict) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def _plot(path: str, res: dict) -> None:
     import matplotlib
 
@@ -207,7 +201,7 @@ def main(argv=None) -> dict:
     print(f"rate in 1/a: {res['diffusion']['rate_in_1_over_a']:.3f}")
 
     out = {"config": asdict(cfg), "results": res, "torch": torch.__version__}
-    _write_json(args.out, out)
+    write_json(args.out, out)
     if not args.no_plot:
         _plot(os.path.splitext(args.out)[0] + ".png", res)
     print(f"\nwrote {args.out}")

@@ -1,6 +1,6 @@
 """Benchmark: drawing K_t, the default sampler against an inverse-CDF table, Poisson–Beta, events, rand.
 
-Goal (issue): in one run on this machine, float32, ``rows × cols`` coordinates (256 × 3072 = a batch of
+Goal: in one run on this machine, float32, ``rows × cols`` coordinates (256 × 3072 = a batch of
 256 3×32×32 images), a = 9, c = 3, one time ``t ~ U(0, 1)`` per row, the default sampler
 (``KacProcess.sample``, ``rowwise_icdf``) at least as fast as an inverse-CDF table sampler of the original
 Kac-flow code's size (50001 times × 4097 quantile levels, float32, bilinear interpolation), with no
@@ -39,22 +39,22 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kacnum.processes.kac import KacProcess
+import torch  # noqa: E402
+
+from _bench import ImageBatch, write_json  # noqa: E402
+from kacnum.processes.kac import KacProcess  # noqa: E402
 
 KS_SETS = ((9.0, 3.0, 0.3), (9.0, 3.0, 1.0), (25.0, 2.0, 1.0), (900.0, 10.0, 1.0))
 SHELL = 1.0 / 4096.0
 
 
 @dataclass(frozen=True)
-class BenchConfig:
-    rows: int = 256
-    cols: int = 3072
-    a: float = 9.0
-    c: float = 3.0
+class BenchConfig(ImageBatch):
     t_max: float = 1.0
     table_t: int = 50001
     table_levels: int = 4097
@@ -406,11 +406,7 @@ def main(argv=None):
         probe_memory(args.probe, cfg)
         return
     res = run(cfg)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(res, f, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, res)
     print(f"wrote {args.out}")
 
 

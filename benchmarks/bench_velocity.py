@@ -1,6 +1,6 @@
 """Benchmark: conditional Kac velocity, ours (float32 + atom mask) against the original approach.
 
-Goal (issue): ``KacProcess.velocity`` at least 3× faster than a float64 implementation of the same
+Goal: ``KacProcess.velocity`` at least 3× faster than a float64 implementation of the same
 formula with an ε-layer atom test, at equal accuracy (max error inside the cone ≤ 1e-6·c).
 
 * reference (the original code's approach): float64, ``v = c y I1(z) / (r I0(z) + ct I1(z))`` with the
@@ -8,7 +8,7 @@ formula with an ε-layer atom test, at equal accuracy (max error inside the cone
 * ours: ``KacProcess(a, c).velocity(t, y, atom_mask)`` in float32, with the sampler's atom mask;
 * accuracy: max |v - v_exact| over interior (non-atom) points, v_exact from scipy's ``ive`` in float64
   at the same float32 inputs; also how many interior points the ε-layer turns into atoms;
-* ``proposed``: a prototype of the fix suggested to the lead (not in kac.py): the same velocity with
+* ``proposed``: a prototype of a faster formulation (not in kac.py): the same velocity with
   ``z I0(z)/I1(z)`` from a continued fraction (z ≤ 16) and its asymptotic series (z > 16) instead of
   two Cephes Bessel calls (``i0e`` has no fast float32 kernel on CPU); with ``--compile`` also that
   prototype fused by ``torch.compile``.
@@ -22,26 +22,25 @@ time ``t ~ U(0, 1)`` per row, ``y`` drawn by ``KacProcess.sample``. Throughput i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-import numpy as np
-import torch
-from scipy import special
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kacnum.processes.kac import KacProcess
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy import special  # noqa: E402
+
+from _bench import ImageBatch, min_time, write_json  # noqa: E402
+from kacnum.processes.kac import KacProcess  # noqa: E402
 
 
 @dataclass(frozen=True)
-class BenchConfig:
-    rows: int = 256
-    cols: int = 3072
-    a: float = 9.0
-    c: float = 3.0
+class BenchConfig(ImageBatch):
     eps_layer: float = 1e-6
     repeats: int = 20
     threads: int = 2
@@ -102,20 +101,6 @@ def exact_velocity_np(a: float, c: float, t: np.ndarray, y: np.ndarray) -> np.nd
     return np.where(r > 0, v, y / (t + 2.0 / a))
 
 
-def time_min(fn, repeats: int, device: torch.device) -> float:
-    """Minimum wall time of ``fn()`` over ``repeats`` calls (after two warm-up calls)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn(), fn()
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def top_ops(fn, n: int = 8):
     """Self time per aten op over 3 calls (torch.profiler), largest first: [(name, ms per call)]."""
     with torch.profiler.profile() as prof:
@@ -160,7 +145,7 @@ def main(argv=None) -> dict:
         fused(cfg.a, cfg.c, t32, y32, atoms)
         compile_s = time.perf_counter() - t0
         runs["proposed_f32_compiled"] = lambda: fused(cfg.a, cfg.c, t32, y32, atoms)
-    seconds = {name: time_min(fn, cfg.repeats, dev) for name, fn in runs.items()}
+    seconds = {name: min_time(fn, cfg.repeats, dev) for name, fn in runs.items()}
 
     # accuracy on interior points against scipy float64 at the same float32 inputs
     inside = ~atoms
@@ -212,12 +197,7 @@ def main(argv=None) -> dict:
         if key in results:
             print(key + ": " + ", ".join(f"{name} {ms:.2f}" for name, ms in results[key]))
 
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(results, fh, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, results)
     return results
 
 

@@ -1,4 +1,4 @@
-"""Why the VP/DDIM baseline scores far below Gaussian FM at the same budget (issue 13): a measurement on digits.
+"""Why the VP/DDIM baseline scores far below Gaussian FM at the same budget: a measurement on digits.
 
 Trains a VP ε-model and a Gaussian FM model with the same recipe (``digits_tiny``, batch 64, ``--steps`` optimiser
 steps, lr 1e-3; about 40 s each on one CPU thread at 450 steps), then measures with the project's digits FID

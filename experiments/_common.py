@@ -18,6 +18,21 @@ with status 1. Every script ends with ``sys.exit(cli.run_main(main))``; ``main(a
 JSON files are written atomically (``kacnum.core.checkpoint.save_json``: temporary file in the same folder,
 then ``os.replace``); so are the PNGs. ``results.json`` has ``worst_ratios`` (name -> worst measured /
 bound ratio) at its top level.
+
+A claim script's ``main`` is three steps around its own measurement::
+
+    args, cfg, gen = _common.start(NAME, __doc__, MyConfig(), QUICK, argv)   # parse, budget, seed, threads
+    with _common.Stopwatch() as sw:
+        res = run(cfg, gen)
+    ...                                                                    # its own tables
+    return _common.finish(NAME, args, cfg, res, sw.seconds, figure(res, cfg))  # PNG, config/results.json
+
+A notebook (``notebooks/*.py``) finds the repository root, puts ``experiments/`` on ``sys.path`` and calls
+:func:`run_notebook`, which runs the script's ``main`` with the budget the environment asks for
+(:func:`notebook_args`); :func:`show` displays the PNGs it wrote.
+
+The writers serve the larger scripts too (``theorem8.py``, ``sampling_cost.py``, ``teacher_study.py``):
+:func:`write_png`, :func:`write_text` and :func:`shown_command` (the command line a results file quotes).
 """
 from __future__ import annotations
 
@@ -25,9 +40,10 @@ import argparse
 import dataclasses
 import io
 import math
+import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import matplotlib
 
@@ -42,6 +58,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PAPER_FIGURES = REPO_ROOT / "paper_figures"
 #: PNGs for paper_figures/ must stay below this size
 MAX_PNG_BYTES = 300_000
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSetting:
+    """The setting the grid-data claim scripts share (their configurations extend it): the Kac path with
+    switching rate ``a`` and speed ``c``, and the 3×3 grid data of the given spacing
+    (``kacnum.theory.claims.labelled_grid_support``)."""
+
+    a: float = 9.0
+    c: float = 3.0
+    spacing: float = 1.5
 
 
 def make_parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -75,6 +102,31 @@ def setup(args: argparse.Namespace) -> torch.Generator:
     return torch.Generator().manual_seed(args.seed)
 
 
+def start(name: str, description: str, config, quick: dict, argv: Optional[Sequence[str]] = None,
+          options: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> tuple:
+    """Parse ``argv`` with the shared options (and those ``options(parser)`` adds), take the ``--quick``
+    budget (``dataclasses.replace(config, **quick)``), then :func:`setup`.
+
+    Returns ``(args, cfg, generator)``; the generator is seeded with ``--seed``.
+    """
+    parser = make_parser(name, description)
+    if options is not None:
+        options(parser)
+    args = parser.parse_args(argv)
+    cfg = dataclasses.replace(config, **quick) if args.quick else config
+    return args, cfg, setup(args)
+
+
+def finish(name: str, args: argparse.Namespace, cfg, results: dict, seconds: float, fig, dpi: int = 100) -> dict:
+    """The end of every claim script: record ``runtime_s``, save ``fig`` as ``<name>.png`` (:func:`save_figure`,
+    its paths under ``figures``), write ``config.json`` and ``results.json`` and say so. Returns ``results``."""
+    results["runtime_s"] = seconds
+    results["figures"] = save_figure(fig, args.out, f"{name}.png", args.paper_figures, dpi=dpi)
+    write_results(args.out, config_dict(cfg, args), results)
+    print(f"wrote {args.out}/config.json, results.json, {name}.png ({seconds:.1f} s)")
+    return results
+
+
 def config_dict(cfg, args: argparse.Namespace) -> dict:
     """The resolved configuration: the dataclass ``cfg`` plus the command-line switches."""
     out = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
@@ -87,6 +139,15 @@ def write_results(out: Path, config: dict, results: dict) -> None:
     """``config.json`` and ``results.json`` in ``out``, atomically."""
     save_json(Path(out) / "config.json", config)
     save_json(Path(out) / "results.json", results)
+
+
+def write_png(fig, path: Path, dpi: int = 100) -> Path:
+    """Save ``fig`` as a PNG at ``path`` atomically (rendered in memory first, so a failed render leaves no
+    partial file) and close it. Returns ``path``."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
 def save_figure(fig, out: Path, filename: str, paper_figures: bool = False, dpi: int = 100) -> List[str]:
@@ -105,6 +166,20 @@ def save_figure(fig, out: Path, filename: str, paper_figures: bool = False, dpi:
     for path in targets:
         atomic_write(path, lambda f: f.write(data))
     return [str(p) for p in targets]
+
+
+def shown_command(name: str, argv: Optional[Sequence[str]]) -> str:
+    """The run's command line as a reader would retype it: ``python experiments/<name>.py`` and the
+    arguments (``sys.argv[1:]`` when ``argv`` is None) without ``--out DIR``, which names the writer's folder."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    kept = [w for i, w in enumerate(words) if w != "--out" and not (i > 0 and words[i - 1] == "--out")]
+    return " ".join([f"python experiments/{name}.py"] + kept)
+
+
+def write_text(filename: str, text: str, out: Path, paper_dir: Optional[Path] = None) -> None:
+    """Write ``text`` (UTF-8) atomically as ``out/filename`` and, if given, ``paper_dir/filename``."""
+    for folder in [out] + ([paper_dir] if paper_dir is not None else []):
+        atomic_write(Path(folder) / filename, lambda f: f.write(text.encode()))
 
 
 def _fmt(v, floatfmt: str) -> str:
@@ -135,6 +210,11 @@ def print_table(rows: Sequence[dict], columns: Sequence[str], title: Optional[st
     text = format_table(rows, columns, title, floatfmt)
     print(text + "\n", flush=True)
     return text
+
+
+def print_worst_ratios(worst: dict, title: str = "worst ratios") -> str:
+    """Print the ``worst_ratios`` dict (name -> worst measured / bound) as a two-column table."""
+    return print_table([dict(bound=k, worst_ratio=v) for k, v in worst.items()], ["bound", "worst_ratio"], title)
 
 
 class Stopwatch:
@@ -181,3 +261,22 @@ def notebook_args(name: str, extra_quick: Sequence[str] = ()) -> tuple:
     out = base / name
     argv = ["--out", str(out)] + (["--quick", *extra_quick] if quick else []) + (["--paper-figures"] if paper else [])
     return out, argv
+
+
+def run_notebook(name: str, extra_quick: Sequence[str] = ()) -> tuple:
+    """Run ``experiments/<name>.py``'s ``main`` for a notebook, with :func:`notebook_args`' folder and budget.
+
+    Returns ``(out: Path, results: dict)``.
+    """
+    import importlib
+
+    out, argv = notebook_args(name, extra_quick)
+    return out, importlib.import_module(name).main(argv)
+
+
+def show(out: Path, *filenames: str) -> None:
+    """Display the PNGs ``out/<filename>`` in the notebook (IPython)."""
+    from IPython.display import Image, display
+
+    for filename in filenames:
+        display(Image(filename=str(Path(out) / filename)))

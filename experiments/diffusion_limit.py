@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -97,12 +97,7 @@ def figure(res: dict, cfg: DiffusionLimitConfig):
 
 
 def main(argv=None) -> dict:
-    parser = _common.make_parser(NAME, __doc__)
-    args = parser.parse_args(argv)
-    cfg = DiffusionLimitConfig()
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    _common.setup(args)
+    args, cfg, _ = _common.start(NAME, __doc__, DiffusionLimitConfig(), QUICK, argv)  # exact: no draws
     with _common.Stopwatch() as sw:
         res = run(cfg)
     cols = ["a", "c", "atom_mass", "density_sup", "density_l1", "velocity_sup", "velocity_l2"]
@@ -111,11 +106,7 @@ def main(argv=None) -> dict:
     _common.print_table([dict(error=k, rate=v, decreasing=res["decreasing_over_fit_range"][k])
                          for k, v in res["rates"].items()], ["error", "rate", "decreasing"],
                         f"fitted rates (slope of log error vs log a, a >= {cfg.fit_from:g})")
-    res["runtime_s"] = sw.seconds
-    res["figures"] = _common.save_figure(figure(res, cfg), args.out, f"{NAME}.png", args.paper_figures)
-    _common.write_results(args.out, _common.config_dict(cfg, args), res)
-    print(f"wrote {args.out}/config.json, results.json, {NAME}.png ({sw.seconds:.1f} s)")
-    return res
+    return _common.finish(NAME, args, cfg, res, sw.seconds, figure(res, cfg))
 
 
 if __name__ == "__main__":

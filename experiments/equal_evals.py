@@ -22,6 +22,7 @@ Writes ``OUT/equal_evals.json`` and ``OUT/equal_evals.md``; a rerun reuses sampl
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if len(set(labels)) != len(labels):
         raise cli.UsageError(f"--set: labels must differ, got {labels}")
     for s in args.sets:
-        cli.check_input_file(s["checkpoint"], "--set", f"the checkpoint of set {s['label']!r}")
+        ckpt = cli.check_input_file(s["checkpoint"], "--set", f"the checkpoint of set {s['label']!r}")
+        if ckpt.stat().st_size == 0:
+            raise cli.UsageError(f"--set: the checkpoint of set {s['label']!r}, {s['checkpoint']}, is empty (0 bytes); "
+                                 "name a training checkpoint.pt")
     if not args.run.is_dir():
         raise cli.UsageError(f"--run: no folder {args.run}; a pipeline run folder (its eval/ cache scores the sets)")
     cli.check_device(args.device)
@@ -204,13 +208,30 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _make_out(out: Path) -> Optional[Path]:
+    """Create the output folder; return the topmost folder this call created (None if ``out`` existed)."""
+    top = None
+    probe = out
+    while not probe.exists():
+        top, probe = probe, probe.parent
+    out.mkdir(parents=True, exist_ok=True)
+    return top
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     threads = cli.resolve_threads(args.threads)
     torch.set_num_threads(threads)
-    args.out.mkdir(parents=True, exist_ok=True)
+    created = _make_out(args.out)
     t0 = time.perf_counter()
-    res = run(args, log=(lambda *a, **k: None) if args.quiet else (lambda *a: print(*a, flush=True)))
+    try:
+        res = run(args, log=(lambda *a, **k: None) if args.quiet else (lambda *a: print(*a, flush=True)))
+    except BaseException:
+        # a run that fails before writing anything (e.g. an unreadable checkpoint) leaves no empty folder
+        # behind; sample files already written stay, a rerun reuses them
+        if created is not None and not any(f.is_file() for f in created.rglob("*")):
+            shutil.rmtree(created)
+        raise
     res["seconds"] = time.perf_counter() - t0
     res["threads"] = threads
     save_json(args.out / "equal_evals.json", res)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,12 +41,9 @@ NAME = "finite_speed"
 
 
 @dataclass(frozen=True)
-class FiniteSpeedConfig:
-    """Budget and parameters (``--quick`` changes only the budget)."""
+class FiniteSpeedConfig(_common.GridSetting):
+    """Budget and parameters beyond the shared Kac path and grid data (``--quick`` changes only the budget)."""
 
-    a: float = 9.0
-    c: float = 3.0
-    spacing: float = 1.5
     times: tuple = (0.01, 0.1, 0.3, 0.6, 1.0)
     n_samples: int = 20007  # a multiple of the 9 support points
     pde_times: tuple = (0.05, 0.1, 0.3, 0.6, 1.0)
@@ -146,12 +143,7 @@ def figure(cfg: FiniteSpeedConfig, generator: torch.Generator):
 
 
 def main(argv=None) -> dict:
-    parser = _common.make_parser(NAME, __doc__)
-    args = parser.parse_args(argv)
-    cfg = FiniteSpeedConfig()
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    gen = _common.setup(args)
+    args, cfg, gen = _common.start(NAME, __doc__, FiniteSpeedConfig(), QUICK, argv)
     with _common.Stopwatch() as sw:
         res = run(cfg, gen)
     _common.print_table(res["samples"], ["path", "t", "cone_half_width", "max_ratio", "frac_outside", "max_excess"],
@@ -163,13 +155,8 @@ def main(argv=None) -> dict:
                                         "heat_outside"], "1D PDE from a compact bump: mass outside the cone")
     _common.print_table(res["leak_2d"], ["n_cells", "dx", "t", "leak", "leak_fraction"],
                         "2D central scheme: mass leaked outside the disc r0 + ct")
-    _common.print_table([dict(bound=k, worst_ratio=v) for k, v in res["worst_ratios"].items()],
-                        ["bound", "worst_ratio"], "worst ratios (claims: kac_cone <= 1, flight_disc <= 1)")
-    res["runtime_s"] = sw.seconds
-    res["figures"] = _common.save_figure(figure(cfg, gen), args.out, f"{NAME}.png", args.paper_figures)
-    _common.write_results(args.out, _common.config_dict(cfg, args), res)
-    print(f"wrote {args.out}/config.json, results.json, {NAME}.png ({sw.seconds:.1f} s)")
-    return res
+    _common.print_worst_ratios(res["worst_ratios"], "worst ratios (claims: kac_cone <= 1, flight_disc <= 1)")
+    return _common.finish(NAME, args, cfg, res, sw.seconds, figure(cfg, gen))
 
 
 if __name__ == "__main__":

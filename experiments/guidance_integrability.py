@@ -35,12 +35,9 @@ NAME = "guidance_integrability"
 
 
 @dataclass(frozen=True)
-class GuidanceConfig:
-    """Budget and parameters (``--quick`` changes only the budget)."""
+class GuidanceConfig(_common.GridSetting):
+    """Budget and parameters beyond the shared Kac path and grid data (``--quick`` changes only the budget)."""
 
-    a: float = 9.0
-    c: float = 3.0
-    spacing: float = 1.5
     scales: tuple = (1.0, 1.2, 2.0, 4.0)
     n_samples: int = 2001
     n_steps: int = 100
@@ -96,30 +93,23 @@ def figure(curves: dict, cfg: GuidanceConfig, support: torch.Tensor):
     return fig
 
 
-def main(argv=None) -> dict:
-    parser = _common.make_parser(NAME, __doc__)
+def _options(parser) -> None:
     parser.add_argument("--scales", type=cli.float_list(), default=None, metavar="S1,S2,...",
                         help="comma-separated guidance scales, finite numbers (default 1,1.2,2,4)")
-    args = parser.parse_args(argv)
-    cfg = GuidanceConfig()
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
+
+
+def main(argv=None) -> dict:
+    args, cfg, gen = _common.start(NAME, __doc__, GuidanceConfig(), QUICK, argv, options=_options)
     if args.scales is not None:
         cfg = replace(cfg, scales=args.scales)
-    gen = _common.setup(args)
     with _common.Stopwatch() as sw:
         res, curves = run(cfg, gen)
     _common.print_table(res["rows"], ["scale", "max_speed", "bound_at_t0", "max_ratio", "max_energy", "energy_ratio",
                                       "observed_ratio", "energy_integral", "nfe_model"],
                         "guided exact Kac fields: worst ratios over the trajectory (claim: <= 1)")
-    _common.print_table([dict(bound=k, worst_ratio=v) for k, v in res["worst_ratios"].items()],
-                        ["bound", "worst_ratio"], "worst ratios")
-    res["runtime_s"] = sw.seconds
+    _common.print_worst_ratios(res["worst_ratios"])
     support, _ = claims.labelled_grid_support(cfg.spacing)
-    res["figures"] = _common.save_figure(figure(curves, cfg, support), args.out, f"{NAME}.png", args.paper_figures)
-    _common.write_results(args.out, _common.config_dict(cfg, args), res)
-    print(f"wrote {args.out}/config.json, results.json, {NAME}.png ({sw.seconds:.1f} s)")
-    return res
+    return _common.finish(NAME, args, cfg, res, sw.seconds, figure(curves, cfg, support))
 
 
 if __name__ == "__main__":

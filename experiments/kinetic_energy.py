@@ -23,7 +23,7 @@ Two measurements (all computed in ``kacnum.theory.claims``):
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,12 +41,9 @@ NAME = "kinetic_energy"
 
 
 @dataclass(frozen=True)
-class KineticEnergyConfig:
-    """Budget and parameters (``--quick`` changes only the budget)."""
+class KineticEnergyConfig(_common.GridSetting):
+    """Budget and parameters beyond the shared Kac path and grid data (``--quick`` changes only the budget)."""
 
-    a: float = 9.0
-    c: float = 3.0
-    spacing: float = 1.5
     t_min: float = 1e-4
     per_decade: int = 3
     n_samples: int = 20007  # a multiple of the 9 support points
@@ -158,12 +155,7 @@ def figure(res: dict, cfg: KineticEnergyConfig):
 
 
 def main(argv=None) -> dict:
-    parser = _common.make_parser(NAME, __doc__)
-    args = parser.parse_args(argv)
-    cfg = KineticEnergyConfig()
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    gen = _common.setup(args)
+    args, cfg, gen = _common.start(NAME, __doc__, KineticEnergyConfig(), QUICK, argv)
     with _common.Stopwatch() as sw:
         res = run(cfg, gen)
     _common.print_table(res["dirac"], ["t", "kac_quadrature", "kac_mc", "kac_mc_stderr", "diffusion", "bound",
@@ -176,15 +168,10 @@ def main(argv=None) -> dict:
     _common.print_table(res["grid"], ["path", "t", "energy", "stderr", "energy_exact_velocity", "max_speed",
                                       "bound", "ratio", "own_bound", "own_ratio"],
                         "3x3 grid data: E|u_t|² against the Kac bound (claim: kac ratio <= 1)")
-    _common.print_table([dict(bound=k, worst_ratio=v) for k, v in res["worst_ratios"].items()],
-                        ["bound", "worst_ratio"], "worst ratios")
+    _common.print_worst_ratios(res["worst_ratios"])
     _common.print_table([dict(quantity=k, value=v) for k, v in res["energy_at_t_1e_3"].items()],
                         ["quantity", "value"], "kinetic energy at t = 1e-3")
-    res["runtime_s"] = sw.seconds
-    res["figures"] = _common.save_figure(figure(res, cfg), args.out, f"{NAME}.png", args.paper_figures)
-    _common.write_results(args.out, _common.config_dict(cfg, args), res)
-    print(f"wrote {args.out}/config.json, results.json, {NAME}.png ({sw.seconds:.1f} s)")
-    return res
+    return _common.finish(NAME, args, cfg, res, sw.seconds, figure(res, cfg))
 
 
 if __name__ == "__main__":

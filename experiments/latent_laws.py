@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -133,12 +133,7 @@ def figure(cfg: LatentLawsConfig, draws: dict):
 
 
 def main(argv=None) -> dict:
-    parser = _common.make_parser(NAME, __doc__)
-    args = parser.parse_args(argv)
-    cfg = LatentLawsConfig()
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    gen = _common.setup(args)
+    args, cfg, gen = _common.start(NAME, __doc__, LatentLawsConfig(), QUICK, argv)
     with _common.Stopwatch() as sw:
         rows, draws = run(cfg, gen)
         fig = figure(cfg, draws)
@@ -146,11 +141,7 @@ def main(argv=None) -> dict:
                                "flight_circle_exact", "kac_max_radius", "flight_max_radius", "gaussian_max_radius"],
                         "atom shares (sampled vs exact) and the largest radius: Kac reaches sqrt(2) c g (corners), the "
                         "flight c g, the Gaussian any radius", floatfmt=".4g")
-    res = {"rows": rows, "runtime_s": sw.seconds}
-    res["figures"] = _common.save_figure(fig, args.out, f"{NAME}.png", args.paper_figures, dpi=90)
-    _common.write_results(args.out, _common.config_dict(cfg, args), res)
-    print(f"wrote {args.out}/config.json, results.json, {NAME}.png ({sw.seconds:.1f} s)")
-    return res
+    return _common.finish(NAME, args, cfg, {"rows": rows}, sw.seconds, fig, dpi=90)
 
 
 if __name__ == "__main__":

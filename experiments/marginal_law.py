@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -304,15 +305,8 @@ def figure(res: dict, cfg: MarginalLawConfig):
 
 
 def main(argv=None) -> dict:
-    parser = _common.make_parser(NAME, __doc__)
-    args = parser.parse_args(argv)
-    cfg = MarginalLawConfig()
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    _common.check(args)  # --out and --threads, before any work
-    _common.setup(args)
-    import time
-
+    # the draws come from cfg.data_seed and cfg.latent_seed (fixed: the figures compare cases), not --seed
+    args, cfg, _ = _common.start(NAME, __doc__, MarginalLawConfig(), QUICK, argv)
     t0 = time.perf_counter()
 
     def log(msg):
@@ -329,9 +323,7 @@ def main(argv=None) -> dict:
     title = ("end-point share of the first data point (1D: the 0.3 point), chi2 against the data law, max over t of "
              "W2(flow, exact) / noise floor, RK4 convergence (max end-point change at twice the steps)")
     text = _common.print_table(table, cols, title)
-    words = [w for i, w in enumerate(argv or sys.argv[1:]) if w != "--out" and
-             not (i > 0 and (argv or sys.argv[1:])[i - 1] == "--out")]
-    md = [f"# Marginal law of the probability-flow ODE (`python experiments/marginal_law.py {' '.join(words)}`)", "",
+    md = [f"# Marginal law of the probability-flow ODE (`{_common.shown_command(NAME, argv)}`)", "",
           "```", text, "```", "",
           "Share of the flow's end points at the first point (1D: the 0.3 point) against the data smoothing sigma "
           "(Kac | Gaussian bias, MC s.e.):", ""]
@@ -344,17 +336,12 @@ def main(argv=None) -> dict:
            "and the p-value at N and 2N on that subset:", ""]
     md += [f"- {r['case']}: class changes {r['convergence']['class_changes']:.3f}, p {r['convergence']['p_value_subset_steps']:.3g}"
            f" (N) / {r['convergence']['p_value_subset_2x_steps']:.3g} (2N)" for r in res["cases"] if r["case"].startswith("2d/")]
-    md_text = "\n".join(md) + "\n"
-    for d in [args.out] + ([_common.PAPER_FIGURES] if args.paper_figures else []):
-        _common.atomic_write(Path(d) / f"{NAME}_results.md", lambda f: f.write(md_text.encode()))
-    res["runtime_s"] = sw.seconds
-    res["figures"] = _common.save_figure(figure(res, cfg), args.out, f"{NAME}.png", args.paper_figures)
-    _common.write_results(args.out, _common.config_dict(cfg, args), res)
+    _common.write_text(f"{NAME}_results.md", "\n".join(md) + "\n", args.out,
+                       _common.PAPER_FIGURES if args.paper_figures else None)
     s = res["summary"]["one_d_two_points"]
     print(f"1D two points: Kac sends {s['kac_share_0.3_point']:.4f} of the mass to the 0.3 point, Gaussian "
           f"{s['gaussian_share_0.3_point']:.4f}, VP {s['vp_share_0.3_point']:.4f} (MC s.e. {s['mc_se']:.4f})")
-    print(f"wrote {args.out}/config.json, results.json, {NAME}.png ({sw.seconds:.1f} s)")
-    return res
+    return _common.finish(NAME, args, cfg, res, sw.seconds, figure(res, cfg))
 
 
 if __name__ == "__main__":

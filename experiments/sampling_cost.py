@@ -40,20 +40,19 @@ line style = grid); prints the table. ``OUT`` defaults to ``RUN/sampling_cost``.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import matplotlib
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+import _common  # noqa: E402
 from kacnum.core import cli  # noqa: E402
-from kacnum.core.checkpoint import atomic_write, load_json, save_json  # noqa: E402
+from kacnum.core.checkpoint import load_json, save_json  # noqa: E402
 from kacnum.images.metrics import calc_fid, extract_features, fid_bootstrap, paired_ratio_interval  # noqa: E402
 from kacnum.images.pipeline import feature_extractor_for, reference_for, sample_flow_set  # noqa: E402
 from kacnum.flows.solvers import METHODS, make_time_grid, parse_time_grid  # noqa: E402
@@ -266,10 +265,7 @@ def plot(res: dict, file: Path) -> Path:
         axes[0][1].set(xlabel="network evaluations per image", ylabel="FID",
                        title=f"FID (grey: within {100 * res['fid_tol']:g} % of the reference)")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write(file, lambda f: f.write(buf.getvalue()))
+    return _common.write_png(fig, file, dpi=110)
 
 
 def print_table(res: dict) -> None:

@@ -1,4 +1,4 @@
-"""Training the Kac teacher well (issue 12, part 2): one table of teacher-training recipes at the same budget.
+"""Training the Kac teacher well: one table of teacher-training recipes at the same budget.
 
 On MNIST (``--preset cpu``: ``mnist_small``, 3000 steps) the guided Kac teacher with 100 AB-2 steps scores
 FID 4.94 and Gaussian flow matching on the same UNet, data and budget 3.10 with 20 AB-2 steps; the Kac
@@ -50,7 +50,7 @@ instead. Measured here with ``--estimate --threads 1`` while another job used th
 per step and 3.9 ms per image and guided step, 43 min for the default table (with 2 threads on the busy
 machine 1.69 s per step: oversubscribed; use ``--threads 1`` when the cores are shared). The whole
 ``--preset cpu`` step budget (3000) takes ``--steps 3000`` (about 2 h); the rows can be run in several
-sessions with ``--resume``.
+runs with ``--resume``.
 
 Files: ``OUT/config.json``, ``OUT/rows/<row>/`` (the Trainer's ``checkpoint.pt``, ``train_log.jsonl``,
 ``config.json``; ``nfeNNN.samples.pt`` the sample sets; ``row.json`` the row's results),
@@ -79,10 +79,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # experiments/_common.py, for the figure
 
-from kacnum.core import cli
-from kacnum.core.checkpoint import atomic_write, load_checkpoint, load_json, save_checkpoint, save_json
+import torch  # noqa: E402
+
+from kacnum.core import cli  # noqa: E402
+from kacnum.core.checkpoint import (  # noqa: E402
+    atomic_write, load_checkpoint, load_json, save_checkpoint, save_json)
 
 NAME = "teacher_study"
 FORMAT = "kacnum.teacher_study/1"
@@ -112,7 +115,7 @@ ROWS = {
     "kac_precond": Row("Kac + preconditioning (in+out)", {"precond": "inout"}),
     "kac_a25c2": Row("Kac a=25 c=2", {"a": 25.0, "c": 2.0}),
     "kac_gt2": Row("Kac g(t)=t^2", {"g_schedule": "t2"}),
-    "flight": Row("planar random flight a=9 c=3 (block-isotropic, issue 14)", {"path": "flight"}),
+    "flight": Row("planar random flight a=9 c=3 (block-isotropic)", {"path": "flight"}),
     "vp": Row("VP diffusion, eps-prediction (DDIM)", {"path": "vp"}, fm=True, sampler="ddim"),
     "vp_v": Row("VP diffusion, v-prediction (DDIM)", {"path": "vp", "vp_prediction": "v"}, fm=True, sampler="ddim"),
 }
@@ -471,9 +474,7 @@ def markdown(res: dict) -> str:
 
 
 def plot(res: dict, file: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    import _common  # experiments/_common.py (on sys.path, see the imports); it selects the Agg backend
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
@@ -508,12 +509,7 @@ def plot(res: dict, file: Path) -> Path:
     ax.set_title("FID [95 % bootstrap interval]", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return atomic_write(file, lambda f: f.write(buf.getvalue()))
+    return _common.write_png(fig, file, dpi=90)
 
 
 def print_table(res: dict) -> None:

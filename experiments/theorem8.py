@@ -26,6 +26,11 @@ starting latents and the local slopes between consecutive ``M``:
 
 The top-level ``slope`` of ``theorem8.json`` is the smooth regime's Kac slope (data seed ``data_seeds[0]``).
 
+Every case's RK4 teacher is checked against itself (``N/4``, ``N/2`` and ``N`` steps; Richardson estimate of its
+error). Where that error is 0.1 or more of the smallest student error, a line (also in ``theorem8_results.md``)
+says how far it can move the fitted slope (:func:`kacnum.theory.stability.slope_shift_bound`) and whether the
+slope stands, i.e. whether that shift is within half the slope's bootstrap interval.
+
 Outputs in ``--out`` (default ``runs/theorem8``): ``config.json``, ``theorem8.json`` (= ``results.json``),
 ``theorem8_rate.png`` (both regimes), ``theorem8_local_slopes.png``, ``theorem8_profiles.png``
 (``L(t)``, ``A(t)``), ``theorem8_sigma.png`` (the transition), ``theorem8_correlation.png``,
@@ -48,16 +53,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import matplotlib
-import matplotlib.ticker
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import matplotlib  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import _common  # noqa: E402
 from kacnum.core import cli  # noqa: E402
-from kacnum.core.checkpoint import atomic_write, save_json  # noqa: E402
+from kacnum.core.checkpoint import save_json  # noqa: E402
 from kacnum.students.distill import DistillConfig  # noqa: E402
 from kacnum.images.models.mlp import MLP  # noqa: E402
 from kacnum.flows.paths import GaussianPath, KacPath, VPPath  # noqa: E402
@@ -78,13 +86,13 @@ from kacnum.theory.stability import (  # noqa: E402
     mode_mismatch,
     path_error_summary,
     piecewise_linear,
+    slope_shift_bound,
     student_states,
     teacher_trajectory,
     w2_along_path,
 )
 
 PATHS = ("kac", "gaussian", "vp")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _pos_int(name: str, v) -> None:
@@ -354,6 +362,8 @@ def run_case(case: str, path_name: str, support: torch.Tensor, sigma: float, cfg
              "local_median": local_slopes(list(ms), [r["median_sample_sup"] for r in rows]),
              "C_measured": max(m * e for m, e in zip(ms, errs)),
              "C_fit": float(math.exp(full["intercept"]))}
+    # the teacher's own error moves every measured error by at most teacher_err: the slope by at most this
+    shift = slope_shift_bound(fit_ms, full["err"], teacher_err)
     # fixed tau (finite regime diagnostics; cheap everywhere)
     fixed = {}
     for tau in cfg.taus_fixed:
@@ -373,9 +383,15 @@ def run_case(case: str, path_name: str, support: torch.Tensor, sigma: float, cfg
                                              "endpoint_rms": conv.endpoint, "sup_rms_quarter_vs_half": conv4.sup,
                                              "observed_order": order, "richardson_error": teacher_err,
                                              "over_smallest_student_error": teacher_err / min_err if min_err > 0 else None,
+                                             "slope_shift_bound": shift,
+                                             "slope_stands": bool(shift <= 0.5 * (full["ci"][1] - full["ci"][0])),
                                              "definition": "richardson_error = sup_tau RMS(N/2 vs N) / (2^p - 1), p the "
                                                            "observed order from N/4, N/2, N clamped to [1, 4]; "
-                                                           "over_smallest_student_error = richardson_error / min_M err"},
+                                                           "over_smallest_student_error = richardson_error / min_M err; "
+                                                           "slope_shift_bound = the most the teacher's error can move "
+                                                           "the fitted slope (kacnum.theory.stability.slope_shift_bound); "
+                                                           "slope_stands = that bound is within half the slope's "
+                                                           "bootstrap interval"},
                         "max_speed": teacher.max_speed(), "max_accel": float(teacher.accel[1:-1].max())},
             "slope": slope, "rows": rows, "wall_s": None}
     if profiles:
@@ -510,6 +526,34 @@ def run(cfg: Theorem8Config, t0: Optional[float] = None) -> dict:
     return summarize(cfg, cases, rows, transition, distill)
 
 
+#: a teacher whose own error (Richardson estimate) is below this share of the smallest student error passes silently
+TEACHER_RATIO_OK = 0.1
+
+
+def _teacher_flag(case: dict, cfg: Theorem8Config) -> str:
+    """The option that sets the teacher steps of ``case`` (see :func:`run`)."""
+    if case["case"].startswith("finite/"):
+        return "--finite-teacher-steps"
+    if case["case"].startswith("transition/") and case["sigma"] < cfg.sigma:
+        return "--transition-teacher-steps"
+    return "--teacher-steps"
+
+
+def teacher_note(name: str, case: dict, cfg: Theorem8Config) -> str:
+    """One line for a case whose teacher error is not negligible: how large it is, how far it can move the
+    fitted (RMS) slope, and whether that slope stands (the move is within half its bootstrap interval)."""
+    sc, s = case["teacher"]["self_convergence"], case["slope"]
+    r, shift = sc["over_smallest_student_error"], sc["slope_shift_bound"]
+    head = (f"teacher check, {name}: the RK4 teacher's own error (Richardson estimate) is {r:.2f} of the smallest "
+            f"student error (silent below {TEACHER_RATIO_OK:g}); it can move the fitted slope {s['slope']:+.3f} by at "
+            f"most {shift:.3f} (to anywhere in [{s['slope'] - shift:+.3f}, {s['slope'] + shift:+.3f}])")
+    half = 0.5 * (s["ci"][1] - s["ci"][0])
+    if sc["slope_stands"]:
+        return f"{head}, within half its 95 % interval ({half:.3f}): the slope stands"
+    return (f"{head}, more than half its 95 % interval ({half:.3f}): the slope is not settled; raise "
+            f"{_teacher_flag(case, cfg)}")
+
+
 def summarize(cfg: Theorem8Config, cases: dict, rows: list, transition: list, distill: Optional[dict]) -> dict:
     head = cases["smooth/kac"]["slope"]
     spread_cases = ["smooth/kac"] + [f"smooth/kac_seed{s}" for s in cfg.data_seeds[1:]]
@@ -584,10 +628,9 @@ def summarize(cfg: Theorem8Config, cases: dict, rows: list, transition: list, di
     for k, c in cases.items():
         sc = c["teacher"]["self_convergence"]
         r = sc["over_smallest_student_error"]
-        sc["ok"] = bool(r is not None and r < 0.1)
+        sc["ok"] = bool(r is not None and r < TEACHER_RATIO_OK)
         if not sc["ok"]:
-            print(f"WARNING: the {k} teacher's self-convergence error is {r:.2f} of the smallest student error "
-                  "(want << 1): raise the teacher steps", flush=True)
+            print(teacher_note(k, c, cfg), flush=True)
     res["_plot"] = {"smooth": cases["smooth/kac"].get("_plot"), "finite": cases["finite/kac"].get("_plot")}
     res["_cases"] = cases
     return res
@@ -604,7 +647,7 @@ def _case_curve(c):
         np.asarray([r["median_sample_sup"] for r in c["rows"]])
 
 
-def plot_rate(res: dict, cfg: Theorem8Config, path: Path) -> None:
+def plot_rate(res: dict, cfg: Theorem8Config):
     cases = res["_cases"]
     fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.4))
     ax = axes[0]
@@ -644,12 +687,10 @@ def plot_rate(res: dict, cfg: Theorem8Config, path: Path) -> None:
         ax.legend(fontsize=6, loc="lower left")
     fig.suptitle(f"Theorem 8: path error against M (d={cfg.dim}, {cfg.n_support} points, a={cfg.kac_a:g}, c={cfg.kac_c:g}, "
                  f"t in [{cfg.t_min:g}, {cfg.T:g}])", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
 
 
-def plot_local_slopes(res: dict, cfg: Theorem8Config, path: Path) -> None:
+def plot_local_slopes(res: dict, cfg: Theorem8Config):
     cases = res["_cases"]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for k, style in (("smooth/kac", "o-"), ("smooth/gaussian", "o-"), ("smooth/vp", "o-"), ("finite/kac", "s--"),
@@ -667,12 +708,10 @@ def plot_local_slopes(res: dict, cfg: Theorem8Config, path: Path) -> None:
     ax.set_title("local slopes of the sup path error", fontsize=9)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
 
 
-def plot_profiles(res: dict, cfg: Theorem8Config, path: Path) -> None:
+def plot_profiles(res: dict, cfg: Theorem8Config):
     fig, axes = plt.subplots(1, 3, figsize=(13.0, 4.0))
     for ax, key in zip(axes[:2], ("smooth/kac", "finite/kac")):
         pr = res["profiles"].get(key)
@@ -699,12 +738,10 @@ def plot_profiles(res: dict, cfg: Theorem8Config, path: Path) -> None:
     ax.set_title("acceleration A(t) along the teacher", fontsize=9)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=85)
-    plt.close(fig)
+    return fig
 
 
-def plot_sigma(res: dict, cfg: Theorem8Config, path: Path) -> None:
+def plot_sigma(res: dict, cfg: Theorem8Config):
     tr = res["transition"]
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.8))
     lab = [f"{r['sigma']:g}" for r in tr]
@@ -725,12 +762,10 @@ def plot_sigma(res: dict, cfg: Theorem8Config, path: Path) -> None:
         ax.grid(True, alpha=0.25)
     axes[0].legend(fontsize=7)
     fig.suptitle("Kac path: from Gaussian-mixture to finite data", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
 
 
-def plot_correlation(res: dict, cfg: Theorem8Config, path: Path) -> None:
+def plot_correlation(res: dict, cfg: Theorem8Config):
     fig, ax = plt.subplots(figsize=(5.0, 4.2))
     for r in res["rows"]:
         if "endpoint_w2" not in r:
@@ -752,12 +787,11 @@ def plot_correlation(res: dict, cfg: Theorem8Config, path: Path) -> None:
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.25)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
 
 
-def plot_trajectories(res: dict, cfg: Theorem8Config, path: Path, support: torch.Tensor) -> None:
+def plot_trajectories(res: dict, cfg: Theorem8Config):
+    support = make_support(cfg.dim, cfg.n_support, cfg.data_seeds[0])
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.2))
     for ax, key in zip(axes, ("smooth", "finite")):
         tp = res["_plot"].get(key)
@@ -776,9 +810,16 @@ def plot_trajectories(res: dict, cfg: Theorem8Config, path: Path, support: torch
         ax.set_title(f"Kac, {key} regime", fontsize=9)
         ax.set_aspect("equal", adjustable="datalim")
         ax.legend(fontsize=6.5, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
+
+
+#: figure name -> (file, plot function, dpi)
+FIGURES = {"rate": ("theorem8_rate.png", plot_rate, 90),
+           "local_slopes": ("theorem8_local_slopes.png", plot_local_slopes, 90),
+           "profiles": ("theorem8_profiles.png", plot_profiles, 85),
+           "sigma": ("theorem8_sigma.png", plot_sigma, 90),
+           "correlation": ("theorem8_correlation.png", plot_correlation, 90),
+           "trajectories": ("theorem8_trajectories.png", plot_trajectories, 90)}
 
 
 def print_table(res: dict) -> None:
@@ -837,6 +878,7 @@ def summary_markdown(res: dict, cfg: Theorem8Config, command: str) -> str:
     if res["bound_worst_ratio"]:
         L.append(f"- Per-interval bound for the distilled students: worst sup W2 / (sqrt(endpoint MSE) + A D^2/8) "
                  f"{res['bound_worst_ratio']['kac_distilled']:.3g}, chord form {res['bound_worst_ratio_chord']['kac_distilled']:.3g}.")
+    L += [f"- {teacher_note(k, c, cfg)}." for k, c in res["cases"].items() if not c["teacher"]["self_convergence"]["ok"]]
     L += ["", *[f"**{k}**: {v}." for k, v in res["verdict"].items()], ""]
     return "\n".join(L)
 
@@ -858,10 +900,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/theorem8"), help="output directory (default runs/theorem8)")
     p.add_argument("--quick", action="store_true", help="small budget (< 60 s on 2 cores)")
     p.add_argument("--paper-figures", action="store_true", help="also write the figures to paper_figures/")
-    p.add_argument("--paper-dir", type=Path, default=REPO / "paper_figures", help=argparse.SUPPRESS)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: the field evaluations are small, and extra threads "
-                        "only add overhead; see kacnum.core.cli.resolve_threads)")
+    p.add_argument("--paper-dir", type=Path, default=_common.PAPER_FIGURES, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: the physical cores, 1 when the load average says the "
+                        "machine is busy; kacnum.core.cli.resolve_threads)")
     p.add_argument("--no-distill", action="store_true", help="skip the distilled students")
     fields = {f.name: f for f in dataclasses.fields(Theorem8Config)}
     for name, f in fields.items():
@@ -887,8 +929,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[Theorem8Config, ar
             over[f.name] = v
     if a.no_distill:
         over["distill"] = False
-    a.threads = cli.resolve_threads(a.threads)
-    return Theorem8Config(**over), a
+    cfg = Theorem8Config(**over)
+    if a.threads is not None:
+        cli.resolve_threads(a.threads, warn=False)  # a bad count fails here; main resolves it (and may warn)
+    return cfg, a
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -897,6 +941,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     cli.check_out_dir(a.out)
     if a.paper_figures:
         cli.check_out_dir(a.paper_dir, "--paper-figures")
+    a.threads = cli.resolve_threads(a.threads)  # after the checks: a bad command prints its error line only
     print(f"theorem8: {'quick' if cfg.quick else 'default'} budget, output in {a.out}; three regimes (smooth, finite, "
           f"transition), {len(cfg.data_seeds)} data sets", flush=True)
     torch.set_num_threads(a.threads)
@@ -912,26 +957,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                       "python": platform.python_version(), "torch": torch.__version__}
     res["config"] = dataclasses.asdict(cfg)
     res["_plot"], res["_cases"] = plot, cases
-    figs = {"rate": "theorem8_rate.png", "local_slopes": "theorem8_local_slopes.png",
-            "profiles": "theorem8_profiles.png", "sigma": "theorem8_sigma.png",
-            "correlation": "theorem8_correlation.png", "trajectories": "theorem8_trajectories.png"}
-    support = make_support(cfg.dim, cfg.n_support, cfg.data_seeds[0])
-    for d in [out] + ([a.paper_dir] if a.paper_figures else []):
+    folders = [out] + ([a.paper_dir] if a.paper_figures else [])
+    for d in folders:
         d.mkdir(parents=True, exist_ok=True)
-        plot_rate(res, cfg, d / figs["rate"])
-        plot_local_slopes(res, cfg, d / figs["local_slopes"])
-        plot_profiles(res, cfg, d / figs["profiles"])
-        plot_sigma(res, cfg, d / figs["sigma"])
-        plot_correlation(res, cfg, d / figs["correlation"])
-        plot_trajectories(res, cfg, d / figs["trajectories"], support)
+    for key, (filename, plot, dpi) in FIGURES.items():
+        fig = plot(res, cfg)
+        fig.tight_layout()
+        for d in folders:
+            fig.savefig(d / filename, dpi=dpi)
+        plt.close(fig)
     res.pop("_plot")
     res.pop("_cases")
-    res["figures"] = {k: str(out / v) for k, v in figs.items()}
-    words = list(sys.argv[1:] if argv is None else argv)
-    shown = [w for i, w in enumerate(words) if w != "--out" and not (i > 0 and words[i - 1] == "--out")]
-    md = summary_markdown(res, cfg, " ".join(["python experiments/theorem8.py"] + shown))
-    for d in [out] + ([a.paper_dir] if a.paper_figures else []):
-        atomic_write(Path(d) / "theorem8_results.md", lambda f: f.write(md.encode()))
+    res["figures"] = {k: str(out / filename) for k, (filename, _, _) in FIGURES.items()}
+    md = summary_markdown(res, cfg, _common.shown_command("theorem8", argv))
+    _common.write_text("theorem8_results.md", md, out, a.paper_dir if a.paper_figures else None)
     save_json(out / "theorem8.json", res)
     save_json(out / "results.json", res)
     print_table(res)

@@ -23,7 +23,7 @@ Two measurements (all computed in ``kacnum.theory.claims``):
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,12 +42,9 @@ NAME = "wasserstein_lipschitz"
 
 
 @dataclass(frozen=True)
-class WassersteinConfig:
-    """Budget and parameters (``--quick`` changes only the budget)."""
+class WassersteinConfig(_common.GridSetting):
+    """Budget and parameters beyond the shared Kac path and grid data (``--quick`` changes only the budget)."""
 
-    a: float = 9.0
-    c: float = 3.0
-    spacing: float = 1.5
     times_1d: tuple = (0.0, 1e-3, 1e-2, 0.05, 0.1, 0.3, 1.0)
     ps_1d: tuple = (1.0, 2.0, 4.0)
     n_quantiles: int = 8192
@@ -134,12 +131,7 @@ def figure(res: dict, cfg: WassersteinConfig):
 
 
 def main(argv=None) -> dict:
-    parser = _common.make_parser(NAME, __doc__)
-    args = parser.parse_args(argv)
-    cfg = WassersteinConfig()
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    gen = _common.setup(args)
+    args, cfg, gen = _common.start(NAME, __doc__, WassersteinConfig(), QUICK, argv)
     with _common.Stopwatch() as sw:
         res = run(cfg, gen)
     _common.print_table(res["rows_1d"], ["s", "t", "p", "w", "bound", "ratio", "brownian_w", "brownian_ratio"],
@@ -149,13 +141,8 @@ def main(argv=None) -> dict:
     if res["rows_flight"]:
         _common.print_table(res["rows_flight"], ["s", "t", "p", "w", "bound", "ratio", "brownian_w", "brownian_ratio"],
                             "planar flight from 0 (radial quantile coupling, = W_2): against c|t - s| (claim: ratio <= 1)")
-    _common.print_table([dict(bound=k, worst_ratio=v) for k, v in res["worst_ratios"].items()],
-                        ["bound", "worst_ratio"], "worst ratios (Brownian: the contrast, not a claim)")
-    res["runtime_s"] = sw.seconds
-    res["figures"] = _common.save_figure(figure(res, cfg), args.out, f"{NAME}.png", args.paper_figures)
-    _common.write_results(args.out, _common.config_dict(cfg, args), res)
-    print(f"wrote {args.out}/config.json, results.json, {NAME}.png ({sw.seconds:.1f} s)")
-    return res
+    _common.print_worst_ratios(res["worst_ratios"], "worst ratios (Brownian: the contrast, not a claim)")
+    return _common.finish(NAME, args, cfg, res, sw.seconds, figure(res, cfg))
 
 
 if __name__ == "__main__":

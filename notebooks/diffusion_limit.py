@@ -22,21 +22,15 @@
 import sys
 from pathlib import Path
 
-from IPython.display import Image, display
-
-ROOT = Path.cwd().resolve()
-while not (ROOT / "experiments" / "_common.py").is_file() and ROOT != ROOT.parent:
-    ROOT = ROOT.parent
+HERE = Path.cwd().resolve()
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "experiments" / "_common.py").is_file())
 sys.path.insert(0, str(ROOT / "experiments"))
 import _common  # noqa: E402
 
-import diffusion_limit  # noqa: E402
-
-OUT, ARGV = _common.notebook_args("diffusion_limit")
-res = diffusion_limit.main(ARGV)
+OUT, res = _common.run_notebook("diffusion_limit")
 
 # %%
-display(Image(filename=str(OUT / "diffusion_limit.png")))
+_common.show(OUT, "diffusion_limit.png")
 
 # %%
 print("fitted rates:", {k: round(v, 3) for k, v in res["rates"].items()})

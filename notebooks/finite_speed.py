@@ -26,21 +26,15 @@
 import sys
 from pathlib import Path
 
-from IPython.display import Image, display
-
-ROOT = Path.cwd().resolve()
-while not (ROOT / "experiments" / "_common.py").is_file() and ROOT != ROOT.parent:
-    ROOT = ROOT.parent
+HERE = Path.cwd().resolve()
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "experiments" / "_common.py").is_file())
 sys.path.insert(0, str(ROOT / "experiments"))
 import _common  # noqa: E402
 
-import finite_speed  # noqa: E402
-
-OUT, ARGV = _common.notebook_args("finite_speed")
-res = finite_speed.main(ARGV)
+OUT, res = _common.run_notebook("finite_speed")
 
 # %%
-display(Image(filename=str(OUT / "finite_speed.png")))
+_common.show(OUT, "finite_speed.png")
 
 # %%
 print("worst ratios:", res["worst_ratios"])

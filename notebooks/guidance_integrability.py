@@ -22,21 +22,15 @@
 import sys
 from pathlib import Path
 
-from IPython.display import Image, display
-
-ROOT = Path.cwd().resolve()
-while not (ROOT / "experiments" / "_common.py").is_file() and ROOT != ROOT.parent:
-    ROOT = ROOT.parent
+HERE = Path.cwd().resolve()
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "experiments" / "_common.py").is_file())
 sys.path.insert(0, str(ROOT / "experiments"))
 import _common  # noqa: E402
 
-import guidance_integrability  # noqa: E402
-
-OUT, ARGV = _common.notebook_args("guidance_integrability")
-res = guidance_integrability.main(ARGV)
+OUT, res = _common.run_notebook("guidance_integrability")
 
 # %%
-display(Image(filename=str(OUT / "guidance_integrability.png")))
+_common.show(OUT, "guidance_integrability.png")
 
 # %%
 print("worst ratios:", res["worst_ratios"])

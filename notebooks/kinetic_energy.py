@@ -23,27 +23,22 @@
 import sys
 from pathlib import Path
 
-from IPython.display import Image, display
-
-ROOT = Path.cwd().resolve()
-while not (ROOT / "experiments" / "_common.py").is_file() and ROOT != ROOT.parent:
-    ROOT = ROOT.parent
+HERE = Path.cwd().resolve()
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "experiments" / "_common.py").is_file())
 sys.path.insert(0, str(ROOT / "experiments"))
 import _common  # noqa: E402
 
-import kinetic_energy  # noqa: E402
-from kacnum.theory.claims import diffusion_dirac_kinetic_energy, kac_dirac_kinetic_energy  # noqa: E402
-
-OUT, ARGV = _common.notebook_args("kinetic_energy")
-res = kinetic_energy.main(ARGV)
+OUT, res = _common.run_notebook("kinetic_energy")
 
 # %%
-display(Image(filename=str(OUT / "kinetic_energy.png")))
+_common.show(OUT, "kinetic_energy.png")
 
 # %% [markdown]
 # The docs/mathematics.md §3 numbers (a = 9, c = 3), straight from the library functions the script uses:
 
 # %%
+from kacnum.theory.claims import diffusion_dirac_kinetic_energy, kac_dirac_kinetic_energy
+
 for t in (1e-3, 1e-2, 0.1, 1.0):
     print(f"t = {t:g}: Kac {kac_dirac_kinetic_energy(9.0, 3.0, t):.2f}, diffusion {diffusion_dirac_kinetic_energy(1.0, t):.2f}")
 print("worst ratios:", res["worst_ratios"])

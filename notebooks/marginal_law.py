@@ -25,21 +25,15 @@
 import sys
 from pathlib import Path
 
-from IPython.display import Image, display
-
-ROOT = Path.cwd().resolve()
-while not (ROOT / "experiments" / "_common.py").is_file() and ROOT != ROOT.parent:
-    ROOT = ROOT.parent
+HERE = Path.cwd().resolve()
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "experiments" / "_common.py").is_file())
 sys.path.insert(0, str(ROOT / "experiments"))
 import _common  # noqa: E402
 
-import marginal_law  # noqa: E402
-
-OUT, ARGV = _common.notebook_args("marginal_law")
-res = marginal_law.main(ARGV)
+OUT, res = _common.run_notebook("marginal_law")
 
 # %%
-display(Image(filename=str(OUT / "marginal_law.png")))
+_common.show(OUT, "marginal_law.png")
 
 # %% [markdown]
 # The two-point case in numbers, and the bias against the data smoothing σ and the switching rate a:

@@ -14,7 +14,7 @@
 # %% [markdown]
 # # Theorem 8 (endpoint → path stability of few-step students)
 #
-# Runs `experiments/theorem8.py` (the mathematics is in `kacnum/stability.py`) in its three regimes:
+# Runs `experiments/theorem8.py` (the measurements are in `kacnum/theory/stability.py`) in its three regimes:
 # **smooth** (Gaussian-mixture data: the teacher field is Lipschitz, the theorem's hypothesis holds),
 # **finite** (the same points as Dirac data: the hypothesis fails) and the **transition** in the data
 # smoothing σ. Figures: the path error against M in both regimes, the local slopes, the Lipschitz
@@ -26,27 +26,20 @@
 import sys
 from pathlib import Path
 
-from IPython.display import Image, display
-
-ROOT = Path.cwd().resolve()
-while not (ROOT / "experiments" / "_common.py").is_file() and ROOT != ROOT.parent:
-    ROOT = ROOT.parent
+HERE = Path.cwd().resolve()
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "experiments" / "_common.py").is_file())
 sys.path.insert(0, str(ROOT / "experiments"))
 import _common  # noqa: E402
-
-import theorem8  # noqa: E402
 
 TINY = ["--data-seeds", "0", "--samples", "64", "--spread-samples", "32", "--teacher-steps", "64",
         "--conv-samples", "16", "--ms", "4,8,16,32", "--fit-min-m", "8", "--n-tau", "33", "--w2-samples", "64",
         "--n-boot", "50", "--lip-times", "5", "--lip-samples", "16", "--finite-samples", "64",
         "--finite-teacher-steps", "128", "--sigmas", "0.25,0.1,0", "--transition-samples", "32", "--no-distill"]
-OUT, ARGV = _common.notebook_args("theorem8", extra_quick=TINY)
-res = theorem8.main(ARGV)
+OUT, res = _common.run_notebook("theorem8", extra_quick=TINY)
 
 # %%
-for name in ("theorem8_rate.png", "theorem8_local_slopes.png", "theorem8_profiles.png", "theorem8_sigma.png",
-             "theorem8_correlation.png", "theorem8_trajectories.png"):
-    display(Image(filename=str(OUT / name)))
+_common.show(OUT, "theorem8_rate.png", "theorem8_local_slopes.png", "theorem8_profiles.png", "theorem8_sigma.png",
+             "theorem8_correlation.png", "theorem8_trajectories.png")
 
 # %%
 for regime, text in res["verdict"].items():

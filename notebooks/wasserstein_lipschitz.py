@@ -22,21 +22,15 @@
 import sys
 from pathlib import Path
 
-from IPython.display import Image, display
-
-ROOT = Path.cwd().resolve()
-while not (ROOT / "experiments" / "_common.py").is_file() and ROOT != ROOT.parent:
-    ROOT = ROOT.parent
+HERE = Path.cwd().resolve()
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "experiments" / "_common.py").is_file())
 sys.path.insert(0, str(ROOT / "experiments"))
 import _common  # noqa: E402
 
-import wasserstein_lipschitz  # noqa: E402
-
-OUT, ARGV = _common.notebook_args("wasserstein_lipschitz")
-res = wasserstein_lipschitz.main(ARGV)
+OUT, res = _common.run_notebook("wasserstein_lipschitz")
 
 # %%
-display(Image(filename=str(OUT / "wasserstein_lipschitz.png")))
+_common.show(OUT, "wasserstein_lipschitz.png")
 
 # %%
 for k, v in res["worst_ratios"].items():

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The DistillKac image pipeline on one GPU at reduced length, within a time budget (issue 6, item 5).
+# The DistillKac image pipeline on one GPU at reduced length, within a time budget.
 #
 #   bash scripts/gpu_pipeline.sh                          # results under $OUT (default ./gpu_out)
 #   KACNUM_GPU_CHECK_DRYRUN=1 bash scripts/gpu_pipeline.sh   # every part tiny, on the CPU (rehearsal)

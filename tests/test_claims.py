@@ -30,7 +30,7 @@ def _gen(seed=0):
 # ------------------------------------------------------------------------------------------ kinetic energy
 @pytest.mark.parametrize("t,kac,diffusion", [(1e-3, 8.92, 250.0), (1e-2, 8.23, 25.0), (0.1, 3.81, 2.5),
                                              (1.0, 0.27, 0.25)])
-def test_spec3_kinetic_energy_numbers(t, kac, diffusion):
+def test_section3_kinetic_energy_numbers(t, kac, diffusion):
     """docs/mathematics.md §3 (a = 9, c = 3): independent reference values to 2 decimals."""
     assert round(claims.kac_dirac_kinetic_energy(9.0, 3.0, t), 2) == kac
     assert round(claims.diffusion_dirac_kinetic_energy(1.0, t), 2) == diffusion

@@ -66,7 +66,7 @@ BAD = [
     ("toy2d", ["--quick", "--nfes", "4,8"], "error: --nfes must be strictly decreasing"),
     ("toy2d", ["--quick", "--datasets", "spirals"], "error: --datasets must be a comma-separated subset of"),
     ("toy2d", ["--quick", "--train-steps", "abc"], "error: --train-steps must be an integer, got 'abc'"),
-    # cifar_distill: the flags the issue lists, by their own names
+    # cifar_distill: the documented flags, by their own names
     ("cifar_distill", ["--steps", "0"], "error: --steps must be an integer >= 1, got 0"),
     ("cifar_distill", ["--preset", "smoke", "--path", "vp"], "error: train.path must be a flow path"),
     ("cifar_distill", ["--guidance", "-5"], "error: --guidance must be a number in [0, 50], got '-5'"),

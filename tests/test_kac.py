@@ -479,7 +479,7 @@ def _cone_points(t32, c, n_uniform, ulps=4):
 
 
 def test_velocity_float32_accuracy_training_regime():
-    """a=9, c=3 (the issue's regime), t ~ U(0,1) plus t = 1e-7: max |v32 - v64| ≤ 1e-6 c inside the
+    """a=9, c=3 (the default regime), t ~ U(0,1) plus t = 1e-7: max |v32 - v64| ≤ 1e-6 c inside the
     cone, including the last 4 floats below the cone (v64 evaluated at the same float32 inputs)."""
     kp = KacProcess(9.0, 3.0)
     g = torch.Generator().manual_seed(0)

@@ -27,6 +27,7 @@ from kacnum.theory.stability import (
     path_error_summary,
     piecewise_linear,
     rate_constant,
+    slope_shift_bound,
     student_states,
     teacher_trajectory,
     w2_along_path,
@@ -36,6 +37,29 @@ F64 = torch.float64
 
 
 # ------------------------------------------------------------------------------------------- rates
+def test_slope_shift_bound_covers_every_reference_error():
+    """Errors off by at most delta each (any signs) move the fitted slope by at most the bound; the
+    one-sided worst case comes close to it, and no bound exists once delta reaches an error."""
+    m = [16, 32, 64, 128, 256]
+    err = [2.0 / k for k in m]
+    delta = 0.13 * min(err)
+    bound = slope_shift_bound(m, err, delta)
+    slope = fit_loglog_slope(m, err)[0]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        moved = [e + delta * u for e, u in zip(err, rng.uniform(-1.0, 1.0, len(m)))]
+        assert abs(fit_loglog_slope(m, moved)[0] - slope) <= bound + 1e-12
+    x = np.log(m) - np.log(m).mean()
+    worst = [e - delta * math.copysign(1.0, xk) for e, xk in zip(err, x)]  # shrink where w > 0, grow elsewhere
+    assert 0.8 * bound <= abs(fit_loglog_slope(m, worst)[0] - slope) <= bound
+    assert slope_shift_bound(m, err, 0.0) == 0.0
+    assert slope_shift_bound(m, err, min(err)) == math.inf
+    with pytest.raises(ValueError, match="reference_err"):
+        slope_shift_bound(m, err, -1.0)
+    with pytest.raises(ValueError, match="distinct"):
+        slope_shift_bound([4, 4], [1.0, 0.5], 0.1)
+
+
 
 
 @given(c=st.floats(1e-4, 1e4), order=st.floats(0.25, 3.0),

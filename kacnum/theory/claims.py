@@ -36,6 +36,7 @@ sampled atoms is reported next to it.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -43,9 +44,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kacnum.core.checks import check_nonnegative, check_positive
+from kacnum.core.checks import check_int, check_nonnegative, check_positive
 from kacnum.flows.guidance import GuidedField, guidance_bound, guided_kinetic_energy
-from kacnum.processes.kac import KacProcess, kac_density_scaled
+from kacnum.processes.kac import KacProcess
 from kacnum.processes.flight import PlanarFlight
 from kacnum.flows.paths import KacPath, PathSample, ProbabilityPath, ProcessPath
 from kacnum.flows.paths import gaussian_posterior_mean  # the Gaussian-mixture posterior (shared)
@@ -501,6 +502,11 @@ def kinetic_energy_curve(paths: Dict[str, ProbabilityPath], kac: KacPath, suppor
 
 
 # ================================================================================================ Wasserstein
+def _levels(n: int) -> torch.Tensor:
+    """The ``n`` quantile levels ``u_k = (k + 1/2)/n``, the cell midpoints of ``(0, 1)``: float64 ``(n,)``."""
+    return (torch.arange(check_int("n", n, 1), dtype=_F64) + 0.5) / n
+
+
 def kac_quantiles(process: KacProcess, t: float, n: int, table: int = 4097, newton: int = 3) -> torch.Tensor:
     """Quantiles ``q(u_k)`` of the law of ``K_t`` at the midpoints ``u_k = (k + 1/2)/n`` (float64, ``(n,)``).
 
@@ -508,10 +514,7 @@ def kac_quantiles(process: KacProcess, t: float, n: int, table: int = 4097, newt
     of a ``table``-point grid of ``process.cdf`` on ``[-ct, ct]`` gives a linear start, refined by Newton
     steps ``x -= (F(x) - u)/p(x)`` kept in the cell (``F`` = ``process.cdf``, ``p`` = ``process.density``).
     """
-    t = check_nonnegative("t", t)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    u = (torch.arange(n, dtype=_F64) + 0.5) / n
+    t, u = check_nonnegative("t", t), _levels(n)
     if t == 0.0:
         return torch.zeros_like(u)
     ct = process.c * t
@@ -554,14 +557,13 @@ def kac_wasserstein_1d(process: KacProcess, times: Sequence[float], ps: Sequence
     g = {float(t): gaussian_quantiles(sigma * math.sqrt(float(t)), n) for t in times}
     ts = sorted(q)
     rows = []
-    for i, s in enumerate(ts):
-        for t in ts[i + 1:]:
-            bound = process.c * (t - s)
-            for p in ps:
-                w = wasserstein_1d(q[s], q[t], p)
-                wb = wasserstein_1d(g[s], g[t], p)
-                rows.append(dict(s=s, t=t, p=float(p), w=w, bound=bound, ratio=w / bound,
-                                 brownian_w=wb, brownian_ratio=wb / bound))
+    for s, t in itertools.combinations(ts, 2):  # every pair s < t of the sorted times
+        bound = process.c * (t - s)
+        for p in ps:
+            w = wasserstein_1d(q[s], q[t], p)
+            wb = wasserstein_1d(g[s], g[t], p)
+            rows.append(dict(s=s, t=t, p=float(p), w=w, bound=bound, ratio=w / bound,
+                             brownian_w=wb, brownian_ratio=wb / bound))
     return rows
 
 
@@ -610,29 +612,25 @@ def kac_path_wasserstein(path: ProcessPath, support: torch.Tensor, times: Sequen
     norms = x0.norm(dim=1)
     ts = [float(t) for t in times]
     rows = []
-    for i, s in enumerate(ts):
-        for j in range(i + 1, len(ts)):
-            t = ts[j]
-            disp = (X[j] - X[i]).norm(dim=1)
-            path_bound = abs(path.f(t) - path.f(s)) * norms + \
-                path.c * math.sqrt(d / path.block_size) * abs(path.g(t) - path.g(s))
-            pw = float((disp / path_bound).max())
-            for p in ps:
-                x0n = float((norms ** p).mean() ** (1.0 / p))
-                bound = wasserstein_path_bound(path, s, t, x0n, d)
-                w = wasserstein_empirical(X[i], X[j], p, exact_max=max(5000, n))
-                rows.append(dict(s=s, t=t, p=float(p), w=w, bound=bound, ratio=w / bound, pathwise_ratio=pw,
-                                 x0_norm_p=x0n))
+    for i, j in itertools.combinations(range(len(ts)), 2):  # every pair i < j of the time grid
+        s, t = ts[i], ts[j]
+        disp = (X[j] - X[i]).norm(dim=1)
+        path_bound = abs(path.f(t) - path.f(s)) * norms + \
+            path.c * math.sqrt(d / path.block_size) * abs(path.g(t) - path.g(s))
+        pw = float((disp / path_bound).max())
+        for p in ps:
+            x0n = float((norms ** p).mean() ** (1.0 / p))
+            bound = wasserstein_path_bound(path, s, t, x0n, d)
+            w = wasserstein_empirical(X[i], X[j], p, exact_max=max(5000, n))
+            rows.append(dict(s=s, t=t, p=float(p), w=w, bound=bound, ratio=w / bound, pathwise_ratio=pw,
+                             x0_norm_p=x0n))
     return rows
 
 
 def flight_radial_quantiles(process: PlanarFlight, t: float, n: int) -> torch.Tensor:
     """Quantiles of ``|F_t|`` (planar flight from 0) at the midpoints ``u_k = (k + 1/2)/n``: ``(n,)`` float64
     (``PlanarFlight.radial_quantile``, closed form; ``ct`` on the circle atom)."""
-    t = check_nonnegative("t", t)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    u = (torch.arange(n, dtype=_F64) + 0.5) / n
+    t, u = check_nonnegative("t", t), _levels(n)
     if t == 0.0:
         return torch.zeros_like(u)
     return process.radial_quantile(t, u)
@@ -651,18 +649,16 @@ def flight_wasserstein_2d(process: PlanarFlight, times: Sequence[float], ps: Seq
     """
     sigma = process.c / math.sqrt(process.a) if brownian_sigma is None else float(brownian_sigma)
     q = {float(t): flight_radial_quantiles(process, float(t), n) for t in times}
-    u = (torch.arange(n, dtype=_F64) + 0.5) / n
-    rayleigh = torch.sqrt(-2.0 * torch.log1p(-u))
+    rayleigh = torch.sqrt(-2.0 * torch.log1p(-_levels(n)))
     ts = sorted(q)
     rows = []
-    for i, s in enumerate(ts):
-        for t in ts[i + 1:]:
-            bound = process.c * (t - s)
-            for p in ps:
-                w = float(((q[s] - q[t]).abs() ** p).mean() ** (1.0 / p))
-                wb = sigma * abs(math.sqrt(t) - math.sqrt(s)) * float((rayleigh ** p).mean() ** (1.0 / p))
-                rows.append(dict(s=s, t=t, p=float(p), w=w, bound=bound, ratio=w / bound, brownian_w=wb,
-                                 brownian_ratio=wb / bound))
+    for s, t in itertools.combinations(ts, 2):  # every pair s < t of the sorted times
+        bound = process.c * (t - s)
+        for p in ps:
+            w = float(((q[s] - q[t]).abs() ** p).mean() ** (1.0 / p))
+            wb = sigma * abs(math.sqrt(t) - math.sqrt(s)) * float((rayleigh ** p).mean() ** (1.0 / p))
+            rows.append(dict(s=s, t=t, p=float(p), w=w, bound=bound, ratio=w / bound, brownian_w=wb,
+                             brownian_ratio=wb / bound))
     return rows
 
 

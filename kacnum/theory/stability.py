@@ -26,7 +26,8 @@ What this module measures (all tensors float64 unless said otherwise; ``B`` samp
   sampling noise in the pairing): ``sup_τ sqrt(mean_b |Y_τ^b - X_τ^b|²)`` and friends.
 * :func:`w2_along_path`: ``W2`` (POT, exact network simplex) between student and teacher marginals.
 * :func:`fit_loglog_slope`, :func:`bootstrap_slope`, :func:`rate_constant`: the rate in ``M`` with a
-  paired bootstrap interval (resampling the starting latents), of the RMS or of the median sample's error.
+  paired bootstrap interval (resampling the starting latents), of the RMS or of the median sample's error;
+  :func:`slope_shift_bound`: how far the teacher's own error can move that rate.
 * :func:`mode_mismatch`: the fraction of samples a student sends to another data point than the
   teacher does. On finite data this fraction is ``∝ 1/M`` and each such sample errs by the data
   spacing, so the RMS error near the data decays like ``M^{-1/2}`` while the typical sample's decays
@@ -64,6 +65,7 @@ __all__ = [
     "path_error_summary",
     "w2_along_path",
     "fit_loglog_slope",
+    "slope_shift_bound",
     "bootstrap_slope",
     "rate_constant",
     "mode_mismatch",
@@ -353,6 +355,27 @@ def fit_loglog_slope(m: Sequence[float], err: Sequence[float]) -> tuple[float, f
     xc = x - x.mean()
     slope = float((xc * (y - y.mean())).sum() / (xc * xc).sum())
     return slope, float(y.mean() - slope * x.mean())
+
+
+def slope_shift_bound(m: Sequence[float], err: Sequence[float], reference_err: float) -> float:
+    """How far an inexact reference can move the slope of :func:`fit_loglog_slope`.
+
+    ``err_k`` are measured against a reference (the teacher) that is itself off the exact solution by at
+    most ``reference_err`` in the same norm; by the triangle inequality the errors against the exact solution
+    lie in ``err_k ± reference_err``, so ``log err_k`` moves by at most ``η_k = -log(1 - reference_err/err_k)``.
+    The slope is linear in the log errors, ``Σ_k w_k log err_k`` with ``w_k = (x_k - x̄)/Σ_j (x_j - x̄)²`` and
+    ``x = log m``, so it moves by at most ``Σ_k |w_k| η_k``. Returns that bound (``inf`` when
+    ``reference_err >= min err``: the reference error could then be all of an error).
+    """
+    x = np.log(np.asarray(m, dtype=np.float64).reshape(-1))
+    e = np.asarray(err, dtype=np.float64).reshape(-1)
+    if x.shape != e.shape or x.size < 2 or np.ptp(x) == 0:
+        raise ValueError("m and err must have the same length >= 2, with two distinct m")
+    delta = check_in_range("reference_err", reference_err, 0.0, math.inf)
+    if not np.all(e > delta):
+        return math.inf
+    xc = x - x.mean()
+    return float((np.abs(xc) / (xc * xc).sum() * -np.log1p(-delta / e)).sum())
 
 
 def _sup_rms_batched(sq_err: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from kacnum.core.checks import check_finite, check_positive
+from kacnum.core.checks import check_finite, check_in_range, check_positive
 
 __all__ = [
     "wasserstein_1d",
@@ -39,13 +39,21 @@ ArrayLike = Union[torch.Tensor, np.ndarray]
 
 
 def _check_p(p) -> float:
-    try:
-        v = float(p)
-    except (TypeError, ValueError):
-        raise ValueError(f"p must be a finite number >= 1, got {p!r}") from None
-    if not math.isfinite(v) or v < 1:
-        raise ValueError(f"p must be a finite number >= 1, got {p!r}")
-    return v
+    """The order ``p`` of ``W_p``: a finite number >= 1."""
+    return check_in_range("p", p, 1, math.inf)
+
+
+def _midpoints(n) -> torch.Tensor:
+    """The ``n`` cell midpoints ``u_k = (k + 1/2)/n`` of ``(0, 1)``, float64 ``(n,)``: never 0 or 1, so an
+    unbounded quantile function (the Gaussian one) is finite at every level."""
+    if int(n) < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    return (torch.arange(int(n), dtype=torch.float64) + 0.5) / int(n)
+
+
+def _lp_mean(qa: torch.Tensor, qb: torch.Tensor, p: float) -> float:
+    """``(mean_k |qa_k - qb_k|^p)^{1/p}``: the midpoint rule for ``(∫_0^1 |q_a - q_b|^p du)^{1/p}``."""
+    return float(((qa - qb).abs() ** p).mean()) ** (1.0 / p)
 
 
 def _as_float64(name: str, x: ArrayLike, device=None) -> torch.Tensor:
@@ -134,12 +142,10 @@ def wasserstein_1d_quantile(
     such as the Gaussian one are fine). ``qf_a``, ``qf_b``: vectorised float64 callables on ``(n,)``.
     """
     p = _check_p(p)
-    if int(n) < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    u = (torch.arange(int(n), dtype=torch.float64) + 0.5) / int(n)
+    u = _midpoints(n)
     qa = _as_float64("qf_a(u)", qf_a(u)).reshape(-1)
     qb = _as_float64("qf_b(u)", qf_b(u), device=qa.device).reshape(-1)
-    return float(((qa - qb).abs() ** p).mean()) ** (1.0 / p)
+    return _lp_mean(qa, qb, p)
 
 
 def _quantile_from_cdf(cdf: Callable[[torch.Tensor], torch.Tensor], u: torch.Tensor, lo: float, hi: float, iters: int):
@@ -173,12 +179,8 @@ def wasserstein_1d_cdf(
     lo, hi = float(lo), float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"[lo, hi] must be a finite interval with lo < hi, got [{lo}, {hi}]")
-    if int(n) < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    u = (torch.arange(int(n), dtype=torch.float64) + 0.5) / int(n)
-    qa = _quantile_from_cdf(cdf_a, u, lo, hi, iters)
-    qb = _quantile_from_cdf(cdf_b, u, lo, hi, iters)
-    return float(((qa - qb).abs() ** p).mean()) ** (1.0 / p)
+    u = _midpoints(n)
+    return _lp_mean(_quantile_from_cdf(cdf_a, u, lo, hi, iters), _quantile_from_cdf(cdf_b, u, lo, hi, iters), p)
 
 
 # ------------------------------------------------------------------------------------------ d dims
@@ -247,16 +249,9 @@ def _emd(ot, xn: np.ndarray, yn: np.ndarray, wx: np.ndarray, wy: np.ndarray, p: 
     return max(val, 0.0) ** (1.0 / p)
 
 
-def wasserstein_empirical(
-    x: ArrayLike,
-    y: ArrayLike,
-    p: float = 2,
-    weights_x: Optional[ArrayLike] = None,
-    weights_y: Optional[ArrayLike] = None,
-    exact_max: int = 5000,
-    n_projections: int = 256,
-    seed: int = 0,
-) -> float:
+def wasserstein_empirical(x: ArrayLike, y: ArrayLike, p: float = 2, weights_x: Optional[ArrayLike] = None,
+                          weights_y: Optional[ArrayLike] = None, exact_max: int = 5000, n_projections: int = 256,
+                          seed: int = 0) -> float:
     """``W_p`` between empirical measures; see :func:`wasserstein_empirical_info` (which also says how)."""
     return wasserstein_empirical_info(x, y, p, weights_x, weights_y, exact_max, n_projections, seed)[0]
 
