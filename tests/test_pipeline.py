@@ -16,6 +16,7 @@ from kacnum.images.metrics import FeatureStats, calc_fid, feature_statistics
 from kacnum.images.models import make_model
 from kacnum.flows.paths import KacPath
 from kacnum.images.pipeline import (
+    FLOOR_ABOUT,
     PAPER_CIFAR10,
     PipelineConfig,
     SampleSet,
@@ -24,6 +25,7 @@ from kacnum.images.pipeline import (
     feature_extractor_for,
     reference_for,
     run_pipeline,
+    sample_flow_set,
 )
 from kacnum.students.progressive import ProgressiveConfig
 from kacnum.images.train import TrainConfig, load_teacher, synthetic_dataset
@@ -207,3 +209,41 @@ def test_sample_set_reads_the_scripts_sample_file(tmp_path):
     torch.testing.assert_close(s.images, imgs)
     with pytest.raises(ValueError, match="nfe"):
         SampleSet("x", 0, 1, imgs)
+
+
+def test_sample_progress_counts_solver_steps_in_a_log(monkeypatch, capsys):
+    """In a log file the sampler reports solver steps within a batch (not only whole batches), and the
+    images are those of a run without progress."""
+    monkeypatch.setenv("KACNUM_PROGRESS", "log")
+    monkeypatch.setenv("KACNUM_PROGRESS_SECONDS", "0")  # a line at every step
+    model, path = _tiny_teacher(), KacPath()
+    kw = dict(num_samples=6, steps=4, guidance=1.5, seed=5, batch_size=3)
+    quiet = sample_flow_set(model, path, "kac_teacher", **kw)
+    capsys.readouterr()
+    loud = sample_flow_set(model, path, "kac_teacher", progress=True, **kw)
+    err = capsys.readouterr().err
+    torch.testing.assert_close(loud.images, quiet.images, rtol=0, atol=0)
+    lines = {ln.split()[3]: ln for ln in err.splitlines() if ln.startswith("[sample kac_teacher] step")}
+    assert sorted(lines) == [f"{i}/8" for i in range(1, 9)]  # 2 batches of 4 steps, every step reported
+    assert "batch 1/2" in lines["4/8"] and "batch 2/2" in lines["5/8"] and lines["8/8"].endswith("done")
+    assert not model._forward_hooks  # the counting hook is removed
+
+
+def test_results_say_what_the_floor_is(tmp_path):
+    """The floor row carries its explanation in results.json and results.md, and names the rows under it."""
+    g = torch.Generator().manual_seed(3)
+    ref = reference_for("toy", IdentityExtractor(), None, data=(0.3 * torch.randn(400, 1, 2, 2, generator=g)).clamp(-1, 1))
+    # the teacher a little narrower than the data (as guidance makes it), n = 30: its FID is under the floor's
+    teacher = SampleSet("kac_teacher", 100, 200, (0.27 * torch.randn(30, 1, 2, 2, generator=g)).clamp(-1, 1))
+    held = (0.3 * torch.randn(30, 1, 2, 2, generator=g)).clamp(-1, 1)
+    sets = [teacher, SampleSet("distillkac", 1, 1, (0.5 * torch.randn(30, 1, 2, 2, generator=g) + 0.5).clamp(-1, 1))]
+    res = eval_stage(sets, ref, IdentityExtractor(), tmp_path, dataset="toy", n_boot=20,
+                     floor={"images": held, "split": "test", "note": None})
+    fl = json.loads((tmp_path / "results.json").read_text())["floor"]
+    assert fl["about"] == FLOOR_ABOUT and "bias" in fl["about"] and "held-out" in fl["about"]
+    under = [r for r in res["rows"] if r["fid"] < fl["fid"]]
+    assert [b["method"] for b in fl["below_floor"]] == [r["method"] for r in under]
+    md = (tmp_path / "results.md").read_text()
+    assert FLOOR_ABOUT in md and "The last row is the FID floor" in md
+    assert [r["method"] for r in under] == ["kac_teacher"]  # the low-diversity set scores under the floor
+    assert "Rows under the floor here" in md

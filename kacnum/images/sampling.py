@@ -23,7 +23,7 @@ from kacnum.flows.paths import ProbabilityPath, ProcessPath
 from kacnum.flows.solvers import integrate
 from kacnum.images.distributed import resolve_device
 
-__all__ = ["sample_images", "save_image_grid"]
+__all__ = ["sample_images", "save_image_grid", "UnconditionalField"]
 
 
 class _Autocast(nn.Module):
@@ -84,7 +84,7 @@ def sample_images(model: nn.Module, path: ProbabilityPath, n: int, labels: Optio
         if guided is not None:
             field_ = guided.field(labels[s:e].to(dev))
         else:
-            field_ = _Unconditional(net)
+            field_ = UnconditionalField(net)
         if eps_model:
             field_ = path.velocity_field(field_)
         res = integrate(field_, x, grid, method)
@@ -94,7 +94,9 @@ def sample_images(model: nn.Module, path: ProbabilityPath, n: int, labels: Optio
     return {"images": torch.cat(out), "labels": labels, "nfe": nfe // len(out), "nfe_model": nfe_model // len(out)}
 
 
-class _Unconditional:
+class UnconditionalField:
+    """``net(x, t, None)`` as a solver field (one network evaluation per call)."""
+
     nfe_per_call = 1
 
     def __init__(self, net):
