@@ -48,7 +48,7 @@ def _place_samples(src: Path, dst: Path, method: str) -> None:
     batches of min(500, n), which older study files did not record)."""
     if not src.is_file():
         raise cli.UsageError(f"{src} is missing: run experiments/teacher_study.py for that row first")
-    rec = load_checkpoint(src)
+    rec = load_checkpoint(src, resumable=False)  # a file of another run: restore it, do not resume
     n = int(rec["images"].shape[0])
     meta = {**dict(rec.get("meta") or {}), **dict(rec.get("sampling") or {})}
     meta.setdefault("batch_size", min(500, n))

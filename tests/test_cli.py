@@ -281,7 +281,7 @@ def test_damaged_teacher_checkpoint_through_the_command(teacher_run, tmp_path, c
                                                         "--sample-steps", "2", "--resume"], capsys)
     assert code == 1 and stdout == ""
     assert err == [f"error: damaged checkpoint {ck}: empty (0 bytes); no previous copy (checkpoint.prev.pt) to fall "
-                   f"back to: restore a good copy, or delete it and run again without --resume to start afresh"]
+                   f"back to: restore a good copy of {ck}"]  # a teacher is read, not resumed: no --resume advice
 
 
 # ---------------------------------------------------------------------------------------------
