@@ -150,6 +150,13 @@ def _check_state(x) -> torch.Tensor:
     return check_finite("x", x)
 
 
+def _result(x: torch.Tensor, counter: "_CountingField", field, traj: Optional[list], grid: torch.Tensor) -> SolveResult:
+    """The :class:`SolveResult` of a finished solve: calls counted by ``counter``, network evaluations by the
+    field's ``nfe_per_call`` (2 for a guided field)."""
+    return SolveResult(x=x, nfe=counter.calls, nfe_model=counter.calls * int(getattr(field, "nfe_per_call", 1)),
+                       trajectory=torch.stack(traj) if traj is not None else None, time_grid=grid)
+
+
 def step(field: Field, x: torch.Tensor, t: float, t_next: float,
          method: str = "euler") -> tuple[torch.Tensor, int]:
     """One step of a one-step method from ``t`` to ``t_next``: returns ``(x_next, nfe)``.
@@ -215,13 +222,7 @@ def integrate(field: Field, x: torch.Tensor, time_grid: GridLike, method: str = 
             traj.append(x)
         if callback is not None:
             callback(i, ts[i + 1], x)
-    return SolveResult(
-        x=x,
-        nfe=f.calls,
-        nfe_model=f.calls * int(getattr(field, "nfe_per_call", 1)),
-        trajectory=torch.stack(traj) if traj is not None else None,
-        time_grid=grid,
-    )
+    return _result(x, f, field, traj, grid)
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,10 +301,4 @@ def ddim_sample(eps_model: Field, x: torch.Tensor, alpha_bar_fn: Callable[[torch
             traj.append(x)
         if callback is not None:
             callback(i, ts[i + 1], x)
-    return SolveResult(
-        x=x,
-        nfe=f.calls,
-        nfe_model=f.calls * int(getattr(eps_model, "nfe_per_call", 1)),
-        trajectory=torch.stack(traj) if traj is not None else None,
-        time_grid=grid,
-    )
+    return _result(x, f, eps_model, traj, grid)
