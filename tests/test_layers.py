@@ -129,3 +129,21 @@ def test_old_module_names_still_import(old, new):
     target = importlib.import_module(new)
     public = [n for n in dir(target) if not n.startswith("_")]
     assert public and all(getattr(mod, n) is getattr(target, n) for n in public)
+
+
+def test_file_formats_of_0_1_are_kept():
+    """Checkpoints, sample files and wrappers name their format with the 0.1 module names: moving the modules
+    must not rename them, or files written before the move would be refused."""
+    from kacnum.flows.losses import Preconditioned
+    from kacnum.images import train
+    from kacnum.images.metrics import samples
+    from kacnum.images.pipeline import samples as pipeline_samples
+    from kacnum.students import distill, progressive, reflow
+
+    assert train.CHECKPOINT_FORMAT == "kacnum.train/1"
+    assert distill.CHECKPOINT_FORMAT == "kacnum.distill/1"
+    assert progressive.CHECKPOINT_FORMAT == "kacnum.progressive/1"
+    assert reflow.CHECKPOINT_FORMAT == "kacnum.reflow/1"
+    assert samples.SAMPLE_FILE_FORMAT == "kacnum.samples.npz/1"
+    assert pipeline_samples.SAMPLES_FORMAT == "kacnum.pipeline.samples/1"
+    assert Preconditioned.FORMAT == "kacnum.losses.Preconditioned/1"
