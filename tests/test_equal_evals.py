@@ -43,22 +43,24 @@ def test_empty_checkpoint_is_refused_before_the_output_folder_exists(tmp_path, c
     assert not (tmp_path / "out").exists()
 
 
-def test_unreadable_checkpoint_leaves_no_output_folder(tmp_path):
+def _damaged(tmp_path: Path) -> tuple:
+    """A run folder and a checkpoint file that is not a checkpoint."""
     run = tmp_path / "run"
     run.mkdir()
     ckpt = tmp_path / "damaged.pt"
     ckpt.write_bytes(b"not a checkpoint")
-    out = tmp_path / "a" / "b"
+    return run, ckpt
+
+
+def test_unreadable_checkpoint_leaves_no_output_folder(tmp_path):
+    run, ckpt = _damaged(tmp_path)
     with pytest.raises(CheckpointError, match="damaged"):
-        equal_evals.main(_argv(run, ckpt, out))
+        equal_evals.main(_argv(run, ckpt, tmp_path / "a" / "b"))
     assert not (tmp_path / "a").exists()
 
 
 def test_an_existing_output_folder_is_kept(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    ckpt = tmp_path / "damaged.pt"
-    ckpt.write_bytes(b"not a checkpoint")
+    run, ckpt = _damaged(tmp_path)
     out = tmp_path / "mine"
     out.mkdir()
     with pytest.raises(CheckpointError, match="damaged"):
