@@ -280,6 +280,15 @@ class _BlockKernel:
         return _neg_inf_unless(degen, lpz + self.log_const)[..., None]
 
     @staticmethod
+    def _offset(degen: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """``E[z - y | z]`` with its ``s → 0`` limit 0 where the window is degenerate: there ``z - y = s ξ`` is
+        below the floating-point resolution of ``z``, so what the terms give is rounding (divided by ``f`` in
+        ``X0 = μ + (z - y)/f`` it would grow without bound), and the data's offset keeps its prior mean 0."""
+        if not bool(degen.any()):
+            return offset
+        return torch.where(degen, torch.zeros_like(offset), offset)
+
+    @staticmethod
     def _normalise(L: torch.Tensor, velocity: bool):
         """Log-sum-exp of the terms ``L (..., Q')`` and, if ``velocity``, their normalised weights (0 on
         rows without mass)."""
@@ -353,7 +362,7 @@ class _KacKernel(_BlockKernel):
             return logH, None, None
         Y = torch.cat(Ys, dim=-1)
         V = torch.cat(Vs, dim=-1)
-        return logH, z - (wts * Y).sum(dim=-1), (wts * V).sum(dim=-1)
+        return logH, self._offset(degen, z - (wts * Y).sum(dim=-1)), (wts * V).sum(dim=-1)
 
 
 class _FlightKernel(_BlockKernel):
@@ -440,7 +449,7 @@ class _FlightKernel(_BlockKernel):
             return logH, None, None
         if ratio is None:
             ratio = torch.special.i1e(kall) / i0  # I1/I0, 0 at κ = 0
-        Ed_r = (wts * (rzq - R * ratio)).sum(dim=-1)  # (R,K,k): radial components along ẑ
+        Ed_r = self._offset(degen, (wts * (rzq - R * ratio)).sum(dim=-1))  # (R,K,k): radial components along ẑ
         Ev_r = (wts * Vr * ratio).sum(dim=-1)
         zhat = zp / _ones_where_zero(rz)[..., None]
         return logH, (zhat * Ed_r[..., None]).reshape(z.shape), (zhat * Ev_r[..., None]).reshape(z.shape)
