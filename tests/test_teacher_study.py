@@ -1,4 +1,4 @@
-"""Teacher-training options (issue 12): data smoothing, time densities, loss weighting, preconditioning,
+"""Teacher-training options: data smoothing, time densities, loss weighting, preconditioning,
 the per-bin held-out loss, and experiments/teacher_study.py --quick end to end."""
 import json
 import math
@@ -74,7 +74,7 @@ def test_defaults_are_the_plain_loss_bit_for_bit():
     y = torch.randint(0, 3, (64,), generator=_gen(6))
     model = lambda x, t, yy: 0.3 * x + t[:, None, None, None]  # noqa: E731
     plain = FlowMatchingLoss(path, p_uncond=0.2, null_label=3)(model, x0, y, generator=_gen(7))
-    g = _gen(7)  # the draws of the loss before issue 12: t, path noise, dropout
+    g = _gen(7)  # the draws of the plain loss (no smoothing, uniform t): t, path noise, dropout
     t = path.sample_time(64, g, dtype=x0.dtype)
     s = path.sample(x0, t, g)
     drop = torch.rand(64, generator=g) < 0.2
