@@ -108,8 +108,8 @@ def test_no_import_cycle():
 
 def test_the_checker_sees_an_upward_import(tmp_path):
     """The rule can fail: an import of the image layer from a process module is reported."""
-    f = PACKAGE / "processes" / "kac.py"
-    deps = imported_modules(f, "kacnum.processes.kac")
+    f = PACKAGE / "processes" / "arguments.py"
+    deps = imported_modules(f, "kacnum.processes.arguments")
     assert "kacnum.core.checks" in deps
     fake = tmp_path / "x.py"
     fake.write_text("def f():\n    from kacnum.images.train import Trainer\n")

@@ -13,9 +13,9 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from kacnum.core.checks import as_tensor, check_finite, check_times
+from kacnum.core.checks import as_tensor, check_finite, check_positive, check_times
 
-__all__ = ["TimeLike", "time_tensor", "float_tensor", "sample_shape", "sample_arguments"]
+__all__ = ["TimeLike", "RateAndSpeed", "time_tensor", "float_tensor", "sample_shape", "sample_arguments"]
 
 TimeLike = Union[float, int, torch.Tensor]
 
@@ -91,3 +91,19 @@ def sample_arguments(t: TimeLike, shape, dtype: Optional[torch.dtype], device) -
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     device = torch.device(device) if device is not None else torch.device("cpu")
     return time_tensor(t, like=torch.empty((), dtype=dtype, device=device)), shape, dtype, device
+
+
+class RateAndSpeed:
+    """The two parameters every noise process has: the rate ``a > 0`` of its events (named by ``rate_name`` in
+    errors) and its speed ``c > 0``, checked once here; ``repr`` shows both."""
+
+    rate_name = "a (rate)"
+
+    def __init__(self, a: float = 9.0, c: float = 3.0):
+        self.a = check_positive(self.rate_name, a)
+        self.c = check_positive("c (speed)", c)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(a={self.a:g}, c={self.c:g})"
+
+    _time = staticmethod(time_tensor)

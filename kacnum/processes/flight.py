@@ -26,9 +26,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from kacnum.core.checks import check_positive
 from kacnum.processes.events import EventPaths, UniformDirections, simulate_event_paths
-from kacnum.processes.arguments import TimeLike, float_tensor, sample_arguments, sample_shape, time_tensor
+from kacnum.processes.arguments import RateAndSpeed, TimeLike, float_tensor, sample_arguments, sample_shape
 
 
 __all__ = ["PlanarFlight", "FlightPaths"]
@@ -54,7 +53,7 @@ def _per_coordinate_variance(lam: float, c: float, t64: torch.Tensor) -> torch.T
     return (c * c / (lam * lam)) * torch.where(x < 1e-2, series, exact)
 
 
-class PlanarFlight:
+class PlanarFlight(RateAndSpeed):
     """The planar random flight with event rate ``a = λ`` and speed ``c``, started at 0 (docs/mathematics.md §14).
 
     Args:
@@ -77,15 +76,9 @@ class PlanarFlight:
     #: the noise-process interface of :mod:`kacnum.processes`: independent blocks of two coordinates
     block_size: int = 2
 
-    def __init__(self, a: float = 9.0, c: float = 3.0):
-        self.a = check_positive("a (event rate λ)", a)
-        self.c = check_positive("c (speed)", c)
-
-    def __repr__(self) -> str:
-        return f"PlanarFlight(a={self.a:g}, c={self.c:g})"
+    rate_name = "a (event rate λ)"
 
     # ------------------------------------------------------------------ helpers
-    _time = staticmethod(time_tensor)
     _float_tensor = staticmethod(float_tensor)
 
     @staticmethod

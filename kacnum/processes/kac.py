@@ -2,9 +2,8 @@
 
 What it holds: :class:`KacProcess` (the law, its CDF, the exact samplers, the conditional velocity and the
 event-driven reference paths :class:`KacPaths`), the stable density :func:`kac_density_scaled`, the
-Bessel ratio :func:`bessel_ratio_term` of the velocity, and the argument checks shared with
-:mod:`kacnum.processes.flight` (:func:`time_tensor`, :func:`float_tensor`, :func:`sample_shape`,
-:func:`sample_arguments`).
+Bessel ratio :func:`bessel_ratio_term` of the velocity. The argument checks it shares with
+:mod:`kacnum.processes.flight` are in :mod:`kacnum.processes.arguments`.
 
 ``K_t = S c ∫_0^t (-1)^{N_s} ds`` (``S = ±1`` uniform, ``N`` Poisson of rate ``a``) has the law (§2)
 
@@ -34,8 +33,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from kacnum.core.checks import check_positive
-from kacnum.processes.arguments import TimeLike, float_tensor, sample_arguments, time_tensor
+from kacnum.processes.arguments import RateAndSpeed, TimeLike, float_tensor, sample_arguments
 from kacnum.processes.events import AlternatingSigns, simulate_event_paths
 
 __all__ = ["KacProcess", "KacPaths", "bessel_ratio_term", "kac_density_scaled"]
@@ -218,7 +216,7 @@ class KacPaths:
         return self.switch_counts == 0
 
 
-class KacProcess:
+class KacProcess(RateAndSpeed):
     """The 1D Kac process with switching rate ``a`` and speed ``c`` started at 0.
 
     Args:
@@ -238,15 +236,9 @@ class KacProcess:
     #: the noise-process interface of :mod:`kacnum.processes`: independent blocks of one coordinate
     block_size: int = 1
 
-    def __init__(self, a: float = 9.0, c: float = 3.0):
-        self.a = check_positive("a (switching rate)", a)
-        self.c = check_positive("c (speed)", c)
-
-    def __repr__(self) -> str:
-        return f"KacProcess(a={self.a:g}, c={self.c:g})"
+    rate_name = "a (switching rate)"
 
     # ------------------------------------------------------------------ helpers
-    _time = staticmethod(time_tensor)
 
     def _tx(self, t: TimeLike, x: torch.Tensor, name: str = "x") -> Tuple[torch.Tensor, torch.Tensor]:
         x = float_tensor(name, x)
